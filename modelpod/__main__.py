@@ -1,0 +1,5 @@
+import sys
+
+from modelpod.cli import main
+
+sys.exit(main())

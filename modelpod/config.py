@@ -1,0 +1,48 @@
+"""Server settings: `MODELPOD_*` environment variables, overridden by CLI flags and arguments."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,
+          "t": 1000**4, "tb": 1000**4, "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_size(value: Any) -> int | None:
+    """'8GiB', '512MB', '1.5g' or a plain number of bytes; empty or None means no limit."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, int | float):
+        return int(value)
+    match = _SIZE.match(str(value))
+    unit = match.group(2).lower() if match else ""
+    if match is None or unit not in _UNITS:
+        raise ValueError(f"cannot read {value!r} as a size: use a number with B, KB, MB, GB, KiB, MiB or GiB")
+    return int(float(match.group(1)) * _UNITS[unit])
+
+
+ByteSize = Annotated[int | None, BeforeValidator(parse_size)]
+
+
+class Settings(BaseSettings):
+    """Everything a server can be told. Each field is `MODELPOD_<FIELD>` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="MODELPOD_", extra="forbid", protected_namespaces=())
+
+    host: str = Field("127.0.0.1", description="address both servers bind to")
+    http_port: int = Field(8080, ge=0, le=65535, description="HTTP port (0: any free port)")
+    grpc_port: int = Field(50051, ge=0, le=65535, description="gRPC port (0: any free port; -1 is not allowed)")
+    data_path: Path = Field(Path("appdata"), description="where model instances keep model_info and model_dir")
+    model_pool_size: int = Field(1, ge=1, description="loaded versions kept per model (LRU)")
+    model_pool_memory: ByteSize = Field(None, description="memory budget for all loaded instances, e.g. 8GiB")
+    rpc_max_workers: int = Field(12, ge=1, description="threads that run model code")
+    drain_timeout: float = Field(30.0, ge=0, description="seconds to finish in-flight requests on shutdown")
+    max_message_size: ByteSize = Field(512 * 1024**2, description="largest request or response, e.g. 512MiB")
+    slow_ms: float = Field(1000.0, ge=0, description="requests slower than this are logged as warnings")
+    log_level: str = Field("info", description="debug, info, warning or error")

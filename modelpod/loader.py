@@ -1,0 +1,64 @@
+"""Find what to serve from a command-line reference: `path/to/file.py:Class`, `pkg.module:Class`,
+optionally named: `name=path/to/file.py:Class`."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+_NAMED = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)=(?P<ref>.+)$")
+
+
+def parse_reference(reference: str) -> tuple[str | None, Any]:
+    """`[name=]module_or_file:attribute` -> (name or None, the object it names)."""
+    match = _NAMED.match(reference)
+    name, ref = (match.group("name"), match.group("ref")) if match else (None, reference)
+    return name, load_object(ref)
+
+
+def load_object(reference: str) -> Any:
+    module_part, sep, attribute = reference.rpartition(":")
+    if not sep or not module_part or not attribute:
+        raise ValueError(f"{reference!r}: expected FILE.py:NAME or package.module:NAME")
+    module = _load_module(module_part)
+    target: Any = module
+    for part in attribute.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise ValueError(f"{reference!r}: {module.__name__} has no {attribute!r}") from None
+    return target
+
+
+def _load_module(module_part: str) -> Any:
+    if module_part.endswith(".py") or "/" in module_part:
+        return _load_file(Path(module_part))
+    try:
+        return importlib.import_module(module_part)
+    except ImportError as error:
+        raise ValueError(f"cannot import {module_part!r}: {error}") from error
+
+
+def _load_file(path: Path) -> Any:
+    if not path.is_file():
+        raise ValueError(f"no such file: {path}")
+    name = path.stem
+    existing = sys.modules.get(name)
+    if existing is not None and Path(getattr(existing, "__file__", "") or "").resolve() == path.resolve():
+        return existing
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ValueError(f"cannot load {path} as a Python module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # so the classes it defines can be found again by module name
+    sys.path.insert(0, str(path.parent.resolve()))
+    try:
+        spec.loader.exec_module(module)
+    except Exception:
+        del sys.modules[name]
+        raise
+    return module

@@ -1,0 +1,348 @@
+"""The model contract: what a user writes, and adapters that give plain classes and functions its shape.
+
+A model is a class with `predict`. Everything else is optional:
+
+    class Sentiment(Model):
+        def setup(self): ...                  # load weights; self.config holds the initialize() arguments
+        def predict(self, text: str): ...     # one request; keyword arguments are the request's fields
+        def predict_batch(self, items): ...   # a list of requests -> a list of results, same order
+        def train(self, **options): ...       # report progress with self.report(step=, total=, **metrics)
+        def teardown(self): ...               # free what setup took
+
+An *instance* is the class plus a version: its own `config`, `model_dir` and `model_info`, found
+again on disk when the same name and version are created later.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import re
+import threading
+import time
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from modelpod.errors import InvalidInput
+from modelpod.types import TensorSpec, tensor_specs
+
+DATA_PATH_ENV = "MODELPOD_DATA_PATH"
+DEFAULT_DATA_PATH = "appdata"
+DEFAULT_VERSION = "1"
+RESERVED_BYTES_ARGUMENT = "binary_data"
+_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def check_name(kind: str, value: str) -> str:
+    """Names become folder names: refuse anything that could escape the data path."""
+    if not isinstance(value, str) or not _NAME_PATTERN.match(value) or ".." in value:
+        raise InvalidInput(
+            f"invalid {kind} {value!r}: use 1-128 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return value
+
+
+def default_data_path() -> Path:
+    return Path(os.environ.get(DATA_PATH_ENV, DEFAULT_DATA_PATH))
+
+
+class Model:
+    """Base class of a modelpod model. Subclass it and write `predict`.
+
+    Class attributes a model may set:
+      name:    the name it is served under (default: the class name)
+      inputs:  tensor inputs for the Open Inference Protocol (derived from `predict` when empty)
+      outputs: tensor outputs (one output named "output" when empty)
+      example: keyword arguments of a typical request, used to warm the model up
+    """
+
+    name: ClassVar[str | None] = None
+    inputs: ClassVar[Sequence[TensorSpec | Mapping[str, Any]]] = ()
+    outputs: ClassVar[Sequence[TensorSpec | Mapping[str, Any]]] = ()
+    example: ClassVar[Mapping[str, Any] | None] = None
+
+    def __init__(
+        self,
+        version: str = DEFAULT_VERSION,
+        *,
+        name: str | None = None,
+        data_path: str | os.PathLike[str] | None = None,
+        **config: Any,
+    ) -> None:
+        self.model_name = check_name("model name", name or self.default_name())
+        self.version = check_name("version", str(version))
+        self.data_path = Path(data_path) if data_path is not None else default_data_path()
+        self.device = "cpu"
+        self._log_lock = threading.Lock()
+        self._log: list[dict[str, Any]] | None = None
+        stored = self.model_info.get("config", {})
+        self.config: dict[str, Any] = {**stored, **config}
+
+    @classmethod
+    def default_name(cls) -> str:
+        return cls.name or cls.__name__
+
+    # -- the methods a user overrides ------------------------------------------------------
+
+    def setup(self) -> None:
+        """Load what `predict` needs (weights from `model_dir`, say). Called once before use."""
+
+    def predict(self, *args: Any, **inputs: Any) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} must define predict()")
+
+    def teardown(self) -> None:
+        """Free what `setup` took. Called when the instance is unloaded."""
+
+    # -- what the framework provides ------------------------------------------------------
+
+    @property
+    def model_dir(self) -> Path:
+        """This instance's own folder, under the data path, per model name and version."""
+        path = self.data_path / self.model_name / self.version
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    @property
+    def _info_file(self) -> Path:
+        return self.data_path / self.model_name / self.version / "model_info.json"
+
+    @property
+    def model_info(self) -> dict[str, Any]:
+        """What `initialize` recorded: the config, the class, and when; {} before the first call."""
+        try:
+            info: dict[str, Any] = json.loads(self._info_file.read_text())
+        except FileNotFoundError:
+            return {}
+        return info
+
+    def initialize(self, **config: Any) -> dict[str, Any]:
+        """Record `config` as this instance's configuration, on disk, and return the model info."""
+        try:
+            json.dumps(config)
+        except (TypeError, ValueError) as error:
+            raise InvalidInput(f"initialize() arguments must be JSON values: {error}") from None
+        now = time.time()
+        info = {
+            "name": self.model_name,
+            "version": self.version,
+            "class": class_path(self.source()),
+            "config": config,
+            "created_at": self.model_info.get("created_at", now),
+            "updated_at": now,
+        }
+        _write_json_atomically(self._info_file, info)
+        self.config = dict(config)
+        return info
+
+    def report(
+        self,
+        step: int | None = None,
+        total: int | None = None,
+        message: str | None = None,
+        **metrics: Any,
+    ) -> None:
+        """Record training progress; `log()` returns what was reported, in order."""
+        entry: dict[str, Any] = {"time": time.time(), "step": step, "total": total}
+        if message is not None:
+            entry["message"] = message
+        entry["metrics"] = {k: _plain(v) for k, v in metrics.items()}
+        line = json.dumps(entry)
+        with self._log_lock:
+            self._entries().append(entry)
+            with (self.model_dir / "log.jsonl").open("a") as file:
+                file.write(line + "\n")
+
+    def log(self) -> list[dict[str, Any]]:
+        """Everything `report` recorded for this instance, across restarts, oldest first."""
+        with self._log_lock:
+            return list(self._entries())
+
+    def _entries(self) -> list[dict[str, Any]]:
+        if self._log is None:
+            path = self.data_path / self.model_name / self.version / "log.jsonl"
+            lines = path.read_text().splitlines() if path.exists() else []
+            self._log = [json.loads(line) for line in lines if line.strip()]
+        return self._log
+
+    # -- introspection the runner and the server use -------------------------------------------
+
+    def signature_target(self) -> Callable[..., Any]:
+        """The callable whose parameters define the request fields."""
+        return self.predict
+
+    def source(self) -> Any:
+        """What the user wrote: the class or function this instance runs."""
+        return type(self)
+
+    def has_batch(self) -> bool:
+        return callable(getattr(self, "predict_batch", None))
+
+    def has_train(self) -> bool:
+        return callable(getattr(self, "train", None))
+
+    def accepts_query_params(self) -> bool:
+        """Whether `predict` takes the request's query string (as `query_params`)."""
+        return "query_params" in inspect.signature(self.signature_target()).parameters
+
+    def input_specs(self) -> tuple[TensorSpec, ...]:
+        return tensor_specs(self.inputs) or derive_input_specs(self.signature_target())
+
+    def output_specs(self) -> tuple[TensorSpec, ...]:
+        return tensor_specs(self.outputs) or (TensorSpec("output", "BYTES", (-1,)),)
+
+    def is_tensor_model(self) -> bool:
+        """True when the model declared tensors: it then receives numpy arrays, batch first."""
+        return bool(self.inputs)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.model_name}:{self.version}>"
+
+
+# -- adapters: plain predictor classes and functions --------------------------------------------
+
+
+class PredictorAdapter(Model):
+    """A Cortex-style predictor: `__init__(self, config)` and `predict(self, payload, query_params)`.
+
+    The request body is the payload; the query string, where the transport has one, is
+    `query_params`.
+    """
+
+    def __init__(self, predictor_class: type, version: str = DEFAULT_VERSION, **kwargs: Any) -> None:
+        self.predictor_class = predictor_class
+        self.predictor: Any = None
+        kwargs.setdefault("name", predictor_class.__name__)
+        super().__init__(version, **kwargs)
+        params = inspect.signature(predictor_class.predict).parameters
+        self._takes_query_params = "query_params" in params
+
+    def setup(self) -> None:
+        self.predictor = self.predictor_class(self.config)
+
+    def predict(self, payload: Any = None, query_params: Mapping[str, str] | None = None, **fields: Any) -> Any:  # type: ignore[override]
+        if payload is None:
+            payload = fields
+        if self._takes_query_params:
+            return self.predictor.predict(payload=payload, query_params=dict(query_params or {}))
+        return self.predictor.predict(payload=payload)
+
+    def teardown(self) -> None:
+        for method in ("teardown", "close"):
+            if callable(getattr(self.predictor, method, None)):
+                getattr(self.predictor, method)()
+                break
+        self.predictor = None
+
+    def source(self) -> Any:
+        return self.predictor_class
+
+    def accepts_query_params(self) -> bool:
+        return True
+
+    def input_specs(self) -> tuple[TensorSpec, ...]:
+        return (TensorSpec("payload", "BYTES", (-1,)),)
+
+
+class FunctionModel(Model):
+    """A plain function served as a model: its parameters are the request fields."""
+
+    def __init__(self, function: Callable[..., Any], version: str = DEFAULT_VERSION, **kwargs: Any) -> None:
+        self.function = function
+        kwargs.setdefault("name", re.sub(r"[^A-Za-z0-9._-]", "", function.__name__) or "function")
+        super().__init__(version, **kwargs)
+
+    def predict(self, *args: Any, **inputs: Any) -> Any:
+        return self.function(*args, **inputs)
+
+    def signature_target(self) -> Callable[..., Any]:
+        return self.function
+
+    def source(self) -> Any:
+        return self.function
+
+
+def is_predictor_class(target: object) -> bool:
+    """A class shaped like a Cortex predictor: not a Model, with a `predict` taking `payload`."""
+    if not inspect.isclass(target) or issubclass(target, Model):
+        return False
+    predict = getattr(target, "predict", None)
+    return callable(predict) and "payload" in inspect.signature(predict).parameters
+
+
+def as_model(target: Any, version: str = DEFAULT_VERSION, **kwargs: Any) -> Model:
+    """Give anything servable the one interface the rest of modelpod uses.
+
+    Accepts a `Model` instance (returned as it is), a `Model` subclass, a Cortex-style predictor
+    class, or a function.
+    """
+    if isinstance(target, Model):
+        return target
+    if inspect.isclass(target) and issubclass(target, Model):
+        return target(version, **kwargs)
+    if is_predictor_class(target):
+        return PredictorAdapter(target, version, **kwargs)
+    if inspect.isclass(target):
+        raise TypeError(
+            f"{target.__name__} is not a model: subclass modelpod.Model, or give it "
+            "__init__(self, config) and predict(self, payload, query_params=None)"
+        )
+    if callable(target):
+        return FunctionModel(target, version, **kwargs)
+    raise TypeError(f"cannot serve {target!r}: expected a Model, a predictor class or a function")
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+_HINT_DATATYPES: dict[Any, str] = {
+    str: "BYTES",
+    bytes: "BYTES",
+    bool: "BOOL",
+    int: "INT64",
+    float: "FP64",
+    np.ndarray: "FP32",
+}
+
+
+def derive_input_specs(target: Callable[..., Any]) -> tuple[TensorSpec, ...]:
+    """Tensor specs from a callable's parameters and type hints (BYTES where nothing fits)."""
+    try:
+        hints = typing.get_type_hints(target)
+    except Exception:  # unresolvable forward references: fall back to no hints
+        hints = {}
+    specs = []
+    for param in inspect.signature(target).parameters.values():
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD) or param.name == "self":
+            continue
+        hint = hints.get(param.name)
+        origin = typing.get_origin(hint) or hint
+        datatype = _HINT_DATATYPES.get(origin, "BYTES")
+        if origin in (list, tuple, Sequence):
+            args = typing.get_args(hint)
+            datatype = _HINT_DATATYPES.get(args[0], "BYTES") if args else "BYTES"
+        specs.append(TensorSpec(param.name, datatype, (-1,)))
+    return tuple(specs)
+
+
+def class_path(target: Any) -> str:
+    """`module:QualifiedName` of a class or function, the form `modelpod serve` accepts."""
+    return f"{target.__module__}:{target.__qualname__}"
+
+
+def _plain(value: Any) -> Any:
+    """Metrics reach JSON: numpy scalars become Python numbers."""
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _write_json_atomically(path: Path, value: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}.{threading.get_ident()}")
+    tmp.write_text(json.dumps(value, indent=2))
+    os.replace(tmp, path)

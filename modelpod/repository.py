@@ -1,0 +1,96 @@
+"""What a server hosts: model classes by name, their versions on disk, and each one's default."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from modelpod.errors import NotFound
+from modelpod.model import DEFAULT_VERSION, Model, as_model, check_name
+from modelpod.runner import Runner
+
+
+@dataclass
+class HostedModel:
+    """One served model: what to instantiate, how to run it, and which version unversioned calls use."""
+
+    name: str
+    target: Any
+    runner_options: dict[str, Any] = field(default_factory=dict)
+    default_version: str = DEFAULT_VERSION
+    unloaded: bool = False
+
+
+class Repository:
+    """Model names -> hosted models; versions are folders under `data_path/<name>/`."""
+
+    def __init__(self, data_path: Path | str, runner_options: Mapping[str, Any] | None = None) -> None:
+        self.data_path = Path(data_path)
+        self.runner_options = dict(runner_options or {})
+        self._models: dict[str, HostedModel] = {}
+        self._lock = threading.Lock()
+
+    def add(self, target: Any, name: str | None = None, default_version: str = DEFAULT_VERSION,
+            **runner_options: Any) -> HostedModel:
+        """Host a Model class, a predictor class or a function under `name` (default: its own)."""
+        probe = as_model(target, default_version, data_path=self.data_path)
+        hosted = HostedModel(
+            name=check_name("model name", name or probe.model_name),
+            target=target,
+            runner_options={**self.runner_options, **runner_options},
+            default_version=check_name("version", default_version),
+        )
+        with self._lock:
+            if hosted.name in self._models:
+                raise ValueError(f"a model named {hosted.name!r} is already served; give one a name=")
+            self._models[hosted.name] = hosted
+        return hosted
+
+    def names(self) -> list[str]:
+        with self._lock:
+            return list(self._models)
+
+    def get(self, name: str) -> HostedModel:
+        with self._lock:
+            hosted = self._models.get(name)
+        if hosted is None:
+            served = ", ".join(self.names()) or "none"
+            raise NotFound(f"model {name!r} is not served here (models: {served})")
+        return hosted
+
+    def versions(self, name: str) -> list[str]:
+        """The default version, and every version initialized on disk, in a natural order."""
+        hosted = self.get(name)
+        folder = self.data_path / hosted.name
+        on_disk = {p.parent.name for p in folder.glob("*/model_info.json")} if folder.is_dir() else set()
+        return sorted(on_disk | {hosted.default_version}, key=_natural)
+
+    def resolve(self, name: str, version: str | None) -> tuple[HostedModel, str]:
+        """The hosted model and the concrete version a request means; NotFound if there is none."""
+        hosted = self.get(name)
+        if version is None or version == "":
+            return hosted, hosted.default_version
+        check_name("version", version)
+        if version == hosted.default_version or (self.data_path / name / version / "model_info.json").exists():
+            return hosted, version
+        known = ", ".join(self.versions(name))
+        raise NotFound(f"model {name!r} has no version {version!r} (versions: {known}); create it with initialize")
+
+    def instance(self, hosted: HostedModel, version: str) -> Model:
+        """A fresh, unloaded instance: enough to read its info and log, or to initialize it."""
+        return as_model(hosted.target, version, name=hosted.name, data_path=self.data_path)
+
+    def runner(self, hosted: HostedModel, version: str) -> Runner:
+        """A new runner for one version (the pool calls this to load it)."""
+        return Runner(self.instance(hosted, version), **hosted.runner_options)
+
+    def set_default(self, name: str, version: str) -> None:
+        self.get(name).default_version = version
+
+
+def _natural(version: str) -> tuple[int, int | str]:
+    """Numeric versions in numeric order, then the rest alphabetically."""
+    return (0, int(version)) if version.isdigit() else (1, version)

@@ -1,0 +1,373 @@
+"""Run a model in-process: load it on a device, prepare inputs, run processors, keep statistics.
+
+The runner is what the server uses, and what a user uses without a server:
+
+    runner = Runner(Sentiment)
+    runner.predict(text="great")
+    runner.predict_batch([{"text": "great"}, {"text": "awful"}], max_batch_size=32)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from modelpod import checks
+from modelpod.devices import select_device
+from modelpod.errors import InvalidInput, ModelError, ModelLoadError, ModelpodError, ProcessorError
+from modelpod.inputs import InputPreparer
+from modelpod.model import DEFAULT_VERSION, Model, as_model
+from modelpod.stats import LatencyStats, StatsSnapshot
+
+logger = logging.getLogger("modelpod.runner")
+
+Preprocessor = Callable[[dict[str, Any]], dict[str, Any]]
+Postprocessor = Callable[[Any], Any]
+
+
+@dataclass(frozen=True)
+class _Processor:
+    function: Callable[[Any], Any]
+    priority: int
+    name: str
+
+
+class Runner:
+    """Executes one model instance in-process.
+
+    Options:
+      device:          "cpu", "cuda", "cuda:N" or "mps"; None picks the best available
+      warmup:          run the model's `example` once when loading
+      convert:         None, "numpy" or "torch": turn list inputs into arrays or tensors on the device
+      add_batch_dim:   tensor models only: give unbatched inputs a batch dimension, and take it off again
+      mixed_precision: run torch models under `torch.autocast`
+      inference_mode:  run torch models under `torch.inference_mode` (on by default)
+      custom_ops:      compiled torch operator libraries to load before `setup`
+      slow_ms:         requests slower than this are logged as warnings
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        version: str = DEFAULT_VERSION,
+        device: str | None = None,
+        warmup: bool = True,
+        convert: str | None = None,
+        add_batch_dim: bool = False,
+        mixed_precision: bool = False,
+        inference_mode: bool = True,
+        custom_ops: Sequence[str] = (),
+        slow_ms: float = 1000.0,
+        **model_options: Any,
+    ) -> None:
+        self.model: Model = as_model(model, version, **model_options)
+        self.requested_device = device
+        self.warmup = warmup
+        self.mixed_precision = mixed_precision
+        self.inference_mode = inference_mode
+        self.custom_ops = tuple(custom_ops)
+        self.slow_ms = slow_ms
+        self._preprocessors: list[_Processor] = []
+        self._postprocessors: list[_Processor] = []
+        self._inputs = InputPreparer(self.model, convert=convert, add_batch_dim=add_batch_dim)
+        self._stats = LatencyStats()
+        self._load_lock = threading.Lock()
+        self._loaded = False
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    @property
+    def loaded(self) -> bool:
+        return self._loaded
+
+    def load(self) -> None:
+        """Load custom operators, choose the device, run `setup`, then warm up. Idempotent."""
+        if self._loaded:
+            return
+        with self._load_lock:
+            if self._loaded:
+                return
+            self._load_custom_ops()
+            self.model.device = select_device(self.requested_device)
+            self._inputs.device = self.model.device
+            try:
+                self.model.setup()
+            except Exception as error:
+                raise ModelLoadError(f"{self.model!r} failed to load: {_describe(error)}") from error
+            self._warm_up()
+            self._loaded = True
+            logger.info("loaded %r on %s", self.model, self.model.device)
+
+    def close(self) -> None:
+        """Tear the model down; the next request loads it again."""
+        with self._load_lock:
+            if self._loaded:
+                self._loaded = False
+                self.model.teardown()
+                logger.info("unloaded %r", self.model)
+
+    def __enter__(self) -> Runner:
+        self.load()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _load_custom_ops(self) -> None:
+        if not self.custom_ops:
+            return
+        try:
+            import torch
+        except ImportError as error:
+            raise ModelLoadError("custom_ops need torch: pip install 'modelpod[torch]'") from error
+        for path in self.custom_ops:
+            try:
+                torch.ops.load_library(path)
+            except (OSError, RuntimeError) as error:
+                raise ModelLoadError(f"cannot load custom operator library {path!r}: {error}") from error
+
+    def _warm_up(self) -> None:
+        example = self.model.example
+        if not self.warmup or example is None:
+            return
+        try:
+            self._run_one(dict(example))
+        except ModelpodError as error:
+            raise ModelLoadError(f"{self.model!r} failed its warm-up request: {error}") from error
+
+    # -- processors -------------------------------------------------------------------------
+
+    def register_preprocessor(self, function: Preprocessor, priority: int = 0, name: str | None = None) -> None:
+        """Add a function `inputs dict -> inputs dict`; lower priority runs first."""
+        self._preprocessors = _insert(self._preprocessors, function, priority, name)
+
+    def register_postprocessor(self, function: Postprocessor, priority: int = 0, name: str | None = None) -> None:
+        """Add a function `output -> output`; lower priority runs first."""
+        self._postprocessors = _insert(self._postprocessors, function, priority, name)
+
+    # -- the model's methods ----------------------------------------------------------------
+
+    def predict(self, *args: Any, **inputs: Any) -> Any:
+        """One request. Keyword arguments are its fields; one positional argument is the first field."""
+        inputs = self._inputs.merge_positional(args, inputs)
+        self.load()
+        started = time.perf_counter()
+        ok = False
+        try:
+            result = self._run_one(inputs)
+            ok = True
+            return result
+        finally:
+            self._record(started, ok, "predict")
+
+    def predict_batch(
+        self,
+        items: Sequence[Mapping[str, Any]],
+        max_batch_size: int | None = None,
+        skip_errors: bool = False,
+    ) -> list[Any]:
+        """Many requests, in chunks of `max_batch_size`, results in the same order.
+
+        With `skip_errors`, a failing item's place holds its error (a `ModelpodError`) and the
+        others still get results; without it, the first failure is raised.
+        """
+        if max_batch_size is not None and max_batch_size < 1:
+            raise InvalidInput(f"max_batch_size must be at least 1, not {max_batch_size}")
+        self.load()
+        size = max_batch_size or max(len(items), 1)
+        results: list[Any] = []
+        for start in range(0, len(items), size):
+            results.extend(self._run_chunk(items[start : start + size], start, skip_errors))
+        return results
+
+    def initialize(self, **config: Any) -> dict[str, Any]:
+        """Record a new config for this instance; it is set up again with it on next use."""
+        info = self.model.initialize(**config)
+        self.close()
+        return info
+
+    def train(self, **options: Any) -> Any:
+        """Run the model's `train`; its progress is in `log()`."""
+        if not self.model.has_train():
+            raise InvalidInput(f"model {self.model.model_name!r} has no train() method")
+        self.load()
+        train: Callable[..., Any] = self.model.train  # type: ignore[attr-defined]
+        _bind(train, (), options, f"{self.model.model_name}.train")
+        return self._call_model(train, (), options)
+
+    def log(self) -> list[dict[str, Any]]:
+        return self.model.log()
+
+    def stats(self) -> StatsSnapshot:
+        """Counts, latency percentiles and histogram of the requests this runner ran."""
+        return self._stats.snapshot()
+
+    # -- checks -----------------------------------------------------------------------------
+
+    def check_nan(self, **inputs: Any) -> checks.NanReport:
+        self.load()
+        return checks.check_nan(self.model, lambda: self._run_one(dict(inputs)))
+
+    def check_memory_leak(self, iterations: int = 100, **inputs: Any) -> checks.LeakReport:
+        self.load()
+        return checks.check_memory_leak(lambda: self._run_one(dict(inputs)), iterations=iterations)
+
+    def profile(self, iterations: int = 10, **inputs: Any) -> checks.ProfileReport:
+        self.load()
+        return checks.profile(lambda: self._run_one(dict(inputs)), iterations=iterations)
+
+    # -- execution --------------------------------------------------------------------------
+
+    def _run_one(self, inputs: dict[str, Any]) -> Any:
+        prepared = self._prepare(inputs, "")
+        output = self._call_model(self.model.predict, (), prepared.values)
+        return self._postprocess(prepared.restore(output))
+
+    def _run_chunk(self, chunk: Sequence[Mapping[str, Any]], offset: int, skip_errors: bool) -> list[Any]:
+        started = time.perf_counter()
+        prepared, failures = [], {}
+        for index, item in enumerate(chunk):
+            try:
+                prepared.append(self._prepare(dict(item), f"item {offset + index}: "))
+            except ModelpodError as error:
+                if not skip_errors:
+                    raise
+                failures[index] = error
+        outputs = self._batch_outputs([p.values for p in prepared], skip_errors)
+        results: list[Any] = []
+        good = iter(zip(prepared, outputs, strict=True))
+        for index in range(len(chunk)):
+            if index in failures:
+                results.append(failures[index])
+                continue
+            item, output = next(good)
+            results.append(output if isinstance(output, ModelpodError) else self._safe_post(item.restore(output), skip_errors))
+        self._record(started, not any(isinstance(r, ModelpodError) for r in results), "predict_batch")
+        return results
+
+    def _batch_outputs(self, items: list[dict[str, Any]], skip_errors: bool) -> list[Any]:
+        if not items:
+            return []
+        if self.model.has_batch():
+            batch: Callable[..., Any] = self.model.predict_batch  # type: ignore[attr-defined]
+            try:
+                outputs = self._call_model(batch, (items,), {})
+            except ModelpodError:
+                if not skip_errors:
+                    raise
+                return [self._isolated(item) for item in items]  # find the failing items one by one
+            if not isinstance(outputs, Sequence) or len(outputs) != len(items):
+                count = len(outputs) if isinstance(outputs, Sequence) else type(outputs).__name__
+                raise ModelError(f"{self.model!r}.predict_batch returned {count} results for {len(items)} requests")
+            return [_as_item_error(o) for o in outputs]
+        if skip_errors:
+            return [self._isolated(item) for item in items]
+        return [self._call_model(self.model.predict, (), item) for item in items]
+
+    def _isolated(self, item: dict[str, Any]) -> Any:
+        try:
+            return self._call_model(self.model.predict, (), item)
+        except ModelpodError as error:
+            return error
+
+    def _prepare(self, inputs: dict[str, Any], where: str) -> Any:
+        for processor in self._preprocessors:
+            inputs = _run_processor(processor, "preprocessor", inputs)
+        prepared = self._inputs.prepare(inputs, where)
+        _bind(self.model.signature_target(), (), prepared.values, f"{where}{self.model.model_name}")
+        return prepared
+
+    def _postprocess(self, output: Any) -> Any:
+        for processor in self._postprocessors:
+            output = _run_processor(processor, "postprocessor", output)
+        return output
+
+    def _safe_post(self, output: Any, skip_errors: bool) -> Any:
+        try:
+            return self._postprocess(output)
+        except ModelpodError as error:
+            if not skip_errors:
+                raise
+            return error
+
+    def _call_model(self, method: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any:
+        try:
+            with self._torch_context():
+                return method(*args, **kwargs)
+        except ModelpodError:
+            raise
+        except Exception as error:
+            failure = ModelError(f"{self.model!r} raised {_describe(error)}")
+            logger.exception("error id %s: %r failed", failure.error_id, self.model)
+            raise failure from error
+
+    @contextlib.contextmanager
+    def _torch_context(self) -> Iterator[None]:
+        torch = sys.modules.get("torch")  # only models that imported torch pay for it
+        if torch is None:
+            if self.mixed_precision:
+                raise ModelError("mixed_precision needs torch, and this model does not use it")
+            yield
+            return
+        with contextlib.ExitStack() as stack:
+            if self.inference_mode:
+                stack.enter_context(torch.inference_mode())
+            if self.mixed_precision:
+                device_type = self.model.device.split(":")[0]
+                dtype = torch.float16 if device_type == "cuda" else torch.bfloat16
+                stack.enter_context(torch.autocast(device_type=device_type, dtype=dtype))
+            yield
+
+    def _record(self, started: float, ok: bool, what: str) -> None:
+        elapsed = time.perf_counter() - started
+        self._stats.record(elapsed, ok)
+        if elapsed * 1000 > self.slow_ms:
+            logger.warning("slow %s on %r: %.1f ms (threshold %.0f ms)", what, self.model, elapsed * 1000, self.slow_ms)
+
+    def __repr__(self) -> str:
+        state = "loaded" if self._loaded else "not loaded"
+        return f"<Runner {self.model!r} on {self.model.device} ({state})>"
+
+
+def _insert(chain: list[_Processor], function: Callable[[Any], Any], priority: int, name: str | None) -> list[_Processor]:
+    label = name or getattr(function, "__qualname__", None) or repr(function)
+    # sorted() is stable: equal priorities keep their registration order
+    return sorted([*chain, _Processor(function, priority, label)], key=lambda p: p.priority)
+
+
+def _run_processor(processor: _Processor, kind: str, value: Any) -> Any:
+    try:
+        return processor.function(value)
+    except InvalidInput as error:
+        raise InvalidInput(f"{kind} {processor.name!r}: {error.message}") from error
+    except Exception as error:
+        raise ProcessorError(processor.name, f"{kind} {processor.name!r} failed: {_describe(error)}") from error
+
+
+def _bind(target: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, Any], label: str) -> None:
+    """Reject missing and unknown fields before calling the model, naming them."""
+    try:
+        inspect.signature(target).bind(*args, **kwargs)
+    except TypeError as error:
+        raise InvalidInput(f"{label}: {error}") from None
+    except ValueError:  # builtins without a signature: let the call decide
+        return
+
+
+def _as_item_error(output: Any) -> Any:
+    """A model reports a per-item failure by returning an exception in that item's place."""
+    if isinstance(output, ModelpodError) or not isinstance(output, BaseException):
+        return output
+    return ModelError(_describe(output))
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"

@@ -1,0 +1,1 @@
+"""The network edges: HTTP (Starlette on uvicorn) and gRPC (grpcio asyncio) around one service."""

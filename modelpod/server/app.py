@@ -1,0 +1,158 @@
+"""One process, two edges: HTTP and gRPC started around one inference service, stopped gracefully."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import grpc
+import uvicorn
+
+from modelpod.config import Settings
+from modelpod.pool import ModelPool
+from modelpod.repository import Repository
+from modelpod.server.grpc import start_grpc_server
+from modelpod.server.http import create_app
+from modelpod.service import InferenceService
+
+logger = logging.getLogger("modelpod.server")
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn without its own signal handling: the model server decides when and how to stop."""
+
+    def install_signal_handlers(self) -> None:  # older uvicorn
+        return
+
+    def capture_signals(self) -> Any:  # newer uvicorn
+        import contextlib
+
+        return contextlib.nullcontext()
+
+
+class ModelServer:
+    """HTTP and gRPC around one `InferenceService`. `start()`, then `stop()` to drain and exit."""
+
+    def __init__(self, repository: Repository, settings: Settings) -> None:
+        self.settings = settings
+        self.pool = ModelPool(settings.model_pool_size, settings.model_pool_memory)
+        self.service = InferenceService(repository, self.pool, settings.rpc_max_workers)
+        self.http_port = 0
+        self.grpc_port = 0
+        self._http: _Uvicorn | None = None
+        self._http_task: asyncio.Task[None] | None = None
+        self._grpc: grpc.aio.Server | None = None
+
+    async def start(self) -> None:
+        """Listen on both ports, then load each model's default version."""
+        self.service.set_ready(False)
+        await self._start_http()
+        self._grpc, self.grpc_port = await start_grpc_server(
+            self.service, self.settings.host, self.settings.grpc_port, self.settings.max_message_size
+        )
+        host = self.settings.host
+        _say(f"HTTP listening on http://{host}:{self.http_port}")
+        _say(f"gRPC listening on {host}:{self.grpc_port}")
+        await self._load_defaults()
+        self.service.set_ready(True)
+        _say("ready")
+
+    async def _start_http(self) -> None:
+        sock = socket.socket(socket.AF_INET6 if ":" in self.settings.host else socket.AF_INET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.settings.host, self.settings.http_port))
+        self.http_port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            create_app(self.service, self.settings.max_message_size),
+            log_level=self.settings.log_level,
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=int(self.settings.drain_timeout) or None,
+        )
+        self._http = _Uvicorn(config)
+        self._http_task = asyncio.create_task(self._http.serve(sockets=[sock]))
+        while not self._http.started:
+            if self._http_task.done():
+                self._http_task.result()  # raises why uvicorn could not start
+                raise OSError("the HTTP server stopped while starting")
+            await asyncio.sleep(0.01)
+
+    async def _load_defaults(self) -> None:
+        for name in self.service.repository.names():
+            started = time.perf_counter()
+            try:
+                await self.service.load_model(name)
+            except Exception as error:  # one broken model must not stop the others
+                logger.error("model %s failed to load: %s", name, error)
+                _say(f"model {name} failed to load: {error}")
+                continue
+            version = self.service.repository.get(name).default_version
+            _say(f"loaded {name}:{version} in {time.perf_counter() - started:.2f} s")
+
+    async def stop(self) -> None:
+        """Refuse new requests, let in-flight ones finish (up to the drain timeout), then close."""
+        timeout = self.settings.drain_timeout
+        self.service.start_draining()
+        drained = await self.service.drain(timeout)
+        if self._http is not None:
+            self._http.should_exit = True
+        if self._grpc is not None:
+            await self._grpc.stop(grace=timeout)
+        if self._http_task is not None:
+            await self._http_task
+        await asyncio.get_running_loop().run_in_executor(None, self.service.close)
+        _say("stopped" if drained else "stopped (some requests were still running at the drain timeout)")
+
+
+async def run_server(repository: Repository, settings: Settings) -> None:
+    """Serve until SIGINT or SIGTERM, then stop gracefully."""
+    server = ModelServer(repository, settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await server.start()
+    await stop.wait()
+    _say("shutting down: finishing requests in flight")
+    await server.stop()
+
+
+def serve(*targets: Any, settings: Settings | None = None, **overrides: Any) -> None:
+    """Serve models over HTTP and gRPC until stopped: `serve(MyModel, http_port=8080)`.
+
+    A target is a Model class, a predictor class or a function, or a `(name, target)` pair.
+    """
+    settings = settings or Settings(**overrides)
+    _configure_logging(settings.log_level)
+    repository = build_repository(targets, settings)
+    try:
+        import uvloop
+
+        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    except ImportError:
+        runner = asyncio.Runner()
+    with runner:
+        runner.run(run_server(repository, settings))
+
+
+def build_repository(targets: Iterable[Any], settings: Settings) -> Repository:
+    repository = Repository(settings.data_path, {"slow_ms": settings.slow_ms})
+    for target in targets:
+        name, model = target if isinstance(target, tuple) else (None, target)
+        repository.add(model, name)
+    if not repository.names():
+        raise ValueError("nothing to serve: give at least one model")
+    return repository
+
+
+def _say(message: str) -> None:
+    print(f"modelpod: {message}", flush=True)
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")

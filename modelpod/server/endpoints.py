@@ -1,0 +1,74 @@
+"""What every HTTP endpoint shares: the service, bounded bodies, JSON responses, and errors."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from modelpod.errors import ModelError, ModelpodError, PayloadTooLarge, Unavailable, http_status
+from modelpod.protocol import jsoncodec
+from modelpod.service import InferenceService
+
+logger = logging.getLogger("modelpod.http")
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def service_of(request: Request) -> InferenceService:
+    service: InferenceService = request.app.state.service
+    return service
+
+
+async def read_body(request: Request) -> bytes:
+    """The request body, refused with 413 as soon as it grows past the server's limit."""
+    limit: int | None = request.app.state.max_body_bytes
+    declared = request.headers.get("content-length", "")
+    if limit is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"the request body is {declared} bytes; this server accepts at most {limit}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if limit is not None and size > limit:
+            raise PayloadTooLarge(f"the request body is over {limit} bytes, the most this server accepts")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def json_response(value: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(jsoncodec.dumps(value), status_code=status, headers=headers, media_type="application/json")
+
+
+def handled(endpoint: Endpoint) -> Endpoint:
+    """Every endpoint answers errors itself: typed errors by the table, anything else a logged 500."""
+
+    @functools.wraps(endpoint)
+    async def wrapper(request: Request) -> Response:
+        try:
+            return await endpoint(request)
+        except ModelpodError as error:
+            return error_response(error)
+        except Exception:
+            failure = ModelError("internal server error")
+            logger.exception("error id %s: %s %s failed", failure.error_id, request.method, request.url.path)
+            return error_response(failure)
+
+    return wrapper
+
+
+def error_response(error: ModelpodError) -> Response:
+    headers = {}
+    if isinstance(error, Unavailable) and error.retry_after is not None:
+        headers["Retry-After"] = str(max(1, round(error.retry_after)))
+    if isinstance(error, ModelError):
+        headers["X-Error-Id"] = error.error_id
+    return json_response({"error": str(error)}, http_status(error), headers)
+
+
+async def route_not_found(request: Request, error: Exception) -> Response:
+    status = getattr(error, "status_code", 404)
+    message = "method not allowed" if status == 405 else "no such route"
+    return JSONResponse({"error": f"{message}: {request.method} {request.url.path}"}, status_code=status)

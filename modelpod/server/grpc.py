@@ -1,0 +1,185 @@
+"""The gRPC edge (grpcio asyncio): the Open Inference Protocol service and modelpod's native service."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from modelpod import types
+from modelpod.errors import (
+    ModelError,
+    ModelpodError,
+    Unavailable,
+    from_http_status,
+    grpc_status_name,
+)
+from modelpod.protocol import native, v2
+from modelpod.protocol._generated import grpc_service_pb2 as pb
+from modelpod.protocol._generated import grpc_service_pb2_grpc as pb_grpc
+from modelpod.protocol._generated import native_pb2, native_pb2_grpc
+from modelpod.service import InferenceService
+
+logger = logging.getLogger("modelpod.grpc")
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Handler = Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Resp]]
+
+
+def guarded(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
+    """Typed errors become their gRPC status by the one table; anything else INTERNAL with an id."""
+
+    @functools.wraps(handler)
+    async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext) -> Resp:
+        try:
+            return await handler(self, request, context)
+        except ModelpodError as error:
+            await abort(context, error)
+        except Exception:
+            failure = ModelError("internal server error")
+            logger.exception("error id %s: gRPC %s failed", failure.error_id, handler.__name__)
+            await abort(context, failure)
+        raise AssertionError("abort() always raises")  # pragma: no cover
+
+    return wrapper
+
+
+async def abort(context: grpc.aio.ServicerContext, error: ModelpodError) -> None:
+    metadata: list[tuple[str, str]] = []
+    if isinstance(error, Unavailable) and error.retry_after is not None:
+        metadata.append(("retry-after", str(max(1, round(error.retry_after)))))
+    if isinstance(error, ModelError):
+        metadata.append(("error-id", error.error_id))
+    await context.abort(getattr(grpc.StatusCode, grpc_status_name(error)), str(error), tuple(metadata))
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    """`inference.GRPCInferenceService`, as NVIDIA's tritonclient.grpc speaks it."""
+
+    def __init__(self, service: InferenceService) -> None:
+        self.service = service
+
+    @guarded
+    async def ServerLive(self, request: pb.ServerLiveRequest, context: Any) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    @guarded
+    async def ServerReady(self, request: pb.ServerReadyRequest, context: Any) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self.service.ready())
+
+    @guarded
+    async def ModelReady(self, request: pb.ModelReadyRequest, context: Any) -> pb.ModelReadyResponse:
+        version = request.version or None
+        self.service.repository.resolve(request.name, version)
+        return pb.ModelReadyResponse(ready=self.service.model_ready(request.name, version))
+
+    @guarded
+    async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: Any) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(**self.service.server_metadata())
+
+    @guarded
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Any) -> pb.ModelMetadataResponse:
+        return pb.ModelMetadataResponse(**self.service.model_metadata(request.name, request.version or None))
+
+    @guarded
+    async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
+        return await self._infer(request)
+
+    async def ModelStreamInfer(
+        self, requests: AsyncIterator[pb.ModelInferRequest], context: Any
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        """Each request gets one response on the stream; an error answers that request alone."""
+        async for request in requests:
+            try:
+                yield pb.ModelStreamInferResponse(infer_response=await self._infer(request))
+            except ModelpodError as error:
+                yield pb.ModelStreamInferResponse(error_message=str(error))
+
+    async def _infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+        decoded = v2.decode_grpc_request(request)
+        name = request.model_name
+        version, outputs = await self.service.infer(name, request.model_version or None, decoded.inputs)
+        response = v2.InferResponse(
+            model_name=name,
+            model_version=version,
+            id=decoded.id,
+            outputs=v2.select_outputs(outputs, decoded.outputs),
+        )
+        return v2.encode_grpc_response(response)
+
+    @guarded
+    async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: Any) -> pb.RepositoryIndexResponse:
+        index = self.service.repository_index()
+        if request.ready:
+            index = [entry for entry in index if entry["state"] == "READY"]
+        return pb.RepositoryIndexResponse(models=index)
+
+    @guarded
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context: Any
+    ) -> pb.RepositoryModelLoadResponse:
+        await self.service.load_model(request.model_name)
+        return pb.RepositoryModelLoadResponse()
+
+    @guarded
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: Any
+    ) -> pb.RepositoryModelUnloadResponse:
+        await self.service.unload_model(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
+
+class NativeServicer(native_pb2_grpc.ModelServiceServicer):
+    """`modelpod.native.ModelService`: the model's own methods, arguments and results in msgpack."""
+
+    def __init__(self, service: InferenceService) -> None:
+        self.service = service
+
+    @guarded
+    async def Call(self, request: native_pb2.CallRequest, context: Any) -> native_pb2.CallResponse:
+        arguments = native.unpack(request.payload) if request.payload else {}
+        result = await self.service.call(
+            request.model,
+            request.version or None,
+            request.method,
+            arguments,
+            query_params=dict(request.query_params),
+        )
+        if isinstance(result, types.Response):
+            result = _unwrap(result)
+        return native_pb2.CallResponse(payload=native.pack(result))
+
+
+def _unwrap(response: types.Response) -> Any:
+    """A model's own response over gRPC: its body, or its error status as a gRPC error."""
+    if response.status < 400:
+        return response.body
+    body = response.body
+    message = body.get("error", body) if isinstance(body, dict) else body
+    raise from_http_status(response.status, str(message))
+
+
+async def start_grpc_server(
+    service: InferenceService, host: str, port: int, max_message_size: int | None
+) -> tuple[grpc.aio.Server, int]:
+    """Bind and start both gRPC services; returns the server and the port it listens on."""
+    limit = max_message_size if max_message_size is not None else -1
+    server = grpc.aio.server(options=[
+        ("grpc.max_receive_message_length", limit),
+        ("grpc.max_send_message_length", limit),
+        ("grpc.so_reuseport", 0),
+    ])
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(service), server)
+    native_pb2_grpc.add_ModelServiceServicer_to_server(NativeServicer(service), server)
+    try:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    except RuntimeError:
+        bound = 0
+    if bound == 0:
+        raise OSError(f"cannot listen for gRPC on {host}:{port}: is the port in use?")
+    await server.start()
+    return server, bound

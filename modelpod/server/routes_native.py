@@ -1,0 +1,103 @@
+"""Native routes: the model's own methods, with the body as keyword arguments.
+
+    GET  /models                                          every model, its versions and default
+    GET  /models/{name}                                   one model
+    PUT  /models/{name}/default        {"version": v}     switch the default version, no downtime
+    POST /models/{name}[/versions/{version}]/{method}     predict | initialize | train | log
+    GET  /models/{name}[/versions/{version}]/log          what training reported
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from modelpod import types
+from modelpod.errors import InvalidInput, ModelError
+from modelpod.protocol import jsoncodec, native
+from modelpod.server.endpoints import handled, json_response, read_body, service_of
+
+MSGPACK = "application/msgpack"
+_MSGPACK_TYPES = (MSGPACK, "application/x-msgpack")
+
+
+def routes() -> list[BaseRoute]:
+    return [
+        Route("/models", list_models, methods=["GET"]),
+        Route("/models/{name}", show_model, methods=["GET"]),
+        Route("/models/{name}/default", set_default, methods=["PUT"]),
+        Route("/models/{name}/log", call_method, methods=["GET"]),
+        Route("/models/{name}/versions/{version}/log", call_method, methods=["GET"]),
+        Route("/models/{name}/{method}", call_method, methods=["POST"]),
+        Route("/models/{name}/versions/{version}/{method}", call_method, methods=["POST"]),
+    ]
+
+
+@handled
+async def list_models(request: Request) -> Response:
+    return json_response(service_of(request).models())
+
+
+@handled
+async def show_model(request: Request) -> Response:
+    return json_response(service_of(request).describe(request.path_params["name"]))
+
+
+@handled
+async def set_default(request: Request) -> Response:
+    body = jsoncodec.loads(await read_body(request))
+    version = body.get("version") if isinstance(body, dict) else None
+    if not isinstance(version, str | int) or isinstance(version, bool):
+        raise InvalidInput('the body must be {"version": "<version>"}')
+    return json_response(await service_of(request).set_default(request.path_params["name"], str(version)))
+
+
+@handled
+async def call_method(request: Request) -> Response:
+    params = request.path_params
+    method = params.get("method", "log")
+    arguments = await _arguments(request)
+    result = await service_of(request).call(
+        params["name"], params.get("version"), method, arguments, query_params=dict(request.query_params)
+    )
+    return _result(result, request)
+
+
+async def _arguments(request: Request) -> Any:
+    """The keyword arguments: JSON (default), msgpack, or raw bytes as `binary_data`."""
+    body = await read_body(request)
+    if not body:
+        return {}
+    content_type = request.headers.get("content-type", "application/json").split(";")[0].strip()
+    if content_type == "application/octet-stream":
+        return {"binary_data": body}
+    if content_type in _MSGPACK_TYPES:
+        return native.unpack(body)
+    return jsoncodec.loads(body)
+
+
+def _result(result: Any, request: Request) -> Response:
+    if isinstance(result, types.Response):
+        return _model_response(result)
+    if isinstance(result, bytes | bytearray):
+        return Response(bytes(result), media_type="application/octet-stream")
+    if any(t in request.headers.get("accept", "") for t in _MSGPACK_TYPES):
+        return Response(native.pack(result), media_type=MSGPACK)
+    try:
+        return json_response(result)
+    except TypeError as error:
+        raise ModelError(f"the model's result cannot be sent as JSON: {error}") from None
+
+
+def _model_response(response: types.Response) -> Response:
+    """A model's own response goes out as it is: its status, headers and body."""
+    if isinstance(response.body, bytes | str):
+        media_type = response.media_type or ("text/plain" if isinstance(response.body, str) else "application/octet-stream")
+        return Response(response.body, response.status, response.headers, media_type=media_type)
+    try:
+        return json_response(response.body, response.status, response.headers)
+    except TypeError as error:
+        raise ModelError(f"the model's response body cannot be sent as JSON: {error}") from None

@@ -1,0 +1,97 @@
+"""The Open Inference Protocol (KServe V2) over HTTP, with the binary tensor data and repository extensions."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from modelpod.errors import Unavailable
+from modelpod.protocol import v2
+from modelpod.server.endpoints import handled, json_response, read_body, service_of
+
+
+def routes() -> list[BaseRoute]:
+    model = "/v2/models/{name}"
+    versioned = "/v2/models/{name}/versions/{version}"
+    return [
+        Route("/v2", server_metadata, methods=["GET"]),
+        Route("/v2/health/live", live, methods=["GET"]),
+        Route("/v2/health/ready", ready, methods=["GET"]),
+        Route(model, model_metadata, methods=["GET"]),
+        Route(versioned, model_metadata, methods=["GET"]),
+        Route(f"{model}/ready", model_ready, methods=["GET"]),
+        Route(f"{versioned}/ready", model_ready, methods=["GET"]),
+        Route(f"{model}/infer", infer, methods=["POST"]),
+        Route(f"{versioned}/infer", infer, methods=["POST"]),
+        Route("/v2/repository/index", repository_index, methods=["POST"]),
+        Route("/v2/repository/models/{name}/load", load_model, methods=["POST"]),
+        Route("/v2/repository/models/{name}/unload", unload_model, methods=["POST"]),
+    ]
+
+
+@handled
+async def server_metadata(request: Request) -> Response:
+    return json_response(service_of(request).server_metadata())
+
+
+@handled
+async def live(request: Request) -> Response:
+    return json_response({"live": True})
+
+
+@handled
+async def ready(request: Request) -> Response:
+    if not service_of(request).ready():
+        raise Unavailable("the server is shutting down", retry_after=1.0)
+    return json_response({"ready": True})
+
+
+@handled
+async def model_metadata(request: Request) -> Response:
+    params = request.path_params
+    return json_response(service_of(request).model_metadata(params["name"], params.get("version")))
+
+
+@handled
+async def model_ready(request: Request) -> Response:
+    name, version = request.path_params["name"], request.path_params.get("version")
+    service = service_of(request)
+    service.repository.resolve(name, version)  # unknown model or version: 404
+    is_ready = service.model_ready(name, version)
+    return json_response({"name": name, "ready": is_ready}, 200 if is_ready else 503)
+
+
+@handled
+async def infer(request: Request) -> Response:
+    name = request.path_params["name"]
+    header_length = v2.parse_header_length(request.headers.get(v2.HEADER_LENGTH))
+    decoded = v2.decode_http_request(await read_body(request), header_length)
+    version, outputs = await service_of(request).infer(name, request.path_params.get("version"), decoded.inputs)
+    response = v2.InferResponse(
+        model_name=name,
+        model_version=version,
+        id=decoded.id,
+        outputs=v2.select_outputs(outputs, decoded.outputs),
+    )
+    body, length = v2.encode_http_response(response, decoded)
+    if length is None:
+        return Response(body, media_type="application/json")
+    return Response(body, headers={v2.HEADER_LENGTH: str(length)}, media_type="application/octet-stream")
+
+
+@handled
+async def repository_index(request: Request) -> Response:
+    return json_response(service_of(request).repository_index())
+
+
+@handled
+async def load_model(request: Request) -> Response:
+    await service_of(request).load_model(request.path_params["name"])
+    return json_response({})
+
+
+@handled
+async def unload_model(request: Request) -> Response:
+    await service_of(request).unload_model(request.path_params["name"])
+    return json_response({})
