@@ -64,9 +64,7 @@ class SentimentPredictor:
             try:
                 threshold = float(query_params["threshold"])
             except ValueError:
-                return _bad_request(
-                    f"threshold must be a number, not {query_params['threshold']!r}"
-                )
+                return _bad_request(f"threshold must be a number, not {query_params['threshold']!r}")
 
         score, matched = self.score(text)
         label = "positive" if score > threshold else "negative" if score < -threshold else "neutral"

@@ -108,9 +108,7 @@ class IrisClassifier(Model):
         return [
             {
                 "label": self.labels[int(np.argmax(row))],
-                "probabilities": {
-                    label: float(p) for label, p in zip(self.labels, row, strict=True)
-                },
+                "probabilities": {label: float(p) for label, p in zip(self.labels, row, strict=True)},
             }
             for row in probabilities
         ]

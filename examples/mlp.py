@@ -34,9 +34,7 @@ class MLP(Model):
     """Two dense layers with ReLU and softmax, weights seeded from the config."""
 
     name = "mlp"
-    inputs: ClassVar[Sequence[TensorSpec | Mapping[str, Any]]] = [
-        TensorSpec("x", "FP32", (-1, IN_FEATURES))
-    ]
+    inputs: ClassVar[Sequence[TensorSpec | Mapping[str, Any]]] = [TensorSpec("x", "FP32", (-1, IN_FEATURES))]
     outputs: ClassVar[Sequence[TensorSpec | Mapping[str, Any]]] = [
         TensorSpec("y", "FP32", (-1, OUT_FEATURES))
     ]
@@ -61,9 +59,7 @@ class MLP(Model):
 
     def predict_batch(self, items: Sequence[Mapping[str, Any]]) -> list[Array]:
         """Many requests, one pair of matrix products."""
-        arrays = [
-            _batch(_field(item, index), f"item {index}: ") for index, item in enumerate(items)
-        ]
+        arrays = [_batch(_field(item, index), f"item {index}: ") for index, item in enumerate(items)]
         if not arrays:
             return []
         outputs = self._forward(np.concatenate(arrays))

@@ -37,9 +37,7 @@ class TinyTorch(Model):
     """Two linear layers on `self.device`, deterministic from the config's `seed`."""
 
     name = "tiny-torch"
-    inputs: ClassVar[Sequence[TensorSpec | Mapping[str, Any]]] = [
-        TensorSpec("x", "FP32", (-1, IN_FEATURES))
-    ]
+    inputs: ClassVar[Sequence[TensorSpec | Mapping[str, Any]]] = [TensorSpec("x", "FP32", (-1, IN_FEATURES))]
     outputs: ClassVar[Sequence[TensorSpec | Mapping[str, Any]]] = [
         TensorSpec("y", "FP32", (-1, OUT_FEATURES))
     ]
@@ -123,17 +121,13 @@ def _batch(x: Any, where: str, device: str) -> torch.Tensor:
     try:
         tensor = torch.as_tensor(x, device=device)
     except (TypeError, ValueError, RuntimeError) as error:
-        raise InvalidInput(
-            f"{where}x must be an (n, {IN_FEATURES}) array of numbers: {error}"
-        ) from None
+        raise InvalidInput(f"{where}x must be an (n, {IN_FEATURES}) array of numbers: {error}") from None
     if tensor.dtype == torch.bool or tensor.is_complex():
         raise InvalidInput(f"{where}x must hold real numbers, got {tensor.dtype}")
     if tensor.ndim == 1:
         tensor = tensor.unsqueeze(0)
     if tensor.ndim != 2 or tensor.shape[1] != IN_FEATURES:
-        raise InvalidInput(
-            f"{where}x must have shape (n, {IN_FEATURES}), got {tuple(tensor.shape)}"
-        )
+        raise InvalidInput(f"{where}x must have shape (n, {IN_FEATURES}), got {tuple(tensor.shape)}")
     return tensor.to(torch.float32)
 
 

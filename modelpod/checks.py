@@ -72,14 +72,8 @@ class NanReport:
         return not (self.has_nan or self.has_inf or self.first_module)
 
     def __str__(self) -> str:
-        kinds = " and ".join(
-            k for k, found in (("NaN", self.has_nan), ("Inf", self.has_inf)) if found
-        )
-        text = (
-            f"{kinds} in {', '.join(self.outputs_with_nan)}"
-            if kinds
-            else "no NaN/Inf in the output"
-        )
+        kinds = " and ".join(k for k, found in (("NaN", self.has_nan), ("Inf", self.has_inf)) if found)
+        text = f"{kinds} in {', '.join(self.outputs_with_nan)}" if kinds else "no NaN/Inf in the output"
         if self.first_module is not None and kinds:
             text += f"; first produced by torch module {self.first_module!r}"
         elif self.first_module is not None:
@@ -148,9 +142,7 @@ def _torch_modules(model: object) -> list[tuple[str, Any]]:
             roots.extend((f"{name}.{k}", v) for k, v in items if isinstance(v, module_type))
         elif not isinstance(value, type):
             roots.extend(
-                (f"{name}.{inner}", v)
-                for inner, v in _attributes(value)
-                if isinstance(v, module_type)
+                (f"{name}.{inner}", v) for inner, v in _attributes(value) if isinstance(v, module_type)
             )
     return roots
 
@@ -340,8 +332,7 @@ def _growth(before: tracemalloc.Snapshot, after: tracemalloc.Snapshot) -> tuple[
     total = sum(diff.size_diff for diff in diffs)
     growing = sorted((d for d in diffs if d.size_diff > 0), key=lambda d: -d.size_diff)
     sites = [
-        f"{d.traceback[0].filename}:{d.traceback[0].lineno}: "
-        f"+{d.size_diff} bytes in {d.count_diff:+d} blocks"
+        f"{d.traceback[0].filename}:{d.traceback[0].lineno}: +{d.size_diff} bytes in {d.count_diff:+d} blocks"
         for d in growing[:TOP_N]
     ]
     return total, sites
@@ -430,9 +421,7 @@ class ProfileReport:
         )
 
 
-def profile(
-    call: Callable[[], Any], iterations: int = 10, use_torch: bool | None = None
-) -> ProfileReport:
+def profile(call: Callable[[], Any], iterations: int = 10, use_torch: bool | None = None) -> ProfileReport:
     """Profile `iterations` calls of `call`.
 
     use_torch: True -> torch.profiler (ValueError when torch is not installed); False -> cProfile;

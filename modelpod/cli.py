@@ -16,8 +16,12 @@ environment variable; a flag wins over the environment."""
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="modelpod", description="Serve Python models over HTTP and gRPC.")
     commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="serve models over HTTP and gRPC", epilog=EPILOG,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    serve = commands.add_parser(
+        "serve",
+        help="serve models over HTTP and gRPC",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     serve.add_argument("models", nargs="+", metavar="MODEL", help="what to serve")
     _add_settings(serve)
     return parser
@@ -45,7 +49,9 @@ def run_serve(arguments: argparse.Namespace) -> int:
     from modelpod.server.app import serve
 
     overrides: dict[str, Any] = {
-        key: value for key, value in vars(arguments).items() if key not in ("command", "models") and value is not None
+        key: value
+        for key, value in vars(arguments).items()
+        if key not in ("command", "models") and value is not None
     }
     try:
         settings = Settings(**overrides)
@@ -53,7 +59,11 @@ def run_serve(arguments: argparse.Namespace) -> int:
     except (ValidationError, ValueError) as error:
         print(f"modelpod: {error}", file=sys.stderr)
         return 2
-    serve(*targets, settings=settings)
+    try:
+        serve(*targets, settings=settings)
+    except OSError as error:
+        print(f"modelpod: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

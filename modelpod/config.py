@@ -9,8 +9,22 @@ from typing import Annotated, Any
 from pydantic import BeforeValidator, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,
-          "t": 1000**4, "tb": 1000**4, "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4}
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "t": 1000**4,
+    "tb": 1000**4,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+    "tib": 1024**4,
+}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
 
 
@@ -37,8 +51,12 @@ class Settings(BaseSettings):
 
     host: str = Field("127.0.0.1", description="address both servers bind to")
     http_port: int = Field(8080, ge=0, le=65535, description="HTTP port (0: any free port)")
-    grpc_port: int = Field(50051, ge=0, le=65535, description="gRPC port (0: any free port; -1 is not allowed)")
-    data_path: Path = Field(Path("appdata"), description="where model instances keep model_info and model_dir")
+    grpc_port: int = Field(
+        50051, ge=0, le=65535, description="gRPC port (0: any free port; -1 is not allowed)"
+    )
+    data_path: Path = Field(
+        Path("appdata"), description="where model instances keep model_info and model_dir"
+    )
     model_pool_size: int = Field(1, ge=1, description="loaded versions kept per model (LRU)")
     model_pool_memory: ByteSize = Field(None, description="memory budget for all loaded instances, e.g. 8GiB")
     rpc_max_workers: int = Field(12, ge=1, description="threads that run model code")

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from modelpod.errors import InvalidInput
-from modelpod.model import Model
+from modelpod.model import RESERVED_BYTES_ARGUMENT, Model
 from modelpod.types import TensorSpec, numpy_dtype
 
 CONVERSIONS = (None, "numpy", "torch")
@@ -61,6 +61,14 @@ class InputPreparer:
             if isinstance(value, tuple):
                 value = list(value)
             spec = self._specs.get(name)
+            if (
+                name == RESERVED_BYTES_ARGUMENT
+                and spec is None
+                and not isinstance(value, bytes | bytearray | memoryview)
+            ):
+                raise InvalidInput(
+                    f"{where}input {name!r} is reserved for raw bytes, got {type(value).__name__}"
+                )
             if spec is not None:
                 value = _as_array(value, spec, where)
                 if self.add_batch_dim and value.ndim == len(spec.shape) - 1:
@@ -68,10 +76,18 @@ class InputPreparer:
                     squeezed.add(name)
                 _check_shape(value, spec, where)
             values[name] = self._convert(value, name, where)
-        return Prepared(values, squeeze=bool(squeezed) and len(squeezed) == len(self._specs))
+        # take the batch dimension off the output only when every tensor input was unbatched
+        batched = {name for name in values if name in self._specs}
+        return Prepared(values, squeeze=bool(squeezed) and squeezed == batched)
 
     def _convert(self, value: Any, name: str, where: str) -> Any:
-        if self.convert is None or not isinstance(value, list | np.ndarray):
+        if self.convert is None:
+            return value
+        if _is_torch_tensor(value):  # a tensor already: move it, or hand numpy its data
+            if self.convert == "torch":
+                return value.to(self.device)
+            return value.detach().cpu().numpy()
+        if not isinstance(value, list | np.ndarray):
             return value
         try:
             array = np.asarray(value)
@@ -79,9 +95,15 @@ class InputPreparer:
             raise InvalidInput(f"{where}input {name!r} is not a regular array: {error}") from None
         if self.convert == "numpy":
             return array
+        if array.dtype.kind not in "biufc":  # text or objects: torch has no tensor for them
+            return value
         import torch
 
         return torch.as_tensor(array).to(self.device)
+
+
+def _is_torch_tensor(value: Any) -> bool:
+    return type(value).__module__.startswith("torch") and hasattr(value, "to")
 
 
 def _as_array(value: Any, spec: TensorSpec, where: str) -> np.ndarray[Any, Any]:
@@ -98,12 +120,16 @@ def _check_shape(value: Any, spec: TensorSpec, where: str) -> None:
     expected = spec.shape
     fits = len(shape) == len(expected) and all(e < 0 or e == s for s, e in zip(shape, expected, strict=True))
     if not fits:
-        raise InvalidInput(f"{where}input {spec.name!r} has shape {list(shape)}, expected {list(expected)} (-1: any size)")
+        raise InvalidInput(
+            f"{where}input {spec.name!r} has shape {list(shape)}, expected {list(expected)} (-1: any size)"
+        )
 
 
 def _drop_batch_dim(output: Any) -> Any:
     if isinstance(output, Mapping):
         return {key: _drop_batch_dim(value) for key, value in output.items()}
+    if isinstance(output, tuple):  # several outputs
+        return tuple(_drop_batch_dim(value) for value in output)
     if hasattr(output, "shape") and len(output.shape) > 0:
         return output[0]
     return output

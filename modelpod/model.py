@@ -40,7 +40,7 @@ _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 def check_name(kind: str, value: str) -> str:
     """Names become folder names: refuse anything that could escape the data path."""
-    if not isinstance(value, str) or not _NAME_PATTERN.match(value) or ".." in value:
+    if not isinstance(value, str) or not _NAME_PATTERN.fullmatch(value) or ".." in value:
         raise InvalidInput(
             f"invalid {kind} {value!r}: use 1-128 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit"
@@ -219,15 +219,19 @@ class PredictorAdapter(Model):
         self.predictor: Any = None
         kwargs.setdefault("name", predictor_class.__name__)
         super().__init__(version, **kwargs)
-        params = inspect.signature(predictor_class.predict).parameters
+        params = inspect.signature(getattr(predictor_class, "predict")).parameters  # noqa: B009
         self._takes_query_params = "query_params" in params
 
     def setup(self) -> None:
         self.predictor = self.predictor_class(self.config)
 
-    def predict(self, payload: Any = None, query_params: Mapping[str, str] | None = None, **fields: Any) -> Any:  # type: ignore[override]
+    def predict(
+        self, payload: Any = None, query_params: Mapping[str, str] | None = None, **fields: Any
+    ) -> Any:
         if payload is None:
-            payload = fields
+            # raw bytes (the reserved `binary_data` field) are the payload itself, as in Cortex
+            only_bytes = set(fields) == {RESERVED_BYTES_ARGUMENT}
+            payload = fields[RESERVED_BYTES_ARGUMENT] if only_bytes else fields
         if self._takes_query_params:
             return self.predictor.predict(payload=payload, query_params=dict(query_params or {}))
         return self.predictor.predict(payload=payload)
@@ -322,10 +326,12 @@ def derive_input_specs(target: Callable[..., Any]) -> tuple[TensorSpec, ...]:
         hint = hints.get(param.name)
         origin = typing.get_origin(hint) or hint
         datatype = _HINT_DATATYPES.get(origin, "BYTES")
-        if origin in (list, tuple, Sequence):
+        shape: tuple[int, ...] = (-1,)  # one value per request, a batch of them
+        if origin in (list, tuple, Sequence, np.ndarray):
             args = typing.get_args(hint)
-            datatype = _HINT_DATATYPES.get(args[0], "BYTES") if args else "BYTES"
-        specs.append(TensorSpec(param.name, datatype, (-1,)))
+            datatype = _HINT_DATATYPES.get(args[0], "FP64") if args else datatype
+            shape = (-1, -1)  # one sequence per request
+        specs.append(TensorSpec(param.name, datatype, shape))
     return tuple(specs)
 
 

@@ -22,7 +22,11 @@ class Pipeline(Model):
     def __init__(self, steps: Sequence[Any], version: str = "1", **kwargs: Any) -> None:
         if not steps:
             raise ValueError("a pipeline needs at least one step")
-        self.steps = [step if isinstance(step, Runner) else Runner(step) for step in steps]
+        # steps given as classes or functions keep their files beside the pipeline's
+        data_path = kwargs.get("data_path")
+        self.steps = [
+            step if isinstance(step, Runner) else Runner(step, data_path=data_path) for step in steps
+        ]
         super().__init__(version, **kwargs)
 
     def setup(self) -> None:

@@ -58,6 +58,7 @@ class ModelPool:
         self._lock = threading.Lock()
         self._load_locks: dict[Key, threading.Lock] = {}
         self._costs: dict[Key, int] = {}
+        self._pinned: set[Key] = set()
         self._stats = PoolStats()
         self.load_errors: dict[Key, str] = {}
 
@@ -123,7 +124,7 @@ class ModelPool:
     def _make_room(self, incoming: Key, incoming_cost: int) -> None:
         """Retire least recently used instances until the incoming one fits both bounds."""
         with self._lock:
-            others = [e for e in self._entries.values() if e.key != incoming]  # oldest first
+            others = [e for e in self._entries.values() if e.key != incoming and e.key not in self._pinned]
             same_model = [e for e in others if e.key[0] == incoming[0]]
             chosen = same_model[: max(len(same_model) - (self.per_model - 1), 0)]
             if self.memory_budget is not None:
@@ -137,9 +138,24 @@ class ModelPool:
                         chosen.append(entry)
                         total -= entry.cost_bytes
             idle = [self._retire(entry, "pool full") for entry in chosen]
-        for entry in idle:
-            if entry is not None:
-                self._teardown(entry)
+        for victim in idle:
+            if victim is not None:
+                self._teardown(victim)
+
+    @contextmanager
+    def pinned(self, key: Key) -> Iterator[None]:
+        """Keep `key` loaded meanwhile, even past the bounds (a version switch needs both loaded)."""
+        with self._lock:
+            self._pinned.add(key)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._pinned.discard(key)
+
+    def trim(self, keep: Key) -> None:
+        """Enforce the bounds again, evicting others than `keep` (after a pin is released)."""
+        self._make_room(keep, 0)
 
     def evict(self, key: Key, reason: str = "requested") -> bool:
         """Unload one instance (after its in-flight requests finish). False if it was not loaded."""

@@ -33,8 +33,13 @@ class Repository:
         self._models: dict[str, HostedModel] = {}
         self._lock = threading.Lock()
 
-    def add(self, target: Any, name: str | None = None, default_version: str = DEFAULT_VERSION,
-            **runner_options: Any) -> HostedModel:
+    def add(
+        self,
+        target: Any,
+        name: str | None = None,
+        default_version: str = DEFAULT_VERSION,
+        **runner_options: Any,
+    ) -> HostedModel:
         """Host a Model class, a predictor class or a function under `name` (default: its own)."""
         probe = as_model(target, default_version, data_path=self.data_path)
         hosted = HostedModel(
@@ -74,10 +79,15 @@ class Repository:
         if version is None or version == "":
             return hosted, hosted.default_version
         check_name("version", version)
-        if version == hosted.default_version or (self.data_path / name / version / "model_info.json").exists():
+        if (
+            version == hosted.default_version
+            or (self.data_path / name / version / "model_info.json").exists()
+        ):
             return hosted, version
         known = ", ".join(self.versions(name))
-        raise NotFound(f"model {name!r} has no version {version!r} (versions: {known}); create it with initialize")
+        raise NotFound(
+            f"model {name!r} has no version {version!r} (versions: {known}); create it with initialize"
+        )
 
     def instance(self, hosted: HostedModel, version: str) -> Model:
         """A fresh, unloaded instance: enough to read its info and log, or to initialize it."""

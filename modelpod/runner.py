@@ -96,12 +96,15 @@ class Runner:
             if self._loaded:
                 return
             self._load_custom_ops()
-            self.model.device = select_device(self.requested_device)
+            try:
+                self.model.device = select_device(self.requested_device)
+            except ValueError as error:
+                raise ModelLoadError(f"model {self._label} cannot be loaded: {error}") from error
             self._inputs.device = self.model.device
             try:
                 self.model.setup()
             except Exception as error:
-                raise ModelLoadError(f"{self.model!r} failed to load: {_describe(error)}") from error
+                raise ModelLoadError(f"model {self._label} failed to load: {_describe(error)}") from error
             self._warm_up()
             self._loaded = True
             logger.info("loaded %r on %s", self.model, self.model.device)
@@ -141,15 +144,22 @@ class Runner:
         try:
             self._run_one(dict(example))
         except ModelpodError as error:
-            raise ModelLoadError(f"{self.model!r} failed its warm-up request: {error}") from error
+            # not loaded, so close() will not tear it down: free what setup took now
+            with contextlib.suppress(Exception):
+                self.model.teardown()
+            raise ModelLoadError(f"model {self._label} failed its warm-up request: {error}") from error
 
     # -- processors -------------------------------------------------------------------------
 
-    def register_preprocessor(self, function: Preprocessor, priority: int = 0, name: str | None = None) -> None:
+    def register_preprocessor(
+        self, function: Preprocessor, priority: int = 0, name: str | None = None
+    ) -> None:
         """Add a function `inputs dict -> inputs dict`; lower priority runs first."""
         self._preprocessors = _insert(self._preprocessors, function, priority, name)
 
-    def register_postprocessor(self, function: Postprocessor, priority: int = 0, name: str | None = None) -> None:
+    def register_postprocessor(
+        self, function: Postprocessor, priority: int = 0, name: str | None = None
+    ) -> None:
         """Add a function `output -> output`; lower priority runs first."""
         self._postprocessors = _insert(self._postprocessors, function, priority, name)
 
@@ -181,6 +191,8 @@ class Runner:
         """
         if max_batch_size is not None and max_batch_size < 1:
             raise InvalidInput(f"max_batch_size must be at least 1, not {max_batch_size}")
+        if not isinstance(items, Sequence) or isinstance(items, str | bytes | bytearray):
+            raise InvalidInput(f"predict_batch needs a list of requests, got {type(items).__name__}")
         self.load()
         size = max_batch_size or max(len(items), 1)
         results: list[Any] = []
@@ -233,10 +245,25 @@ class Runner:
 
     def _run_chunk(self, chunk: Sequence[Mapping[str, Any]], offset: int, skip_errors: bool) -> list[Any]:
         started = time.perf_counter()
+        results: list[Any] = []
+        try:
+            results = self._chunk_results(chunk, offset, skip_errors)
+            return results
+        finally:
+            # every item is a request: a chunk that raised counts all its items as failed
+            failed = [isinstance(r, ModelpodError) for r in results] if results else [True] * len(chunk)
+            self._record_many(started, failed, f"predict_batch of {len(chunk)}")
+
+    def _chunk_results(self, chunk: Sequence[Mapping[str, Any]], offset: int, skip_errors: bool) -> list[Any]:
         prepared, failures = [], {}
         for index, item in enumerate(chunk):
+            where = f"item {offset + index}: "
             try:
-                prepared.append(self._prepare(dict(item), f"item {offset + index}: "))
+                if not isinstance(item, Mapping):
+                    raise InvalidInput(
+                        f"{where}expected a mapping of input names to values, got {type(item).__name__}"
+                    )
+                prepared.append(self._prepare(dict(item), where))
             except ModelpodError as error:
                 if not skip_errors:
                     raise
@@ -249,8 +276,12 @@ class Runner:
                 results.append(failures[index])
                 continue
             item, output = next(good)
-            results.append(output if isinstance(output, ModelpodError) else self._safe_post(item.restore(output), skip_errors))
-        self._record(started, not any(isinstance(r, ModelpodError) for r in results), "predict_batch")
+            if isinstance(output, ModelpodError):
+                if not skip_errors:
+                    raise output
+                results.append(output)
+            else:
+                results.append(self._safe_post(item.restore(output), skip_errors))
         return results
 
     def _batch_outputs(self, items: list[dict[str, Any]], skip_errors: bool) -> list[Any]:
@@ -266,7 +297,9 @@ class Runner:
                 return [self._isolated(item) for item in items]  # find the failing items one by one
             if not isinstance(outputs, Sequence) or len(outputs) != len(items):
                 count = len(outputs) if isinstance(outputs, Sequence) else type(outputs).__name__
-                raise ModelError(f"{self.model!r}.predict_batch returned {count} results for {len(items)} requests")
+                raise ModelError(
+                    f"{self.model!r}.predict_batch returned {count} results for {len(items)} requests"
+                )
             return [_as_item_error(o) for o in outputs]
         if skip_errors:
             return [self._isolated(item) for item in items]
@@ -281,6 +314,12 @@ class Runner:
     def _prepare(self, inputs: dict[str, Any], where: str) -> Any:
         for processor in self._preprocessors:
             inputs = _run_processor(processor, "preprocessor", inputs)
+            if not isinstance(inputs, Mapping):
+                raise ProcessorError(
+                    processor.name,
+                    f"preprocessor {processor.name!r} returned {type(inputs).__name__}, "
+                    "not a mapping of input names to values",
+                )
         prepared = self._inputs.prepare(inputs, where)
         _bind(self.model.signature_target(), (), prepared.values, f"{where}{self.model.model_name}")
         return prepared
@@ -298,14 +337,17 @@ class Runner:
                 raise
             return error
 
-    def _call_model(self, method: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any:
+    def _call_model(
+        self, method: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, Any]
+    ) -> Any:
         try:
             with self._torch_context():
                 return method(*args, **kwargs)
         except ModelpodError:
             raise
         except Exception as error:
-            failure = ModelError(f"{self.model!r} raised {_describe(error)}")
+            # The client sees the exception's type and an id; the details stay in the log.
+            failure = ModelError(f"model {self._label} raised {type(error).__name__}")
             logger.exception("error id %s: %r failed", failure.error_id, self.model)
             raise failure from error
 
@@ -327,17 +369,33 @@ class Runner:
             yield
 
     def _record(self, started: float, ok: bool, what: str) -> None:
+        self._record_many(started, [not ok], what)
+
+    def _record_many(self, started: float, failed: Sequence[bool], what: str) -> None:
         elapsed = time.perf_counter() - started
-        self._stats.record(elapsed, ok)
-        if elapsed * 1000 > self.slow_ms:
-            logger.warning("slow %s on %r: %.1f ms (threshold %.0f ms)", what, self.model, elapsed * 1000, self.slow_ms)
+        for item_failed in failed:
+            self._stats.record(elapsed, not item_failed)
+        if failed and elapsed * 1000 > self.slow_ms:
+            logger.warning(
+                "slow %s on %r: %.1f ms (threshold %.0f ms)",
+                what,
+                self.model,
+                elapsed * 1000,
+                self.slow_ms,
+            )
+
+    @property
+    def _label(self) -> str:
+        return f"{self.model.model_name}:{self.model.version}"
 
     def __repr__(self) -> str:
         state = "loaded" if self._loaded else "not loaded"
         return f"<Runner {self.model!r} on {self.model.device} ({state})>"
 
 
-def _insert(chain: list[_Processor], function: Callable[[Any], Any], priority: int, name: str | None) -> list[_Processor]:
+def _insert(
+    chain: list[_Processor], function: Callable[[Any], Any], priority: int, name: str | None
+) -> list[_Processor]:
     label = name or getattr(function, "__qualname__", None) or repr(function)
     # sorted() is stable: equal priorities keep their registration order
     return sorted([*chain, _Processor(function, priority, label)], key=lambda p: p.priority)
@@ -349,7 +407,15 @@ def _run_processor(processor: _Processor, kind: str, value: Any) -> Any:
     except InvalidInput as error:
         raise InvalidInput(f"{kind} {processor.name!r}: {error.message}") from error
     except Exception as error:
-        raise ProcessorError(processor.name, f"{kind} {processor.name!r} failed: {_describe(error)}") from error
+        failure = ProcessorError(processor.name, f"{kind} {processor.name!r} raised {type(error).__name__}")
+        logger.error(
+            "error id %s: %s %r failed: %s",
+            failure.error_id,
+            kind,
+            processor.name,
+            _describe(error),
+        )
+        raise failure from error
 
 
 def _bind(target: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, Any], label: str) -> None:
@@ -366,7 +432,9 @@ def _as_item_error(output: Any) -> Any:
     """A model reports a per-item failure by returning an exception in that item's place."""
     if isinstance(output, ModelpodError) or not isinstance(output, BaseException):
         return output
-    return ModelError(_describe(output))
+    failure = ModelError(f"the model failed this item with {type(output).__name__}")
+    logger.error("error id %s: item failed: %s", failure.error_id, _describe(output))
+    return failure
 
 
 def _describe(error: BaseException) -> str:

@@ -31,8 +31,9 @@ EXTENSIONS = ("binary_tensor_data", "model_repository", "modelpod_native")
 class InferenceService:
     """Everything a transport can ask of the server, as plain Python calls."""
 
-    def __init__(self, repository: Repository, pool: ModelPool, max_workers: int = 12,
-                 name: str = "modelpod") -> None:
+    def __init__(
+        self, repository: Repository, pool: ModelPool, max_workers: int = 12, name: str = "modelpod"
+    ) -> None:
         self.repository = repository
         self.pool = pool
         self.name = name
@@ -60,7 +61,9 @@ class InferenceService:
     def _hosted(self, name: str, version: str | None) -> tuple[HostedModel, str]:
         hosted, version = self.repository.resolve(name, version)
         if hosted.unloaded:
-            raise Unavailable(f"model {name!r} is unloaded; load it with POST /v2/repository/models/{name}/load")
+            raise Unavailable(
+                f"model {name!r} is unloaded; load it with POST /v2/repository/models/{name}/load"
+            )
         return hosted, version
 
     def _with_runner(self, hosted: HostedModel, version: str, use: Callable[[Runner], T]) -> T:
@@ -70,8 +73,14 @@ class InferenceService:
 
     # -- the model's own methods ----------------------------------------------------------------
 
-    async def call(self, name: str, version: str | None, method: str, arguments: Mapping[str, Any],
-                   query_params: Mapping[str, str] | None = None) -> Any:
+    async def call(
+        self,
+        name: str,
+        version: str | None,
+        method: str,
+        arguments: Mapping[str, Any],
+        query_params: Mapping[str, str] | None = None,
+    ) -> Any:
         """`predict`, `initialize`, `train` or `log` on one version, with keyword arguments."""
         if method not in METHODS:
             raise NotFound(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
@@ -86,8 +95,13 @@ class InferenceService:
             return await self._run(self._train, hosted, version, dict(arguments))
         return await self._run(self._predict, hosted, version, dict(arguments), query_params)
 
-    def _predict(self, hosted: HostedModel, version: str, arguments: dict[str, Any],
-                 query_params: Mapping[str, str] | None) -> Any:
+    def _predict(
+        self,
+        hosted: HostedModel,
+        version: str,
+        arguments: dict[str, Any],
+        query_params: Mapping[str, str] | None,
+    ) -> Any:
         def predict(runner: Runner) -> Any:
             if query_params is not None and runner.model.accepts_query_params():
                 arguments.setdefault("query_params", dict(query_params))
@@ -171,11 +185,16 @@ class InferenceService:
     async def set_default(self, name: str, version: str) -> dict[str, Any]:
         """Load and warm `version`, then make it the default; in-flight requests finish on the old one."""
         hosted, version = self.repository.resolve(name, version)
-        await self._run(self._with_runner, hosted, version, lambda runner: None)
         previous = hosted.default_version
-        self.repository.set_default(name, version)
+        await self._run(self._switch_default, hosted, previous, version)
         logger.info("default version of %s: %s -> %s", name, previous, version)
         return {"name": name, "default_version": version, "previous": previous}
+
+    def _switch_default(self, hosted: HostedModel, previous: str, version: str) -> None:
+        with self.pool.pinned((hosted.name, previous)):  # the old version serves until the swap
+            self._with_runner(hosted, version, lambda runner: None)
+            self.repository.set_default(hosted.name, version)
+        self.pool.trim(keep=(hosted.name, version))
 
     def models(self) -> list[dict[str, Any]]:
         """Every served model with its versions, default and what is loaded (the native listing)."""

@@ -28,7 +28,9 @@ def run_tensors(runner: Runner, inputs: Arrays) -> Arrays:
         return tensor_outputs(runner.predict(**inputs), model.output_specs())
     hints = _hints(model.signature_target())
     rows = _row_count(inputs)
-    items = [{name: _element(array[i], hints.get(name)) for name, array in inputs.items()} for i in range(rows)]
+    items = [
+        {name: _element(array[i], hints.get(name)) for name, array in inputs.items()} for i in range(rows)
+    ]
     results = runner.predict_batch(items)
     return stack_rows(results, model.output_specs())
 

@@ -27,9 +27,7 @@ class TinyNet(Model):
     def __init__(self, nan_layer: int | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         torch.manual_seed(0)
-        self.net = torch.nn.Sequential(
-            torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)
-        )
+        self.net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
         if nan_layer is not None:
             with torch.no_grad():
                 self.net[nan_layer].weight[0, 0] = float("nan")

@@ -63,9 +63,7 @@ def test_cpu_is_always_accepted(requested: str) -> None:
     assert select_device(requested) == "cpu"
 
 
-@pytest.mark.parametrize(
-    "requested", ["gpu", "cuda:", "cuda:x", "cuda:-1", "cuda0", "tpu", "mps:0"]
-)
+@pytest.mark.parametrize("requested", ["gpu", "cuda:", "cuda:x", "cuda:-1", "cuda0", "tpu", "mps:0"])
 def test_unknown_device_names_the_accepted_forms(requested: str) -> None:
     with pytest.raises(ValueError, match=r'unknown device.*"cpu", "cuda", "cuda:N".*"mps"'):
         select_device(requested)

@@ -225,9 +225,7 @@ def test_embeddings_are_384_dimensional_unit_vectors(embeddings: Runner) -> None
 
 def test_similar_sentences_are_closer(embeddings: Runner) -> None:
     texts = ["A cat sits on the mat.", "A kitten rests on a rug.", "Stock prices fell sharply."]
-    cat, kitten, stocks = (
-        np.array(v) for v in embeddings.predict_batch([{"text": t} for t in texts])
-    )
+    cat, kitten, stocks = (np.array(v) for v in embeddings.predict_batch([{"text": t} for t in texts]))
     assert cat @ kitten > 0.5
     assert cat @ kitten > cat @ stocks + 0.3
     np.testing.assert_allclose(cat, embeddings.predict(text=texts[0]), atol=1e-5)
@@ -261,27 +259,21 @@ def sentiment(tmp_path: Path) -> PredictorAdapter:
         ("meh", "negative"),  # a word added by the config
     ],
 )
-def test_cortex_predictor_scores_sentiment(
-    sentiment: PredictorAdapter, text: str, label: str
-) -> None:
+def test_cortex_predictor_scores_sentiment(sentiment: PredictorAdapter, text: str, label: str) -> None:
     assert sentiment.predict(payload={"text": text})["label"] == label
 
 
 def test_cortex_predictor_reads_query_params(sentiment: PredictorAdapter) -> None:
     payload = {"text": "great but slow and broken"}  # score -1/3
     assert sentiment.predict(payload=payload)["label"] == "negative"
-    assert (
-        sentiment.predict(payload=payload, query_params={"threshold": "0.5"})["label"] == "neutral"
-    )
+    assert sentiment.predict(payload=payload, query_params={"threshold": "0.5"})["label"] == "neutral"
     answer = sentiment.predict(payload="good", query_params={"threshold": "high"})
     assert isinstance(answer, Response)
     assert answer.status == 400
 
 
 @pytest.mark.parametrize("payload", [{"text": 42}, {"words": "good"}, {"text": "  "}, ["good"]])
-def test_cortex_predictor_answers_400_to_bad_payloads(
-    sentiment: PredictorAdapter, payload: Any
-) -> None:
+def test_cortex_predictor_answers_400_to_bad_payloads(sentiment: PredictorAdapter, payload: Any) -> None:
     answer = sentiment.predict(payload=payload)
     assert isinstance(answer, Response)
     assert answer.status == 400
@@ -304,9 +296,7 @@ def test_function_example(tmp_path: Path) -> None:
 @pytest.fixture
 def tiny_torch(tmp_path: Path) -> Iterator[Runner]:
     pytest.importorskip("torch")
-    with Runner(
-        load_example("torch_module.py").TinyTorch, data_path=tmp_path, device="cpu"
-    ) as runner:
+    with Runner(load_example("torch_module.py").TinyTorch, data_path=tmp_path, device="cpu") as runner:
         yield runner
 
 

@@ -119,9 +119,7 @@ def test_percentiles_match_numpy(values: list[float]) -> None:
 
 @settings(max_examples=40, deadline=None)
 @given(values=latencies, window=st.integers(min_value=1, max_value=50))
-def test_percentiles_cover_only_the_window_counts_cover_all(
-    values: list[float], window: int
-) -> None:
+def test_percentiles_cover_only_the_window_counts_cover_all(values: list[float], window: int) -> None:
     stats = LatencyStats(window=window)
     for value in values:
         stats.record(value, ok=False)

@@ -149,9 +149,7 @@ def encode_http_response(
     return _join_body(header, chunks)
 
 
-def encode_http_request(
-    request: InferRequest, binary_data: bool = True
-) -> tuple[bytes, int | None]:
+def encode_http_request(request: InferRequest, binary_data: bool = True) -> tuple[bytes, int | None]:
     """Encode a request as a client sends it; inputs go as binary data unless told otherwise."""
     header: dict[str, Any] = {}
     if request.id is not None:
@@ -182,9 +180,7 @@ def decode_http_response(body: bytes, header_length: int | None = None) -> Infer
     )
 
 
-def select_outputs(
-    outputs: Mapping[str, Any], requested: Sequence[RequestedOutput]
-) -> dict[str, Any]:
+def select_outputs(outputs: Mapping[str, Any], requested: Sequence[RequestedOutput]) -> dict[str, Any]:
     """The outputs a request asked for, in the order asked; all of them when none were named."""
     if not requested:
         return dict(outputs)
@@ -220,9 +216,7 @@ class _Chunks:
     def finish(self) -> None:
         left = len(self._data) - self._offset
         if left:
-            raise InvalidInput(
-                f"{left} bytes of binary data follow the JSON but no tensor claims them"
-            )
+            raise InvalidInput(f"{left} bytes of binary data follow the JSON but no tensor claims them")
 
 
 def _split_body(body: bytes, header_length: int | None) -> tuple[memoryview, _Chunks]:
@@ -386,9 +380,7 @@ def _encode_tensors(
     return entries, chunks
 
 
-def _encode_tensor(
-    where: str, name: str, value: Any, binary: bool
-) -> tuple[dict[str, Any], bytes | None]:
+def _encode_tensor(where: str, name: str, value: Any, binary: bool) -> tuple[dict[str, Any], bytes | None]:
     array, datatype = _array_and_datatype(where, value)
     entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
     data = None if binary else _json_data(where, datatype, array)
@@ -407,9 +399,7 @@ def _encode_tensor(
 
 def _datatype(where: str, value: Any) -> str:
     if not isinstance(value, str) or value not in DATATYPES:
-        raise InvalidInput(
-            f"{where}: unknown datatype {value!r}; use one of {', '.join(DATATYPES)}"
-        )
+        raise InvalidInput(f"{where}: unknown datatype {value!r}; use one of {', '.join(DATATYPES)}")
     return value
 
 
@@ -424,9 +414,7 @@ def _shape(where: str, value: Any) -> tuple[int, ...]:
             raise InvalidInput(f"{where}: shape {list(value)} has a negative dimension")
         count *= dim
         if dim > MAX_ELEMENTS or count > MAX_ELEMENTS:
-            raise InvalidInput(
-                f"{where}: shape {list(value)} is larger than {MAX_ELEMENTS} elements"
-            )
+            raise InvalidInput(f"{where}: shape {list(value)} is larger than {MAX_ELEMENTS} elements")
     return tuple(value)
 
 
@@ -451,17 +439,14 @@ def _unpack_bytes(where: str, raw: bytes | memoryview, count: int) -> Array:
     items: list[bytes] = []
     while offset < len(view):
         if len(items) == count:
-            raise InvalidInput(
-                f"{where}: BYTES data holds more than the {count} elements of its shape"
-            )
+            raise InvalidInput(f"{where}: BYTES data holds more than the {count} elements of its shape")
         if len(view) - offset < 4:
             raise InvalidInput(f"{where}: BYTES data ends inside a length prefix at byte {offset}")
         (size,) = _U32.unpack_from(view, offset)
         offset += 4
         if size > len(view) - offset:
             raise InvalidInput(
-                f"{where}: BYTES element {len(items)} claims {size} bytes"
-                f" but {len(view) - offset} remain"
+                f"{where}: BYTES element {len(items)} claims {size} bytes but {len(view) - offset} remain"
             )
         items.append(bytes(view[offset : offset + size]))
         offset += size
@@ -482,9 +467,7 @@ def _from_json(where: str, datatype: str, shape: tuple[int, ...], data: Any) -> 
     flat = _flatten(data)
     count = math.prod(shape)
     if len(flat) != count:
-        raise InvalidInput(
-            f"{where}: {len(flat)} values in 'data' for shape {list(shape)} ({count})"
-        )
+        raise InvalidInput(f"{where}: {len(flat)} values in 'data' for shape {list(shape)} ({count})")
     if datatype == "BYTES":
         return _json_bytes(where, flat).reshape(shape)
     return _json_numbers(where, datatype, flat).reshape(shape)
@@ -512,9 +495,7 @@ def _json_bytes(where: str, flat: list[Any]) -> Array:
     try:
         return _object_array([item.encode("utf-8") for item in flat])
     except UnicodeEncodeError:
-        raise InvalidInput(
-            f"{where}: BYTES data holds a string that is not valid Unicode"
-        ) from None
+        raise InvalidInput(f"{where}: BYTES data holds a string that is not valid Unicode") from None
 
 
 def _json_numbers(where: str, datatype: str, flat: list[Any]) -> Array:
@@ -649,9 +630,7 @@ def encode_grpc_request(
     request: InferRequest, model_name: str, model_version: str = ""
 ) -> pb.ModelInferRequest:
     """Encode a `ModelInferRequest` as a client sends it (data in `raw_input_contents`)."""
-    message = pb.ModelInferRequest(
-        model_name=model_name, model_version=model_version, id=request.id or ""
-    )
+    message = pb.ModelInferRequest(model_name=model_name, model_version=model_version, id=request.id or "")
     set_grpc_parameters(message.parameters, request.parameters)
     for name, value in request.inputs.items():
         where = f"input {name!r}"
@@ -721,9 +700,7 @@ def _raw_contents(field_name: str, raw: Sequence[bytes], tensors: int) -> list[b
     return list(raw)
 
 
-def _decode_grpc_tensors(
-    kind: str, tensors: Iterable[Any], raw: list[bytes | None]
-) -> dict[str, Array]:
+def _decode_grpc_tensors(kind: str, tensors: Iterable[Any], raw: list[bytes | None]) -> dict[str, Array]:
     decoded: dict[str, Array] = {}
     for index, (tensor, data) in enumerate(zip(tensors, raw, strict=True)):
         name = _tensor_name(kind, index, tensor.name)
@@ -754,9 +731,7 @@ def _from_contents(where: str, datatype: str, shape: tuple[int, ...], contents: 
     values = list(getattr(contents, name))
     count = math.prod(shape)
     if len(values) != count:
-        raise InvalidInput(
-            f"{where}: {len(values)} values in contents.{name} for shape {list(shape)}"
-        )
+        raise InvalidInput(f"{where}: {len(values)} values in contents.{name} for shape {list(shape)}")
     if datatype == "BYTES":
         return _object_array(values).reshape(shape)
     if datatype.startswith(("INT", "UINT")):
@@ -799,6 +774,4 @@ def model_metadata_grpc(
     outputs: Sequence[TensorSpec],
 ) -> pb.ModelMetadataResponse:
     """The `ModelMetadataResponse` for the same facts as `model_metadata_json`."""
-    return pb.ModelMetadataResponse(
-        **model_metadata_json(name, versions, platform, inputs, outputs)
-    )
+    return pb.ModelMetadataResponse(**model_metadata_json(name, versions, platform, inputs, outputs))

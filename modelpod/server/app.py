@@ -52,9 +52,16 @@ class ModelServer:
         """Listen on both ports, then load each model's default version."""
         self.service.set_ready(False)
         await self._start_http()
-        self._grpc, self.grpc_port = await start_grpc_server(
-            self.service, self.settings.host, self.settings.grpc_port, self.settings.max_message_size
-        )
+        try:
+            self._grpc, self.grpc_port = await start_grpc_server(
+                self.service,
+                self.settings.host,
+                self.settings.grpc_port,
+                self.settings.max_message_size,
+            )
+        except OSError:
+            await self.stop(quiet=True)
+            raise
         host = self.settings.host
         _say(f"HTTP listening on http://{host}:{self.http_port}")
         _say(f"gRPC listening on {host}:{self.grpc_port}")
@@ -65,7 +72,12 @@ class ModelServer:
     async def _start_http(self) -> None:
         sock = socket.socket(socket.AF_INET6 if ":" in self.settings.host else socket.AF_INET)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.settings.host, self.settings.http_port))
+        try:
+            sock.bind((self.settings.host, self.settings.http_port))
+        except OSError as error:
+            sock.close()
+            where = f"{self.settings.host}:{self.settings.http_port}"
+            raise OSError(f"cannot listen on {where} for HTTP: {error.strerror}") from None
         self.http_port = sock.getsockname()[1]
         config = uvicorn.Config(
             create_app(self.service, self.settings.max_message_size),
@@ -88,13 +100,13 @@ class ModelServer:
             try:
                 await self.service.load_model(name)
             except Exception as error:  # one broken model must not stop the others
-                logger.error("model %s failed to load: %s", name, error)
-                _say(f"model {name} failed to load: {error}")
+                logger.error("%s", error)
+                _say(str(error))
                 continue
             version = self.service.repository.get(name).default_version
             _say(f"loaded {name}:{version} in {time.perf_counter() - started:.2f} s")
 
-    async def stop(self) -> None:
+    async def stop(self, quiet: bool = False) -> None:
         """Refuse new requests, let in-flight ones finish (up to the drain timeout), then close."""
         timeout = self.settings.drain_timeout
         self.service.start_draining()
@@ -106,7 +118,8 @@ class ModelServer:
         if self._http_task is not None:
             await self._http_task
         await asyncio.get_running_loop().run_in_executor(None, self.service.close)
-        _say("stopped" if drained else "stopped (some requests were still running at the drain timeout)")
+        if not quiet:
+            _say("stopped" if drained else "stopped (some requests were still running at the drain timeout)")
 
 
 async def run_server(repository: Repository, settings: Settings) -> None:

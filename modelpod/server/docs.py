@@ -17,8 +17,24 @@ _TENSOR = {
     "required": ["name", "datatype", "shape"],
     "properties": {
         "name": {"type": "string"},
-        "datatype": {"type": "string", "enum": ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8",
-                                                "INT16", "INT32", "INT64", "FP16", "FP32", "FP64", "BYTES"]},
+        "datatype": {
+            "type": "string",
+            "enum": [
+                "BOOL",
+                "UINT8",
+                "UINT16",
+                "UINT32",
+                "UINT64",
+                "INT8",
+                "INT16",
+                "INT32",
+                "INT64",
+                "FP16",
+                "FP32",
+                "FP64",
+                "BYTES",
+            ],
+        },
         "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
         "parameters": {"type": "object"},
         "data": {"type": "array"},
@@ -34,12 +50,21 @@ _SCHEMAS = {
             "id": {"type": "string"},
             "parameters": {"type": "object"},
             "inputs": {"type": "array", "items": {"$ref": "#/components/schemas/Tensor"}},
-            "outputs": {"type": "array", "items": {"type": "object", "required": ["name"],
-                                                   "properties": {"name": {"type": "string"},
-                                                                  "parameters": {"type": "object"}}}},
+            "outputs": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["name"],
+                    "properties": {"name": {"type": "string"}, "parameters": {"type": "object"}},
+                },
+            },
         },
     },
-    "Arguments": {"type": "object", "description": "the method's keyword arguments", "additionalProperties": True},
+    "Arguments": {
+        "type": "object",
+        "description": "the method's keyword arguments",
+        "additionalProperties": True,
+    },
 }
 
 
@@ -53,21 +78,34 @@ def _operation(summary: str, params: tuple[str, ...] = (), body: str | None = No
         "parameters": _path_params(*params),
         "responses": {
             "200": {"description": "success", "content": {"application/json": {"schema": {}}}},
-            "4XX": {"description": "the request cannot be served", "content": {"application/json": {"schema": _ERROR}}},
-            "5XX": {"description": "the model or server failed", "content": {"application/json": {"schema": _ERROR}}},
+            "4XX": {
+                "description": "the request cannot be served",
+                "content": {"application/json": {"schema": _ERROR}},
+            },
+            "5XX": {
+                "description": "the model or server failed",
+                "content": {"application/json": {"schema": _ERROR}},
+            },
         },
     }
     if body is not None:
         schema = {"$ref": f"#/components/schemas/{body}"}
-        operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": schema}}}
+        operation["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": schema}},
+        }
     return operation
 
 
 def openapi_document() -> dict[str, Any]:
     """Every route the server has, with its parameters and bodies."""
     m, v = ("name",), ("name", "version")
-    method = {"name": "method", "in": "path", "required": True,
-              "schema": {"type": "string", "enum": ["predict", "initialize", "train", "log"]}}
+    method = {
+        "name": "method",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "enum": ["predict", "initialize", "train", "log"]},
+    }
     call = _operation("call a model method (predict, initialize, train, log)", m, "Arguments")
     call["parameters"].append(method)
     call_v = _operation("call a method of one version", v, "Arguments")
@@ -75,7 +113,9 @@ def openapi_document() -> dict[str, Any]:
     paths = {
         "/models": {"get": _operation("list served models, versions and defaults")},
         "/models/{name}": {"get": _operation("one model's versions", m)},
-        "/models/{name}/default": {"put": _operation("switch the default version without downtime", m, "Arguments")},
+        "/models/{name}/default": {
+            "put": _operation("switch the default version without downtime", m, "Arguments")
+        },
         "/models/{name}/{method}": {"post": call},
         "/models/{name}/versions/{version}/{method}": {"post": call_v},
         "/v2": {"get": _operation("server metadata")},
@@ -85,8 +125,12 @@ def openapi_document() -> dict[str, Any]:
         "/v2/models/{name}/versions/{version}": {"get": _operation("model version metadata", v)},
         "/v2/models/{name}/ready": {"get": _operation("model readiness", m)},
         "/v2/models/{name}/versions/{version}/ready": {"get": _operation("model version readiness", v)},
-        "/v2/models/{name}/infer": {"post": _operation("inference (Open Inference Protocol)", m, "InferRequest")},
-        "/v2/models/{name}/versions/{version}/infer": {"post": _operation("inference on one version", v, "InferRequest")},
+        "/v2/models/{name}/infer": {
+            "post": _operation("inference (Open Inference Protocol)", m, "InferRequest")
+        },
+        "/v2/models/{name}/versions/{version}/infer": {
+            "post": _operation("inference on one version", v, "InferRequest")
+        },
         "/v2/repository/index": {"post": _operation("every model version and its state")},
         "/v2/repository/models/{name}/load": {"post": _operation("load a model", m)},
         "/v2/repository/models/{name}/unload": {"post": _operation("unload a model", m)},
@@ -117,4 +161,7 @@ async def docs_page(request: Request) -> Response:
 
 
 def routes() -> list[BaseRoute]:
-    return [Route("/openapi.json", openapi, methods=["GET"]), Route("/docs", docs_page, methods=["GET"])]
+    return [
+        Route("/openapi.json", openapi, methods=["GET"]),
+        Route("/docs", docs_page, methods=["GET"]),
+    ]

@@ -39,7 +39,9 @@ async def read_body(request: Request) -> bytes:
 
 
 def json_response(value: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(jsoncodec.dumps(value), status_code=status, headers=headers, media_type="application/json")
+    return Response(
+        jsoncodec.dumps(value), status_code=status, headers=headers, media_type="application/json"
+    )
 
 
 def handled(endpoint: Endpoint) -> Endpoint:

@@ -1,4 +1,6 @@
-"""The gRPC edge (grpcio asyncio): the Open Inference Protocol service and modelpod's native service."""
+"""The gRPC edge (grpcio asyncio): the Open Inference Protocol and modelpod's native service."""
+
+# ruff: noqa: N802  (the RPC names are the protocol's, CamelCase)
 
 from __future__ import annotations
 
@@ -27,28 +29,33 @@ logger = logging.getLogger("modelpod.grpc")
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
-Handler = Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Resp]]
+Handler = Callable[[Any, Req, grpc.aio.ServicerContext[Any, Any]], Awaitable[Resp]]
 
 
 def guarded(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
     """Typed errors become their gRPC status by the one table; anything else INTERNAL with an id."""
 
     @functools.wraps(handler)
-    async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext) -> Resp:
+    async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext[Any, Any]) -> Resp:
         try:
             return await handler(self, request, context)
-        except ModelpodError as error:
-            await abort(context, error)
-        except Exception:
-            failure = ModelError("internal server error")
-            logger.exception("error id %s: gRPC %s failed", failure.error_id, handler.__name__)
-            await abort(context, failure)
+        except Exception as error:
+            await abort(context, typed(error, handler.__name__))
         raise AssertionError("abort() always raises")  # pragma: no cover
 
     return wrapper
 
 
-async def abort(context: grpc.aio.ServicerContext, error: ModelpodError) -> None:
+def typed(error: Exception, where: str) -> ModelpodError:
+    """A typed error as it is; anything else an internal error whose details stay in the log."""
+    if isinstance(error, ModelpodError):
+        return error
+    failure = ModelError("internal server error")
+    logger.error("error id %s: gRPC %s failed", failure.error_id, where, exc_info=error)
+    return failure
+
+
+async def abort(context: grpc.aio.ServicerContext[Any, Any], error: ModelpodError) -> None:
     metadata: list[tuple[str, str]] = []
     if isinstance(error, Unavailable) and error.retry_after is not None:
         metadata.append(("retry-after", str(max(1, round(error.retry_after)))))
@@ -78,7 +85,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ModelReadyResponse(ready=self.service.model_ready(request.name, version))
 
     @guarded
-    async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: Any) -> pb.ServerMetadataResponse:
+    async def ServerMetadata(
+        self, request: pb.ServerMetadataRequest, context: Any
+    ) -> pb.ServerMetadataResponse:
         return pb.ServerMetadataResponse(**self.service.server_metadata())
 
     @guarded
@@ -95,9 +104,31 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         """Each request gets one response on the stream; an error answers that request alone."""
         async for request in requests:
             try:
-                yield pb.ModelStreamInferResponse(infer_response=await self._infer(request))
-            except ModelpodError as error:
-                yield pb.ModelStreamInferResponse(error_message=str(error))
+                response = await self._infer(request)
+            except Exception as error:
+                # As Triton does: the error names the request, so a client can tell which failed.
+                failed = pb.ModelInferResponse(
+                    model_name=request.model_name,
+                    model_version=request.model_version,
+                    id=request.id,
+                )
+                message = str(typed(error, "ModelStreamInfer"))
+                yield pb.ModelStreamInferResponse(error_message=message, infer_response=failed)
+            else:
+                yield pb.ModelStreamInferResponse(infer_response=response)
+
+    async def ModelConfig(self, request: pb.ModelConfigRequest, context: Any) -> pb.ModelConfigResponse:
+        await context.abort(
+            grpc.StatusCode.UNIMPLEMENTED,
+            "modelpod has no Triton model configuration; use ModelMetadata",
+        )
+        raise AssertionError("abort() always raises")  # pragma: no cover
+
+    async def ModelStatistics(
+        self, request: pb.ModelStatisticsRequest, context: Any
+    ) -> pb.ModelStatisticsResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "model statistics are not served over gRPC")
+        raise AssertionError("abort() always raises")  # pragma: no cover
 
     async def _infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
         decoded = v2.decode_grpc_request(request)
@@ -112,11 +143,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return v2.encode_grpc_response(response)
 
     @guarded
-    async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: Any) -> pb.RepositoryIndexResponse:
+    async def RepositoryIndex(
+        self, request: pb.RepositoryIndexRequest, context: Any
+    ) -> pb.RepositoryIndexResponse:
         index = self.service.repository_index()
         if request.ready:
             index = [entry for entry in index if entry["state"] == "READY"]
-        return pb.RepositoryIndexResponse(models=index)
+        models = [pb.RepositoryIndexResponse.ModelIndex(**entry) for entry in index]
+        return pb.RepositoryIndexResponse(models=models)
 
     @guarded
     async def RepositoryModelLoad(
@@ -153,6 +187,12 @@ class NativeServicer(native_pb2_grpc.ModelServiceServicer):
             result = _unwrap(result)
         return native_pb2.CallResponse(payload=native.pack(result))
 
+    async def CallStream(
+        self, request: native_pb2.CallRequest, context: Any
+    ) -> AsyncIterator[native_pb2.CallResponse]:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "no model method streams yet; use Call")
+        yield native_pb2.CallResponse()  # pragma: no cover  (makes this an async generator)
+
 
 def _unwrap(response: types.Response) -> Any:
     """A model's own response over gRPC: its body, or its error status as a gRPC error."""
@@ -168,11 +208,13 @@ async def start_grpc_server(
 ) -> tuple[grpc.aio.Server, int]:
     """Bind and start both gRPC services; returns the server and the port it listens on."""
     limit = max_message_size if max_message_size is not None else -1
-    server = grpc.aio.server(options=[
-        ("grpc.max_receive_message_length", limit),
-        ("grpc.max_send_message_length", limit),
-        ("grpc.so_reuseport", 0),
-    ])
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+            ("grpc.so_reuseport", 0),
+        ]
+    )
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(service), server)
     native_pb2_grpc.add_ModelServiceServicer_to_server(NativeServicer(service), server)
     try:
@@ -180,6 +222,6 @@ async def start_grpc_server(
     except RuntimeError:
         bound = 0
     if bound == 0:
-        raise OSError(f"cannot listen for gRPC on {host}:{port}: is the port in use?")
+        raise OSError(f"cannot listen on {host}:{port} for gRPC: the port is in use or not available")
     await server.start()
     return server, bound

@@ -14,9 +14,7 @@ def create_app(service: InferenceService, max_body_bytes: int | None = None) -> 
     """The whole HTTP API: native routes, the Open Inference Protocol, and the OpenAPI docs."""
     routes: list[BaseRoute] = [*routes_native.routes(), *routes_v2.routes(), *docs.routes()]
     not_found = {404: route_not_found, 405: route_not_found}
-    app = Starlette(routes=routes, exception_handlers=not_found)  # type: ignore[arg-type]
+    app = Starlette(routes=routes, exception_handlers=not_found)
     app.state.service = service
     app.state.max_body_bytes = max_body_bytes
     return app
-
-

@@ -1,10 +1,10 @@
 """Native routes: the model's own methods, with the body as keyword arguments.
 
-    GET  /models                                          every model, its versions and default
-    GET  /models/{name}                                   one model
-    PUT  /models/{name}/default        {"version": v}     switch the default version, no downtime
-    POST /models/{name}[/versions/{version}]/{method}     predict | initialize | train | log
-    GET  /models/{name}[/versions/{version}]/log          what training reported
+GET  /models                                          every model, its versions and default
+GET  /models/{name}                                   one model
+PUT  /models/{name}/default        {"version": v}     switch the default version, no downtime
+POST /models/{name}[/versions/{version}]/{method}     predict | initialize | train | log
+GET  /models/{name}[/versions/{version}]/log          what training reported
 """
 
 from __future__ import annotations
@@ -61,7 +61,11 @@ async def call_method(request: Request) -> Response:
     method = params.get("method", "log")
     arguments = await _arguments(request)
     result = await service_of(request).call(
-        params["name"], params.get("version"), method, arguments, query_params=dict(request.query_params)
+        params["name"],
+        params.get("version"),
+        method,
+        arguments,
+        query_params=dict(request.query_params),
     )
     return _result(result, request)
 
@@ -95,7 +99,9 @@ def _result(result: Any, request: Request) -> Response:
 def _model_response(response: types.Response) -> Response:
     """A model's own response goes out as it is: its status, headers and body."""
     if isinstance(response.body, bytes | str):
-        media_type = response.media_type or ("text/plain" if isinstance(response.body, str) else "application/octet-stream")
+        media_type = response.media_type or (
+            "text/plain" if isinstance(response.body, str) else "application/octet-stream"
+        )
         return Response(response.body, response.status, response.headers, media_type=media_type)
     try:
         return json_response(response.body, response.status, response.headers)

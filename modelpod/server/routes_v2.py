@@ -1,4 +1,4 @@
-"""The Open Inference Protocol (KServe V2) over HTTP, with the binary tensor data and repository extensions."""
+"""The Open Inference Protocol (KServe V2) over HTTP, with the binary data and repository extensions."""
 
 from __future__ import annotations
 
@@ -67,7 +67,9 @@ async def infer(request: Request) -> Response:
     name = request.path_params["name"]
     header_length = v2.parse_header_length(request.headers.get(v2.HEADER_LENGTH))
     decoded = v2.decode_http_request(await read_body(request), header_length)
-    version, outputs = await service_of(request).infer(name, request.path_params.get("version"), decoded.inputs)
+    version, outputs = await service_of(request).infer(
+        name, request.path_params.get("version"), decoded.inputs
+    )
     response = v2.InferResponse(
         model_name=name,
         model_version=version,
