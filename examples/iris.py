@@ -34,6 +34,7 @@ import numpy.typing as npt
 
 from modelpod.errors import InvalidInput
 from modelpod.model import Model
+from modelpod.types import TensorSpec
 
 ESTIMATOR_FILE = "estimator.pkl"
 N_FEATURES = 4
@@ -46,6 +47,11 @@ class IrisClassifier(Model):
 
     name = "iris"
     example: ClassVar[Mapping[str, Any] | None] = {"features": [5.1, 3.5, 1.4, 0.2]}
+    # The Open Inference Protocol sees each key of predict's answer as an output tensor.
+    outputs: ClassVar[Sequence[TensorSpec | Mapping[str, Any]]] = (
+        TensorSpec("label", "BYTES", (-1,)),
+        TensorSpec("probabilities", "BYTES", (-1,)),
+    )
 
     estimator: Any = None
     labels: tuple[str, ...] = ()

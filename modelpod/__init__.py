@@ -1,5 +1,7 @@
 """modelpod: turn a plain Python model class into a production model service."""
 
+from typing import Any
+
 from modelpod.errors import (
     Conflict,
     InvalidInput,
@@ -13,10 +15,22 @@ from modelpod.errors import (
 )
 from modelpod.model import Model, as_model
 from modelpod.pipeline import Pipeline
+from modelpod.router import Router
 from modelpod.runner import Runner
 from modelpod.types import Response, TensorSpec
 
 __version__ = "0.1.0"
+
+
+def serve(*targets: Any, **settings: Any) -> None:
+    """Serve models over HTTP and gRPC until SIGINT or SIGTERM: `modelpod.serve(MyModel, http_port=8080)`.
+
+    Needs the server extra: `pip install "modelpod[server]"`. Settings are those of `modelpod serve`.
+    """
+    from modelpod.server.app import serve as serve_forever
+
+    serve_forever(*targets, **settings)
+
 
 __all__ = [
     "Conflict",
@@ -29,12 +43,14 @@ __all__ = [
     "Pipeline",
     "ProcessorError",
     "Response",
+    "Router",
     "Runner",
     "TensorSpec",
     "Timeout",
     "Unavailable",
     "__version__",
     "as_model",
+    "serve",
 ]
 
 for _name in __all__:

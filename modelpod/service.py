@@ -18,6 +18,7 @@ from modelpod import __version__
 from modelpod.errors import InvalidInput, NotFound, Unavailable
 from modelpod.pool import ModelPool
 from modelpod.repository import HostedModel, Repository
+from modelpod.router import Router
 from modelpod.runner import Runner
 from modelpod.tensors import Arrays, run_tensors
 
@@ -62,7 +63,8 @@ class InferenceService:
         hosted, version = self.repository.resolve(name, version)
         if hosted.unloaded:
             raise Unavailable(
-                f"model {name!r} is unloaded; load it with POST /v2/repository/models/{name}/load"
+                f"model {name!r} is unloaded; load it with POST /v2/repository/models/{name}/load "
+                "(gRPC: RepositoryModelLoad)"
             )
         return hosted, version
 
@@ -93,7 +95,27 @@ class InferenceService:
             return await self._run(lambda: self.repository.instance(hosted, version).log())
         if method == "train":
             return await self._run(self._train, hosted, version, dict(arguments))
+        target = self._route(hosted, version, query_params, arguments)
+        if target is not None:
+            return await self.call(target, None, method, arguments, query_params)
         return await self._run(self._predict, hosted, version, dict(arguments), query_params)
+
+    def _route(
+        self,
+        hosted: HostedModel,
+        version: str,
+        query_params: Mapping[str, str] | None,
+        inputs: Mapping[str, Any],
+    ) -> str | None:
+        """The model a router forwards to; None for an ordinary model."""
+        if not (isinstance(hosted.target, type) and issubclass(hosted.target, Router)):
+            return None
+        router = self.repository.instance(hosted, version)
+        assert isinstance(router, Router)
+        target = router.choose(query_params or {}, inputs)
+        if target == hosted.name or target not in self.repository.names():
+            raise NotFound(f"router {hosted.name!r} routes to {target!r}, which is not served here")
+        return target
 
     def _predict(
         self,
@@ -123,9 +145,14 @@ class InferenceService:
 
     # -- Open Inference Protocol ------------------------------------------------------------------
 
-    async def infer(self, name: str, version: str | None, inputs: Arrays) -> tuple[str, Arrays]:
+    async def infer(
+        self, name: str, version: str | None, inputs: Arrays, query_params: Mapping[str, str] | None = None
+    ) -> tuple[str, Arrays]:
         """Run tensors through one version; returns the version that ran and its outputs."""
         hosted, version = self._hosted(name, version)
+        target = self._route(hosted, version, query_params, inputs)
+        if target is not None:
+            return await self.infer(target, None, inputs, query_params)
         outputs = await self._run(self._with_runner, hosted, version, lambda r: run_tensors(r, inputs))
         return version, outputs
 

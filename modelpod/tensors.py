@@ -16,7 +16,7 @@ import numpy as np
 
 from modelpod.errors import InvalidInput, ModelError
 from modelpod.runner import Runner
-from modelpod.types import TensorSpec
+from modelpod.types import TensorSpec, datatype_of
 
 Arrays = dict[str, np.ndarray[Any, Any]]
 
@@ -25,6 +25,7 @@ def run_tensors(runner: Runner, inputs: Arrays) -> Arrays:
     """Inputs by name -> outputs by name, whichever kind of model the runner holds."""
     model = runner.model
     if model.is_tensor_model():
+        check_declared(inputs, model.input_specs())
         return tensor_outputs(runner.predict(**inputs), model.output_specs())
     hints = _hints(model.signature_target())
     rows = _row_count(inputs)
@@ -33,6 +34,18 @@ def run_tensors(runner: Runner, inputs: Arrays) -> Arrays:
     ]
     results = runner.predict_batch(items)
     return stack_rows(results, model.output_specs())
+
+
+def check_declared(inputs: Arrays, specs: Sequence[TensorSpec]) -> None:
+    """Tensors must be the ones the model declares, in its datatypes (no silent conversion)."""
+    declared = {spec.name: spec for spec in specs}
+    for name, array in inputs.items():
+        spec = declared.get(name)
+        if spec is None:
+            raise InvalidInput(f"unknown input {name!r}; the model takes {sorted(declared)}")
+        datatype = datatype_of(array)
+        if datatype != spec.datatype:
+            raise InvalidInput(f"input {name!r} is {datatype}, but the model declares {spec.datatype}")
 
 
 def tensor_outputs(output: Any, specs: Sequence[TensorSpec]) -> Arrays:
@@ -57,7 +70,10 @@ def stack_rows(results: Sequence[Any], specs: Sequence[TensorSpec]) -> Arrays:
 def _row_count(inputs: Arrays) -> int:
     if not inputs:
         raise InvalidInput("the request has no inputs")
-    rows = {name: array.shape[0] if array.ndim else 1 for name, array in inputs.items()}
+    for name, array in inputs.items():
+        if array.ndim == 0:
+            raise InvalidInput(f"input {name!r} has shape []: give it a batch dimension, one row per request")
+    rows: dict[str, int] = {name: int(array.shape[0]) for name, array in inputs.items()}
     if len(set(rows.values())) != 1:
         raise InvalidInput(f"inputs must have the same first dimension (one row per request): {rows}")
     return next(iter(rows.values()))

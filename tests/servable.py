@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from modelpod import InvalidInput, Model, Response, TensorSpec
+from modelpod import InvalidInput, Model, Response, Router, TensorSpec
 
 
 class Tracked(Model):
@@ -152,3 +152,11 @@ class Big(Model):
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         return x
+
+
+class Pick(Router):
+    """One endpoint for two models, chosen by `?model=`."""
+
+    name = "pick"
+    routes = {"talk": "echo", "sum": "add"}
+    default_route = "talk"

@@ -20,6 +20,7 @@ MODELS = (
     servable("Doubler"),
     servable("Custom"),
     servable("Bytes"),
+    servable("Pick"),
     example("iris.py:IrisClassifier"),
     f"sentiment={example('cortex_style.py:SentimentPredictor')}",
     example("functions.py:add"),
@@ -97,6 +98,18 @@ def test_cortex_predictor_gets_payload_and_query_params(http: httpx.Client) -> N
     bad = http.post("/models/sentiment/predict", json={"no_text": 1})
     assert bad.status_code == 400
     assert "error" in bad.json()
+
+
+def test_router_forwards_by_query_parameter(http: httpx.Client) -> None:
+    assert http.post("/models/pick/predict", params={"model": "sum"}, json={"a": 1, "b": 2}).json() == 3
+    assert http.post("/models/pick/predict", json={"text": "hi"}).json()["text"] == "hi"
+    unknown = http.post("/models/pick/predict", params={"model": "nope"}, json={})
+    assert unknown.status_code == 400
+    assert "choose one of talk, sum" in error_of(unknown)
+    body = {"inputs": [{"name": "a", "datatype": "FP64", "shape": [2], "data": [1, 2]},
+                       {"name": "b", "datatype": "FP64", "shape": [2], "data": [10, 20]}]}  # fmt: skip
+    summed = http.post("/v2/models/pick/infer", params={"model": "sum"}, json=body).json()
+    assert summed["outputs"][0]["data"] == [11.0, 22.0]
 
 
 def test_model_response_object_is_returned_as_it_is(http: httpx.Client) -> None:

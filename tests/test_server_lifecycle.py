@@ -10,9 +10,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import grpc
 import httpx
 import pytest
 from conftest import ROOT, StartServer, servable
+
+from modelpod.protocol import native
+from modelpod.protocol._generated import native_pb2, native_pb2_grpc
 
 
 def events(data_path: Path) -> list[str]:
@@ -41,6 +45,19 @@ def test_graceful_shutdown_finishes_requests_in_flight(start_server: StartServer
     assert server.process.wait(timeout=30) == 0
     assert server.lines[-1] == "modelpod: stopped"
     assert events(server.data_path)[-1] == "teardown slow:1"
+
+
+def test_graceful_shutdown_finishes_grpc_calls_in_flight(start_server: StartServer) -> None:
+    server = start_server(servable("Slow"), args=("--drain-timeout", "20"))
+    request = native_pb2.CallRequest(model="slow", method="predict", payload=native.pack({"seconds": 1.5}))
+    with grpc.insecure_channel(server.grpc_address) as channel, ThreadPoolExecutor(4) as executor:
+        stub = native_pb2_grpc.ModelServiceStub(channel)
+        in_flight = [executor.submit(stub.Call, request, timeout=30) for _ in range(4)]
+        time.sleep(0.5)
+        server.process.send_signal(signal.SIGTERM)
+        answers = [native.unpack(future.result().payload) for future in in_flight]
+    assert answers == [{"slept": 1.5, "version": "1"}] * 4
+    assert server.process.wait(timeout=30) == 0
 
 
 def test_pool_of_one_alternates_two_versions(start_server: StartServer) -> None:
@@ -224,3 +241,25 @@ def test_port_in_use_is_a_clear_error(start_server: StartServer, tmp_path: Path)
     )
     assert result.returncode == 2
     assert f"cannot listen on 127.0.0.1:{first.http_port}" in result.stderr
+
+
+def test_serve_from_python(tmp_path: Path) -> None:
+    script = (
+        "import sys; sys.path.insert(0, 'tests'); import modelpod, servable\n"
+        f"modelpod.serve(servable.Echo, ('renamed', servable.Slow), http_port=0, grpc_port=0, "
+        f"data_path={str(tmp_path)!r})\n"
+    )
+    process = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    assert process.stdout is not None
+    lines = []
+    for line in process.stdout:
+        lines.append(line.strip())
+        if line.strip() == "modelpod: ready":
+            break
+    port = int(next(line for line in lines if "HTTP listening" in line).rsplit(":", 1)[1])
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
+        assert client.post("/models/echo/predict", json={"text": "py"}).json()["text"] == "py"
+        assert client.post("/models/renamed/predict", json={"seconds": 0}).json()["slept"] == 0
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == 0

@@ -68,7 +68,7 @@ async def infer(request: Request) -> Response:
     header_length = v2.parse_header_length(request.headers.get(v2.HEADER_LENGTH))
     decoded = v2.decode_http_request(await read_body(request), header_length)
     version, outputs = await service_of(request).infer(
-        name, request.path_params.get("version"), decoded.inputs
+        name, request.path_params.get("version"), decoded.inputs, dict(request.query_params)
     )
     response = v2.InferResponse(
         model_name=name,
