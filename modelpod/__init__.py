@@ -1,6 +1,6 @@
 """modelpod: turn a plain Python model class into a production model service."""
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from modelpod.errors import (
     Conflict,
@@ -22,6 +22,28 @@ from modelpod.types import Response, TensorSpec
 __version__ = "0.1.0"
 
 
+if TYPE_CHECKING:
+    from modelpod.client import AsyncClient, Client
+    from modelpod.proxy import RemoteModel
+    from modelpod.store import Store
+
+# Parts that need an extra are imported on first use: `import modelpod` needs numpy alone.
+_LAZY = {
+    "Client": "modelpod.client",
+    "AsyncClient": "modelpod.client",
+    "Store": "modelpod.store",
+    "RemoteModel": "modelpod.proxy",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'modelpod' has no attribute {name!r}")
+
+
 def serve(*targets: Any, **settings: Any) -> None:
     """Serve models over HTTP and gRPC until SIGINT or SIGTERM: `modelpod.serve(MyModel, http_port=8080)`.
 
@@ -33,6 +55,8 @@ def serve(*targets: Any, **settings: Any) -> None:
 
 
 __all__ = [
+    "AsyncClient",
+    "Client",
     "Conflict",
     "InvalidInput",
     "Model",
@@ -42,9 +66,11 @@ __all__ = [
     "NotFound",
     "Pipeline",
     "ProcessorError",
+    "RemoteModel",
     "Response",
     "Router",
     "Runner",
+    "Store",
     "TensorSpec",
     "Timeout",
     "Unavailable",
@@ -54,6 +80,8 @@ __all__ = [
 ]
 
 for _name in __all__:
+    if _name in _LAZY:
+        continue
     _obj = globals()[_name]
     if hasattr(_obj, "__module__") and not isinstance(_obj, str):
         _obj.__module__ = "modelpod"  # reprs and tracebacks show modelpod.Model, the public path

@@ -64,3 +64,8 @@ class Settings(BaseSettings):
     max_message_size: ByteSize = Field(512 * 1024**2, description="largest request or response, e.g. 512MiB")
     slow_ms: float = Field(1000.0, ge=0, description="requests slower than this are logged as warnings")
     log_level: str = Field("info", description="debug, info, warning or error")
+    store: str | None = Field(None, description="a Store's database URL, to serve models from it (--model)")
+    heartbeat_seconds: float = Field(5.0, gt=0, description="how often a server tells the store it is alive")
+    allow_pickle: bool = Field(
+        False, description="allow store models kept pickled (runs code from the store)"
+    )

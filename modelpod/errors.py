@@ -9,6 +9,7 @@
      │    └── ProcessorError                          a pre/post-processor raised; names the processor
      ├── ModelLoadError      503  UNAVAILABLE         the model could not be loaded
      ├── Unavailable         503  UNAVAILABLE         overloaded or shutting down; may carry retry_after
+     │    └── Interrupted                             (client side) the connection broke mid-request
      └── Timeout             504  DEADLINE_EXCEEDED   the request's deadline passed
 
 Transports never decide a status themselves: they ask `http_status` and `grpc_status_name`.
@@ -21,6 +22,8 @@ import uuid
 
 class ModelpodError(Exception):
     """Base of every error modelpod raises on purpose."""
+
+    from_model = False  # True for a model's own error answer, which a server passes on as it is
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -80,6 +83,13 @@ class Unavailable(ModelpodError):
         self.retry_after = retry_after
 
 
+class Interrupted(Unavailable):
+    """The connection broke after the request went out: the server may have run it.
+
+    An `Unavailable`, so callers catch it as one; a client resends it only for calls that merely read.
+    """
+
+
 class Timeout(ModelpodError):
     """The request's deadline passed before it was answered."""
 
@@ -120,6 +130,21 @@ _BY_GRPC: dict[str, type[ModelpodError]] = {}
 for _cls, _http, _grpc in _STATUS:
     _BY_HTTP.setdefault(_http, _cls)
     _BY_GRPC.setdefault(_grpc, _cls)
+
+
+# Errors a server names in its answer (HTTP `X-Modelpod-Error`, gRPC `modelpod-error` metadata), so that
+# a client raises the exact class, and can tell the server's own refusal from any other 503.
+ERROR_NAME_HEADER = "x-modelpod-error"
+_BY_NAME: dict[str, type[ModelpodError]] = {
+    cls.__name__: cls
+    for cls in (InvalidInput, NotFound, Conflict, PayloadTooLarge, ModelLoadError, Unavailable, Timeout)
+}
+
+
+def from_error_name(name: str | None, message: str) -> ModelpodError | None:
+    """The error a server named, or None when the name is absent or not one a message alone rebuilds."""
+    cls = _BY_NAME.get(name or "")
+    return cls(message) if cls is not None else None
 
 
 def from_http_status(status: int, message: str) -> ModelpodError:

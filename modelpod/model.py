@@ -67,12 +67,21 @@ class Model:
     outputs: ClassVar[Sequence[TensorSpec | Mapping[str, Any]]] = ()
     example: ClassVar[Mapping[str, Any] | None] = None
 
+    def __new__(cls, *args: Any, serve: bool = False, **kwargs: Any) -> Any:
+        """`MyModel(k=3, serve=True)` gives a `RemoteModel` standing for the model, not the model."""
+        if serve:
+            from modelpod.proxy import RemoteModel
+
+            return RemoteModel.from_constructor(cls, args, kwargs)
+        return super().__new__(cls)
+
     def __init__(
         self,
         version: str = DEFAULT_VERSION,
         *,
         name: str | None = None,
         data_path: str | os.PathLike[str] | None = None,
+        serve: bool = False,
         **config: Any,
     ) -> None:
         self.model_name = check_name("model name", name or self.default_name())

@@ -160,3 +160,14 @@ class Pick(Router):
     name = "pick"
     routes = {"talk": "echo", "sum": "add"}
     default_route = "talk"
+
+
+class Busy(Model):
+    """Answers its own 503, counting calls in `<data_path>/busy.count`: a client must not resend it."""
+
+    name = "busy"
+
+    def predict(self) -> Response:
+        counter = self.data_path / "busy.count"
+        counter.write_text(str(int(counter.read_text()) + 1 if counter.exists() else 1))
+        return Response({"error": "the model itself says: busy"}, status=503)

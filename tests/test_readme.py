@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from conftest import ROOT, ServerProcess, example, launch
 
 README = (ROOT / "README.md").read_text()

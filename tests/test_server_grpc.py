@@ -14,7 +14,6 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from conftest import ROOT, ServerProcess, launch, servable
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -22,6 +21,8 @@ from modelpod.protocol import native
 from modelpod.protocol._generated import grpc_service_pb2 as pb
 from modelpod.protocol._generated import grpc_service_pb2_grpc as pb_grpc
 from modelpod.protocol._generated import native_pb2, native_pb2_grpc
+
+from conftest import ROOT, ServerProcess, launch, servable
 
 TENSORS = ROOT / "tests" / "servable_tensors.py"
 SECRET = "do-not-leak"

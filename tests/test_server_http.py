@@ -9,9 +9,10 @@ import httpx
 import msgpack
 import numpy as np
 import pytest
-from conftest import ServerProcess, example, launch, servable
 
 from modelpod.protocol import native
+
+from conftest import ServerProcess, example, launch, servable
 
 MODELS = (
     servable("Echo"),

@@ -13,10 +13,11 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
-from conftest import ROOT, StartServer, servable
 
 from modelpod.protocol import native
 from modelpod.protocol._generated import native_pb2, native_pb2_grpc
+
+from conftest import ROOT, StartServer, servable
 
 
 def events(data_path: Path) -> list[str]:

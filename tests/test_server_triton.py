@@ -19,8 +19,9 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from conftest import ROOT, ServerProcess, example, launch, servable
 from tritonclient.utils import InferenceServerException
+
+from conftest import ROOT, ServerProcess, example, launch, servable
 
 TENSORS = ROOT / "tests" / "servable_tensors.py"
 DATATYPES = ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",

@@ -7,7 +7,7 @@ import logging
 import signal
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import grpc
@@ -16,6 +16,7 @@ import uvicorn
 from modelpod.config import Settings
 from modelpod.pool import ModelPool
 from modelpod.repository import Repository
+from modelpod.server.from_store import Announcer, add_store_models, open_store
 from modelpod.server.grpc import start_grpc_server
 from modelpod.server.http import create_app
 from modelpod.service import InferenceService
@@ -38,8 +39,11 @@ class _Uvicorn(uvicorn.Server):
 class ModelServer:
     """HTTP and gRPC around one `InferenceService`. `start()`, then `stop()` to drain and exit."""
 
-    def __init__(self, repository: Repository, settings: Settings) -> None:
+    def __init__(
+        self, repository: Repository, settings: Settings, announcer: Announcer | None = None
+    ) -> None:
         self.settings = settings
+        self.announcer = announcer
         self.pool = ModelPool(settings.model_pool_size, settings.model_pool_memory)
         self.service = InferenceService(repository, self.pool, settings.rpc_max_workers)
         self.http_port = 0
@@ -67,6 +71,9 @@ class ModelServer:
         _say(f"gRPC listening on {host}:{self.grpc_port}")
         await self._load_defaults()
         self.service.set_ready(True)
+        if self.announcer is not None:
+            await self.announcer.start(host, self.http_port, self.grpc_port)
+            _say(f"announced in the store {self.announcer.store}")
         _say("ready")
 
     async def _start_http(self) -> None:
@@ -109,6 +116,8 @@ class ModelServer:
     async def stop(self, quiet: bool = False) -> None:
         """Refuse new requests, let in-flight ones finish (up to the drain timeout), then close."""
         timeout = self.settings.drain_timeout
+        if self.announcer is not None:  # first, so that proxies stop sending requests here
+            await self.announcer.stop()
         self.service.start_draining()
         drained = await self.service.drain(timeout)
         if self._http is not None:
@@ -122,9 +131,9 @@ class ModelServer:
             _say("stopped" if drained else "stopped (some requests were still running at the drain timeout)")
 
 
-async def run_server(repository: Repository, settings: Settings) -> None:
+async def run_server(repository: Repository, settings: Settings, announcer: Announcer | None = None) -> None:
     """Serve until SIGINT or SIGTERM, then stop gracefully."""
-    server = ModelServer(repository, settings)
+    server = ModelServer(repository, settings, announcer)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -135,14 +144,29 @@ async def run_server(repository: Repository, settings: Settings) -> None:
     await server.stop()
 
 
-def serve(*targets: Any, settings: Settings | None = None, **overrides: Any) -> None:
+def serve(
+    *targets: Any, settings: Settings | None = None, store_models: Sequence[str] = (), **overrides: Any
+) -> None:
     """Serve models over HTTP and gRPC until stopped: `serve(MyModel, http_port=8080)`.
 
-    A target is a Model class, a predictor class or a function, or a `(name, target)` pair.
+    A target is a Model class, a predictor class or a function, or a `(name, target)` pair;
+    `store_models` are `identifier[:version]` references into the store at `settings.store`.
     """
     settings = settings or Settings(**overrides)
     _configure_logging(settings.log_level)
     repository = build_repository(targets, settings)
+    announcer = None
+    if store_models:
+        if settings.store is None:
+            raise ValueError("serving models from a store needs its URL: --store / MODELPOD_STORE")
+        store = open_store(
+            settings.store, settings.data_path, settings.heartbeat_seconds, settings.allow_pickle
+        )
+        announcer = Announcer(
+            store, add_store_models(repository, store, store_models), settings.heartbeat_seconds
+        )
+    if not repository.names():
+        raise ValueError("nothing to serve: give at least one model")
     try:
         import uvloop
 
@@ -150,7 +174,7 @@ def serve(*targets: Any, settings: Settings | None = None, **overrides: Any) -> 
     except ImportError:
         runner = asyncio.Runner()
     with runner:
-        runner.run(run_server(repository, settings))
+        runner.run(run_server(repository, settings, announcer))
 
 
 def build_repository(targets: Iterable[Any], settings: Settings) -> Repository:
@@ -158,8 +182,6 @@ def build_repository(targets: Iterable[Any], settings: Settings) -> Repository:
     for target in targets:
         name, model = target if isinstance(target, tuple) else (None, target)
         repository.add(model, name)
-    if not repository.names():
-        raise ValueError("nothing to serve: give at least one model")
     return repository
 
 

@@ -9,7 +9,14 @@ from collections.abc import Awaitable, Callable
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from modelpod.errors import ModelError, ModelpodError, PayloadTooLarge, Unavailable, http_status
+from modelpod.errors import (
+    ERROR_NAME_HEADER,
+    ModelError,
+    ModelpodError,
+    PayloadTooLarge,
+    Unavailable,
+    http_status,
+)
 from modelpod.protocol import jsoncodec
 from modelpod.service import InferenceService
 
@@ -62,7 +69,7 @@ def handled(endpoint: Endpoint) -> Endpoint:
 
 
 def error_response(error: ModelpodError) -> Response:
-    headers = {}
+    headers = {ERROR_NAME_HEADER: type(error).__name__}
     if isinstance(error, Unavailable) and error.retry_after is not None:
         headers["Retry-After"] = str(max(1, round(error.retry_after)))
     if isinstance(error, ModelError):

@@ -13,6 +13,7 @@ import grpc
 
 from modelpod import types
 from modelpod.errors import (
+    ERROR_NAME_HEADER,
     ModelError,
     ModelpodError,
     Unavailable,
@@ -56,7 +57,7 @@ def typed(error: Exception, where: str) -> ModelpodError:
 
 
 async def abort(context: grpc.aio.ServicerContext[Any, Any], error: ModelpodError) -> None:
-    metadata: list[tuple[str, str]] = []
+    metadata: list[tuple[str, str]] = [] if error.from_model else [(ERROR_NAME_HEADER, type(error).__name__)]
     if isinstance(error, Unavailable) and error.retry_after is not None:
         metadata.append(("retry-after", str(max(1, round(error.retry_after)))))
     if isinstance(error, ModelError):
@@ -200,7 +201,9 @@ def _unwrap(response: types.Response) -> Any:
         return response.body
     body = response.body
     message = body.get("error", body) if isinstance(body, dict) else body
-    raise from_http_status(response.status, str(message))
+    error = from_http_status(response.status, str(message))
+    error.from_model = True  # the model's answer, not the server's refusal: not named as the server's
+    raise error
 
 
 async def start_grpc_server(

@@ -1,0 +1,325 @@
+"""`Client` and `AsyncClient`: a served model, used as if it were the model itself.
+
+Both share everything but I/O: operations are built by `_ClientBase`, retry decisions are
+`Backoff`'s, wire formats are the transports' pure codecs. What is left in each class is
+the sending, the sleeping between attempts and the closing.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import copy
+import time
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+from typing import Any, Generic, TypeVar
+
+from modelpod.client._grpc import AsyncGRPCTransport, GRPCTransport
+from modelpod.client._http import AsyncHTTPTransport, HTTPTransport
+from modelpod.client._operations import (
+    Array,
+    Call,
+    Infer,
+    Live,
+    Metadata,
+    ModelInfo,
+    Models,
+    Operation,
+    Ready,
+    single_model,
+)
+from modelpod.client._retry import Backoff
+from modelpod.client._transport import AsyncTransport, Transport
+from modelpod.errors import ModelpodError
+
+T = TypeVar("T")
+C = TypeVar("C", bound="_ClientBase[Any]")
+TransportT = TypeVar("TransportT", bound=Transport | AsyncTransport)
+
+
+class _Family(Generic[TransportT]):
+    """What a client shares with the clients made from it: the connection and the discovered model."""
+
+    def __init__(self, transport: TransportT) -> None:
+        self.transport: TransportT = transport
+        self.model: str | None = None
+        self.closed = False
+
+    def open(self) -> TransportT:
+        if self.closed:
+            raise RuntimeError(f"the client for {self.transport.address} is closed")
+        return self.transport
+
+
+class _ClientBase(abc.ABC, Generic[TransportT]):
+    """Configuration and the operations a client sends; no I/O."""
+
+    def __init__(
+        self,
+        address: str,
+        model: str | None = None,
+        version: str | int | None = None,
+        timeout: float | None = 30.0,
+        retries: int = 3,
+    ) -> None:
+        self._timeout = _checked_timeout(timeout)
+        self._backoff = Backoff(retries)
+        self._family: _Family[TransportT] = _Family(self._connect(*_transport_of(address)))
+        self._owner = True
+        self._model = model
+        self._version = None if version is None else str(version)
+
+    @abc.abstractmethod
+    def _connect(self, http: bool, address: str) -> TransportT:
+        """The transport for an address: HTTP or gRPC, blocking or asyncio."""
+
+    @property
+    def address(self) -> str:
+        """Where the server is: `http(s)://host:port` or `host:port` (gRPC)."""
+        return self._family.transport.address
+
+    @property
+    def timeout(self) -> float | None:
+        """Seconds each request may take (per attempt); None waits for ever."""
+        return self._timeout
+
+    def version(self: C, version: str | int) -> C:
+        """The same model at another version, over the same connection."""
+        return self._derive(_version=str(version))
+
+    def model(self: C, name: str, version: str | int | None = None) -> C:
+        """Another model (at its default version unless `version` is given), over the same connection."""
+        return self._derive(_model=name, _version=None if version is None else str(version))
+
+    def with_timeout(self: C, seconds: float | None) -> C:
+        """This client with another timeout, over the same connection.
+
+        Timeouts are set here, not per call: a `timeout=` keyword would collide with the
+        model's own keyword arguments.
+        """
+        return self._derive(_timeout=_checked_timeout(seconds))
+
+    def _derive(self: C, **changes: Any) -> C:
+        child = copy.copy(self)
+        child.__dict__.update(changes, _owner=False)
+        return child
+
+    def _call(self, name: str, method: str, arguments: Mapping[str, Any]) -> Call:
+        return Call(name, self._version, method, arguments)
+
+    def _infer(
+        self, name: str, inputs: Mapping[str, Array], outputs: Sequence[str] | None, id: str | None
+    ) -> Infer:
+        return Infer(name, self._version, dict(inputs), tuple(outputs or ()), id)
+
+    @property
+    def _for_a_model(self) -> bool:
+        """`ready()` asks about a model when one was named (or a version), else about the server."""
+        return self._model is not None or self._version is not None
+
+    def _discovered(self, models: list[ModelInfo]) -> str:
+        self._family.model = single_model(models, self.address)
+        return self._family.model
+
+    def __repr__(self) -> str:
+        where = [repr(self.address)]
+        if self._model is not None:
+            where.append(f"model={self._model!r}")
+        if self._version is not None:
+            where.append(f"version={self._version!r}")
+        return f"{type(self).__name__}({', '.join(where)})"
+
+
+class Client(_ClientBase[Transport]):
+    """A model served by modelpod, used as if it were here: `Client("localhost:50051").predict(x=1)`.
+
+    `address` picks the transport: `http://host:port` or `https://…` speaks HTTP, `host:port`
+    speaks gRPC. `model` may be left out when the server serves exactly one model; `version`
+    out for the model's default version. `timeout` is seconds per attempt (None: no limit);
+    `retries` is how many times a request that is safe to repeat is sent again while the
+    server is unavailable (0.1 s doubling to 2 s, jittered; `Retry-After` honoured).
+    `initialize` and `train` are never sent again; `predict` and `infer` only when the server
+    refused them before running them.
+
+    Errors are those of `modelpod.errors`, with the server's message: `NotFound`,
+    `InvalidInput`, `ModelError` (with the server's `error_id`), `Unavailable` (also when the
+    server cannot be reached), `Timeout`, `Conflict`.
+
+    `version()`, `model()` and `with_timeout()` return clients that share this one's
+    connection; close this one (or use it as a context manager) when done.
+    """
+
+    def _connect(self, http: bool, address: str) -> Transport:
+        return HTTPTransport(address) if http else GRPCTransport(address)
+
+    # -- the model's own methods -----------------------------------------------------------------
+
+    def initialize(self, **config: Any) -> Any:
+        """Create (or re-create) this version with `config`; returns what the server recorded."""
+        return self._send(self._call(self._name(), "initialize", config))
+
+    def train(self, **options: Any) -> Any:
+        """Train this version; returns what the model's `train` returned."""
+        return self._send(self._call(self._name(), "train", options))
+
+    def predict(self, **inputs: Any) -> Any:
+        """Run the model's `predict` with keyword arguments; arrays and bytes travel exactly."""
+        return self._send(self._call(self._name(), "predict", inputs))
+
+    def log(self) -> Any:
+        """What training reported so far."""
+        return self._send(self._call(self._name(), "log", {}))
+
+    # -- Open Inference Protocol and the server ----------------------------------------------------
+
+    def infer(
+        self,
+        inputs: Mapping[str, Array],
+        outputs: Sequence[str] | None = None,
+        request_id: str | None = None,
+    ) -> dict[str, Array]:
+        """Run tensors through the model; returns the named outputs (all of them by default)."""
+        return self._send(self._infer(self._name(), inputs, outputs, request_id))
+
+    def metadata(self) -> dict[str, Any]:
+        """The model's name, versions, platform, inputs and outputs."""
+        return self._send(Metadata(self._name(), self._version))
+
+    def ready(self) -> bool:
+        """Whether the model (version) is ready; the server's readiness when no model was named."""
+        return self._send(Ready(self._name(), self._version) if self._for_a_model else Ready())
+
+    def live(self) -> bool:
+        """Whether the server is alive."""
+        return self._send(Live())
+
+    def models(self) -> list[ModelInfo]:
+        """Every model the server serves, with its versions."""
+        return self._send(Models())
+
+    # -- plumbing --------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the connection (a no-op on clients made by `version()`, `model()`, `with_timeout()`)."""
+        if self._owner and not self._family.closed:
+            self._family.closed = True
+            self._family.transport.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def _name(self) -> str:
+        return self._model or self._family.model or self._discovered(self._send(Models()))
+
+    def _send(self, operation: Operation[T]) -> T:
+        transport, attempt = self._family.open(), 0
+        while True:
+            try:
+                return transport.send(operation, self._timeout)
+            except ModelpodError as error:
+                wait = self._backoff.delay(operation.retry, attempt, error)
+                if wait is None:
+                    raise
+            time.sleep(wait)
+            attempt += 1
+
+
+class AsyncClient(_ClientBase[AsyncTransport]):
+    """`Client` for asyncio: the same constructor and methods, as coroutines; `async with` closes it."""
+
+    def _connect(self, http: bool, address: str) -> AsyncTransport:
+        return AsyncHTTPTransport(address) if http else AsyncGRPCTransport(address)
+
+    async def initialize(self, **config: Any) -> Any:
+        """See `Client.initialize`."""
+        return await self._send(self._call(await self._name(), "initialize", config))
+
+    async def train(self, **options: Any) -> Any:
+        """See `Client.train`."""
+        return await self._send(self._call(await self._name(), "train", options))
+
+    async def predict(self, **inputs: Any) -> Any:
+        """See `Client.predict`."""
+        return await self._send(self._call(await self._name(), "predict", inputs))
+
+    async def log(self) -> Any:
+        """See `Client.log`."""
+        return await self._send(self._call(await self._name(), "log", {}))
+
+    async def infer(
+        self,
+        inputs: Mapping[str, Array],
+        outputs: Sequence[str] | None = None,
+        request_id: str | None = None,
+    ) -> dict[str, Array]:
+        """See `Client.infer`."""
+        return await self._send(self._infer(await self._name(), inputs, outputs, request_id))
+
+    async def metadata(self) -> dict[str, Any]:
+        """See `Client.metadata`."""
+        return await self._send(Metadata(await self._name(), self._version))
+
+    async def ready(self) -> bool:
+        """See `Client.ready`."""
+        return await self._send(Ready(await self._name(), self._version) if self._for_a_model else Ready())
+
+    async def live(self) -> bool:
+        """See `Client.live`."""
+        return await self._send(Live())
+
+    async def models(self) -> list[ModelInfo]:
+        """See `Client.models`."""
+        return await self._send(Models())
+
+    async def close(self) -> None:
+        """See `Client.close`."""
+        if self._owner and not self._family.closed:
+            self._family.closed = True
+            await self._family.transport.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def _name(self) -> str:
+        return self._model or self._family.model or self._discovered(await self._send(Models()))
+
+    async def _send(self, operation: Operation[T]) -> T:
+        transport, attempt = self._family.open(), 0
+        while True:
+            try:
+                return await transport.send(operation, self._timeout)
+            except ModelpodError as error:
+                wait = self._backoff.delay(operation.retry, attempt, error)
+                if wait is None:
+                    raise
+            await asyncio.sleep(wait)
+            attempt += 1
+
+
+def _transport_of(address: str) -> tuple[bool, str]:
+    """Whether an address is HTTP, and the address as its transport wants it."""
+    scheme, found, rest = address.partition("://")
+    if not found:
+        return False, address
+    if scheme in ("http", "https"):
+        return True, address
+    if scheme == "grpc":
+        return False, rest
+    raise ValueError(f"unsupported address {address!r}: use http://host:port, https://… or host:port (gRPC)")
+
+
+def _checked_timeout(seconds: float | None) -> float | None:
+    if seconds is not None and not seconds > 0:
+        raise ValueError(f"timeout must be a positive number of seconds or None, not {seconds!r}")
+    return seconds
