@@ -94,6 +94,7 @@ def test_a_fresh_process_loads_from_the_store_remote_then_local(
     assert remote_route == f"remote 127.0.0.1:{server.grpc_port}"
 
     assert server.stop() == 0
+    assert store.endpoints("echo", "1") == []  # a server that stops forgets its endpoints at once
     child.stdin.write("go\n")
     child.stdin.flush()
     local_answer, local_route = json.loads(child.stdout.readline())
@@ -141,3 +142,17 @@ def test_serving_an_unknown_store_model_is_a_clear_error(tmp_path: Path) -> None
     )  # fmt: skip
     assert result.returncode == 2
     assert "the store has no model 'nothing'" in result.stderr
+
+
+def test_an_unapplied_proxy_encodes_the_original_and_decodes_to_a_working_proxy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # the decoded model uses the default data path, ./appdata
+    proxy = Echo(data_path=tmp_path, colour="blue", serve=True)
+    encoded = proxy.encode()
+    assert isinstance(encoded, bytes)
+    assert json.loads(encoded) == {"class": "servable:Echo", "name": "echo", "version": "1",
+                                   "config": {"colour": "blue"}}  # fmt: skip
+    decoded = RemoteModel.decode(encoded)
+    assert decoded.predict(text="x")["config"] == {"colour": "blue"}
+    assert decoded.route == "local"

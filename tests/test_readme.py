@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 import socket
+import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -47,9 +47,10 @@ def test_ci_runs_the_readme_test_command() -> None:
 
 @pytest.mark.parametrize("block", BLOCKS, ids=[f"block{i}" for i in range(len(BLOCKS))])
 def test_python_block_runs(
-    block: str, request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    block: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if "127.0.0.1:8080" in block:
+    if "127.0.0.1:8080" in block or "127.0.0.1:50051" in block:
         request.getfixturevalue("default_server")
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.chdir(ROOT)  # as a reader runs them: from the repository's root
+    monkeypatch.setattr(sys, "path", list(sys.path))
     exec(compile(block, "README.md", "exec"), {"__name__": "readme"})
