@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from modelpod.batching import BatchConfig
 from modelpod.errors import InvalidInput
 from modelpod.types import TensorSpec, tensor_specs
 
@@ -60,12 +61,18 @@ class Model:
       inputs:  tensor inputs for the Open Inference Protocol (derived from `predict` when empty)
       outputs: tensor outputs (one output named "output" when empty)
       example: keyword arguments of a typical request, used to warm the model up
+      max_batch_size, max_batch_delay_ms, max_queue_size, preferred_batch_sizes:
+               dynamic batching (see modelpod.batching); max_batch_size 1, the default, is none
     """
 
     name: ClassVar[str | None] = None
     inputs: ClassVar[Sequence[TensorSpec | Mapping[str, Any]]] = ()
     outputs: ClassVar[Sequence[TensorSpec | Mapping[str, Any]]] = ()
     example: ClassVar[Mapping[str, Any] | None] = None
+    max_batch_size: ClassVar[int] = 1
+    max_batch_delay_ms: ClassVar[float] = 0.0
+    max_queue_size: ClassVar[int] = 1024
+    preferred_batch_sizes: ClassVar[Sequence[int]] = ()
 
     def __new__(cls, *args: Any, serve: bool = False, **kwargs: Any) -> Any:
         """`MyModel(k=3, serve=True)` gives a `RemoteModel` standing for the model, not the model."""
@@ -188,6 +195,15 @@ class Model:
     def source(self) -> Any:
         """What the user wrote: the class or function this instance runs."""
         return type(self)
+
+    def batch_config(self) -> BatchConfig:
+        """How this model wants requests batched, from its class attributes."""
+        return BatchConfig(
+            max_batch_size=self.max_batch_size,
+            max_batch_delay_ms=self.max_batch_delay_ms,
+            max_queue_size=self.max_queue_size,
+            preferred_batch_sizes=tuple(self.preferred_batch_sizes),
+        )
 
     def has_batch(self) -> bool:
         return callable(getattr(self, "predict_batch", None))

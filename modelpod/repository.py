@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from modelpod.batching import BatchConfig
 from modelpod.errors import NotFound
 from modelpod.model import DEFAULT_VERSION, Model, as_model, check_name
 from modelpod.runner import Runner
@@ -19,17 +21,25 @@ class HostedModel:
 
     name: str
     target: Any
+    probe: Model  # an unloaded instance: what every version shares (specs, signature, batching)
     runner_options: dict[str, Any] = field(default_factory=dict)
     default_version: str = DEFAULT_VERSION
     unloaded: bool = False
+    batching: BatchConfig = field(default_factory=BatchConfig)
 
 
 class Repository:
     """Model names -> hosted models; versions are folders under `data_path/<name>/`."""
 
-    def __init__(self, data_path: Path | str, runner_options: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        data_path: Path | str,
+        runner_options: Mapping[str, Any] | None = None,
+        batching: Mapping[str, Any] | None = None,
+    ) -> None:
         self.data_path = Path(data_path)
         self.runner_options = dict(runner_options or {})
+        self.batching_overrides = {k: v for k, v in (batching or {}).items() if v is not None}
         self._models: dict[str, HostedModel] = {}
         self._lock = threading.Lock()
 
@@ -42,11 +52,14 @@ class Repository:
     ) -> HostedModel:
         """Host a Model class, a predictor class or a function under `name` (default: its own)."""
         probe = as_model(target, default_version, data_path=self.data_path)
+        batching = dataclasses.replace(probe.batch_config(), **self.batching_overrides)
         hosted = HostedModel(
             name=check_name("model name", name or probe.model_name),
             target=target,
-            runner_options={**self.runner_options, **runner_options},
+            probe=probe,
+            runner_options={**self.runner_options, **runner_options, "batching": batching},
             default_version=check_name("version", default_version),
+            batching=batching,
         )
         with self._lock:
             if hosted.name in self._models:

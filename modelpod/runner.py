@@ -10,20 +10,24 @@ The runner is what the server uses, and what a user uses without a server:
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import logging
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
 from modelpod import checks
+from modelpod.batching import BatchConfig, Batcher
 from modelpod.devices import select_device
 from modelpod.errors import InvalidInput, ModelError, ModelLoadError, ModelpodError, ProcessorError
 from modelpod.inputs import InputPreparer
 from modelpod.model import DEFAULT_VERSION, Model, as_model
+from modelpod.stacking import rows_of, split, stack
 from modelpod.stats import LatencyStats, StatsSnapshot
 
 logger = logging.getLogger("modelpod.runner")
@@ -51,6 +55,7 @@ class Runner:
       inference_mode:  run torch models under `torch.inference_mode` (on by default)
       custom_ops:      compiled torch operator libraries to load before `setup`
       slow_ms:         requests slower than this are logged as warnings
+      batching:        how `submit` batches concurrent requests (default: the model's own settings)
     """
 
     def __init__(
@@ -66,6 +71,7 @@ class Runner:
         inference_mode: bool = True,
         custom_ops: Sequence[str] = (),
         slow_ms: float = 1000.0,
+        batching: BatchConfig | None = None,
         **model_options: Any,
     ) -> None:
         self.model: Model = as_model(model, version, **model_options)
@@ -81,6 +87,8 @@ class Runner:
         self._stats = LatencyStats()
         self._load_lock = threading.Lock()
         self._loaded = False
+        self.batching = batching or self.model.batch_config()
+        self._batcher: Batcher | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -110,7 +118,10 @@ class Runner:
             logger.info("loaded %r on %s", self.model, self.model.device)
 
     def close(self) -> None:
-        """Tear the model down; the next request loads it again."""
+        """Finish submitted requests, then tear the model down; the next request loads it again."""
+        batcher, self._batcher = self._batcher, None
+        if batcher is not None:
+            batcher.close()
         with self._load_lock:
             if self._loaded:
                 self._loaded = False
@@ -199,6 +210,19 @@ class Runner:
         for start in range(0, len(items), size):
             results.extend(self._run_chunk(items[start : start + size], start, skip_errors))
         return results
+
+    def submit(self, priority: int = 0, deadline: float | None = None, **inputs: Any) -> Future[Any]:
+        """Queue one request for dynamic batching; the future holds its result.
+
+        Concurrent submitters are batched together by `self.batching`. `deadline` is a
+        `time.monotonic()` instant after which the request is dropped before compute.
+        """
+        with self._load_lock:
+            if self._batcher is None:
+                run = functools.partial(self.predict_batch, skip_errors=True)
+                self._batcher = Batcher(run, self.batching, name=self._label)
+        rows = rows_of(inputs) if self.model.is_tensor_model() else 1
+        return self._batcher.submit(inputs, rows=rows, priority=priority, deadline=deadline)
 
     def initialize(self, **config: Any) -> dict[str, Any]:
         """Record a new config for this instance; it is set up again with it on next use."""
@@ -301,9 +325,28 @@ class Runner:
                     f"{self.model!r}.predict_batch returned {count} results for {len(items)} requests"
                 )
             return [_as_item_error(o) for o in outputs]
+        if self.model.is_tensor_model() and len(items) > 1:
+            stacked = stack(items)
+            if stacked is not None:
+                return self._stacked_outputs(*stacked, items, skip_errors)
         if skip_errors:
             return [self._isolated(item) for item in items]
         return [self._call_model(self.model.predict, (), item) for item in items]
+
+    def _stacked_outputs(
+        self, joined: dict[str, Any], rows: list[int], items: list[dict[str, Any]], skip_errors: bool
+    ) -> list[Any]:
+        """One call for every request of a tensor model, its output cut back per request."""
+        try:
+            output = self._call_model(self.model.predict, (), joined)
+        except ModelpodError:
+            if not skip_errors:
+                raise
+            return [self._isolated(item) for item in items]  # find the failing items one by one
+        try:
+            return split(output, rows)
+        except ValueError as error:
+            raise ModelError(f"model {self._label} cannot be batched: {error}") from None
 
     def _isolated(self, item: dict[str, Any]) -> Any:
         try:

@@ -12,19 +12,50 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from modelpod import __version__
-from modelpod.errors import InvalidInput, NotFound, Unavailable
+from modelpod.batching import Batcher
+from modelpod.errors import InvalidInput, NotFound, Timeout, Unavailable
 from modelpod.pool import ModelPool
 from modelpod.repository import HostedModel, Repository
 from modelpod.router import Router
 from modelpod.runner import Runner
-from modelpod.tensors import Arrays, run_tensors
+from modelpod.stacking import rows_of
+from modelpod.tensors import Arrays, outputs_of, requests_of
+from modelpod.types import TensorSpec
 
 logger = logging.getLogger("modelpod.service")
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Options:
+    """What a request may ask beyond its inputs: how urgent it is, and how long it may take."""
+
+    priority: int = 0
+    timeout: float | None = None  # seconds from arrival; past it the request is answered Timeout
+
+
+DEFAULT_OPTIONS = Options()
+
+
+def request_options(priority: Any = None, timeout: Any = None) -> Options:
+    """Options from what a transport received (header or parameter text), checked."""
+    try:
+        chosen_priority = int(priority) if priority not in (None, "") else 0
+        seconds = float(timeout) if timeout not in (None, "") else None
+    except (TypeError, ValueError):
+        raise InvalidInput(
+            f"priority must be an integer and timeout a number, not {priority!r}, {timeout!r}"
+        ) from None
+    if seconds is not None and not seconds >= 0:  # also refuses NaN
+        raise InvalidInput(f"timeout must be a non-negative number of seconds, not {timeout!r}")
+    return Options(chosen_priority, seconds)
+
+
 METHODS = ("predict", "initialize", "train", "log")
 EXTENSIONS = ("binary_tensor_data", "model_repository", "modelpod_native")
 
@@ -43,21 +74,74 @@ class InferenceService:
         self._in_flight_lock = threading.Lock()
         self._draining = False
         self._ready = True
+        self._batchers: dict[tuple[str, str], Batcher] = {}
 
     # -- running model code -------------------------------------------------------------------
 
-    async def _run(self, function: Callable[..., T], *args: Any) -> T:
+    async def _run(self, function: Callable[..., T], *args: Any, timeout: float | None = None) -> T:
         """Run blocking model code on the worker threads, counted for a graceful drain."""
+        loop = asyncio.get_running_loop()
+        return await self._await(
+            lambda: loop.run_in_executor(self._executor, functools.partial(function, *args)), timeout
+        )
+
+    async def _await(self, start: Callable[[], asyncio.Future[T]], timeout: float | None) -> T:
+        """Wait for work started by `start`, counted in flight; past `timeout`, answer Timeout."""
         if self._draining:
             raise Unavailable("the server is shutting down; retry on another replica", retry_after=1.0)
+        if timeout is not None and timeout <= 0:
+            raise Timeout("the request's deadline had passed when it arrived")
         with self._in_flight_lock:
             self._in_flight += 1
         try:
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._executor, functools.partial(function, *args))
+            return await asyncio.wait_for(start(), timeout)
+        except TimeoutError:
+            raise Timeout(f"no answer within the request's timeout of {timeout:g} s") from None
         finally:
             with self._in_flight_lock:
                 self._in_flight -= 1
+
+    def _batcher(self, hosted: HostedModel, version: str) -> Batcher | None:
+        """The batcher of one version, made on first use; None for a model that does not batch."""
+        if not hosted.batching.enabled:
+            return None
+        key = (hosted.name, version)
+        with self._in_flight_lock:
+            batcher = self._batchers.get(key)
+            if batcher is None:
+                run = functools.partial(self._run_batch, hosted, version)
+                batcher = self._batchers[key] = Batcher(run, hosted.batching, name=f"{hosted.name}:{version}")
+        return batcher
+
+    def _run_batch(self, hosted: HostedModel, version: str, items: list[dict[str, Any]]) -> list[Any]:
+        return self._with_runner(hosted, version, lambda r: r.predict_batch(items, skip_errors=True))
+
+    async def _predict_many(
+        self, hosted: HostedModel, version: str, requests: list[dict[str, Any]], options: Options
+    ) -> list[Any]:
+        """Run requests through the version's batcher, or as one call on a worker thread."""
+        batcher = self._batcher(hosted, version)
+        if batcher is None:
+            if hosted.probe.is_tensor_model() or len(requests) == 1:
+                run = lambda r: [r.predict(**request) for request in requests]  # noqa: E731
+            else:
+                run = lambda r: r.predict_batch(requests)  # noqa: E731
+            return await self._run(self._with_runner, hosted, version, run, timeout=options.timeout)
+        deadline = None if options.timeout is None else time.monotonic() + options.timeout
+        tensor = hosted.probe.is_tensor_model()
+        futures = [
+            batcher.submit(r, rows=rows_of(r) if tensor else 1, priority=options.priority, deadline=deadline)
+            for r in requests
+        ]
+
+        def gather() -> asyncio.Future[list[Any]]:
+            return asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
+
+        try:
+            return await self._await(gather, options.timeout)
+        finally:
+            for future in futures:
+                future.cancel()  # a caller that gave up frees its place in the queue
 
     def _hosted(self, name: str, version: str | None) -> tuple[HostedModel, str]:
         hosted, version = self.repository.resolve(name, version)
@@ -82,6 +166,7 @@ class InferenceService:
         method: str,
         arguments: Mapping[str, Any],
         query_params: Mapping[str, str] | None = None,
+        options: Options = DEFAULT_OPTIONS,
     ) -> Any:
         """`predict`, `initialize`, `train` or `log` on one version, with keyword arguments."""
         if method not in METHODS:
@@ -97,8 +182,11 @@ class InferenceService:
             return await self._run(self._train, hosted, version, dict(arguments))
         target = self._route(hosted, version, query_params, arguments)
         if target is not None:
-            return await self.call(target, None, method, arguments, query_params)
-        return await self._run(self._predict, hosted, version, dict(arguments), query_params)
+            return await self.call(target, None, method, arguments, query_params, options)
+        request = dict(arguments)
+        if query_params is not None and hosted.probe.accepts_query_params():
+            request.setdefault("query_params", dict(query_params))
+        return (await self._predict_many(hosted, version, [request], options))[0]
 
     def _route(
         self,
@@ -117,20 +205,6 @@ class InferenceService:
             raise NotFound(f"router {hosted.name!r} routes to {target!r}, which is not served here")
         return target
 
-    def _predict(
-        self,
-        hosted: HostedModel,
-        version: str,
-        arguments: dict[str, Any],
-        query_params: Mapping[str, str] | None,
-    ) -> Any:
-        def predict(runner: Runner) -> Any:
-            if query_params is not None and runner.model.accepts_query_params():
-                arguments.setdefault("query_params", dict(query_params))
-            return runner.predict(**arguments)
-
-        return self._with_runner(hosted, version, predict)
-
     def _initialize(self, name: str, version: str | None, config: dict[str, Any]) -> dict[str, Any]:
         hosted = self.repository.get(name)
         version = version or hosted.default_version
@@ -146,29 +220,53 @@ class InferenceService:
     # -- Open Inference Protocol ------------------------------------------------------------------
 
     async def infer(
-        self, name: str, version: str | None, inputs: Arrays, query_params: Mapping[str, str] | None = None
+        self,
+        name: str,
+        version: str | None,
+        inputs: Arrays,
+        query_params: Mapping[str, str] | None = None,
+        options: Options = DEFAULT_OPTIONS,
     ) -> tuple[str, Arrays]:
         """Run tensors through one version; returns the version that ran and its outputs."""
         hosted, version = self._hosted(name, version)
         target = self._route(hosted, version, query_params, inputs)
         if target is not None:
-            return await self.infer(target, None, inputs, query_params)
-        outputs = await self._run(self._with_runner, hosted, version, lambda r: run_tensors(r, inputs))
-        return version, outputs
+            return await self.infer(target, None, inputs, query_params, options)
+        results = await self._predict_many(hosted, version, requests_of(hosted.probe, inputs), options)
+        return version, outputs_of(hosted.probe, results)
 
     def server_metadata(self) -> dict[str, Any]:
         return {"name": self.name, "version": __version__, "extensions": list(EXTENSIONS)}
 
     def model_metadata(self, name: str, version: str | None = None) -> dict[str, Any]:
         hosted, resolved = self.repository.resolve(name, version)
-        model = self.repository.instance(hosted, resolved)
         return {
             "name": hosted.name,
             "versions": [resolved] if version else self.repository.versions(name),
             "platform": "modelpod",
-            "inputs": [spec.as_dict() for spec in model.input_specs()],
-            "outputs": [spec.as_dict() for spec in model.output_specs()],
+            "inputs": [spec.as_dict() for spec in hosted.probe.input_specs()],
+            "outputs": [spec.as_dict() for spec in hosted.probe.output_specs()],
         }
+
+    def model_config(self, name: str, version: str | None = None) -> dict[str, Any]:
+        """The model's configuration in Triton's shape (what `tritonclient`'s get_model_config reads)."""
+        hosted, _ = self.repository.resolve(name, version)
+        batching = hosted.batching
+        config: dict[str, Any] = {
+            "name": hosted.name,
+            "platform": "modelpod",
+            "backend": "python",
+            "max_batch_size": batching.max_batch_size if batching.enabled else 0,
+            "input": [_config_tensor(spec) for spec in hosted.probe.input_specs()],
+            "output": [_config_tensor(spec) for spec in hosted.probe.output_specs()],
+        }
+        if batching.enabled:
+            config["dynamic_batching"] = {
+                "max_queue_delay_microseconds": round(batching.max_batch_delay_ms * 1000),
+                "preferred_batch_size": list(batching.preferred_batch_sizes),
+                "default_queue_policy": {"max_queue_size": batching.max_queue_size},
+            }
+        return config
 
     def model_ready(self, name: str, version: str | None = None) -> bool:
         try:
@@ -236,6 +334,7 @@ class InferenceService:
             "default_version": hosted.default_version,
             "versions": [{"version": v, "loaded": (name, v) in loaded} for v in versions],
             "available": not hosted.unloaded,
+            "batching": hosted.batching.as_dict(),
         }
 
     # -- shutdown ------------------------------------------------------------------------------------
@@ -258,5 +357,12 @@ class InferenceService:
             return self._in_flight
 
     def close(self) -> None:
+        for batcher in self._batchers.values():
+            batcher.close()
         self._executor.shutdown(wait=True, cancel_futures=True)
         self.pool.close()
+
+
+def _config_tensor(spec: TensorSpec) -> dict[str, Any]:
+    datatype = "STRING" if spec.datatype == "BYTES" else spec.datatype
+    return {"name": spec.name, "data_type": f"TYPE_{datatype}", "dims": list(spec.shape)}

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from modelpod.errors import InvalidInput, ModelError
+from modelpod.model import Model
 from modelpod.runner import Runner
 from modelpod.types import TensorSpec, datatype_of
 
@@ -24,15 +25,27 @@ Arrays = dict[str, np.ndarray[Any, Any]]
 def run_tensors(runner: Runner, inputs: Arrays) -> Arrays:
     """Inputs by name -> outputs by name, whichever kind of model the runner holds."""
     model = runner.model
+    requests = requests_of(model, inputs)
+    results = [runner.predict(**requests[0])] if model.is_tensor_model() else runner.predict_batch(requests)
+    return outputs_of(model, results)
+
+
+def requests_of(model: Model, inputs: Arrays) -> list[dict[str, Any]]:
+    """The model calls a tensor request means: itself for a tensor model, one per row otherwise."""
     if model.is_tensor_model():
         check_declared(inputs, model.input_specs())
-        return tensor_outputs(runner.predict(**inputs), model.output_specs())
+        return [dict(inputs)]
     hints = _hints(model.signature_target())
     rows = _row_count(inputs)
-    items = [
+    return [
         {name: _element(array[i], hints.get(name)) for name, array in inputs.items()} for i in range(rows)
     ]
-    results = runner.predict_batch(items)
+
+
+def outputs_of(model: Model, results: Sequence[Any]) -> Arrays:
+    """The output tensors for the results of `requests_of`'s calls."""
+    if model.is_tensor_model():
+        return tensor_outputs(results[0], model.output_specs())
     return stack_rows(results, model.output_specs())
 
 

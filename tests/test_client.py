@@ -286,7 +286,8 @@ def test_a_model_error_carries_the_servers_error_id_and_is_not_retried(
 def test_a_call_past_the_timeout_raises_timeout(address: str) -> None:
     with Client(address, model="slow", timeout=0.3) as slow:
         started = time.monotonic()
-        with pytest.raises(Timeout, match=r"did not answer within 0\.3 s"):
+        # the client's own clock, or the server's, which enforces the deadline it was sent
+        with pytest.raises(Timeout, match=r"did not answer within 0\.3 s|the request's timeout of 0\.[23]"):
             slow.predict(seconds=2)
         assert time.monotonic() - started < 1.5
         assert slow.with_timeout(5).predict(seconds=0)["slept"] == 0  # the connection still serves

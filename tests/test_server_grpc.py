@@ -300,11 +300,14 @@ def test_scalar_input_to_keyword_model_is_invalid(inference: Any) -> None:
     assert_serving(inference)
 
 
-def test_model_config_is_unimplemented(inference: Any) -> None:
-    with pytest.raises(grpc.RpcError) as caught:
-        inference.ModelConfig(pb.ModelConfigRequest(name="doubler"), timeout=30)
-    assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "ModelMetadata" in caught.value.details()
+def test_model_config_in_tritons_shape(inference: Any) -> None:
+    config = inference.ModelConfig(pb.ModelConfigRequest(name="doubler"), timeout=30).config
+    assert (config.name, config.platform, config.max_batch_size) == ("doubler", "modelpod", 0)
+    assert [(t.name, pb.DataType.Name(t.data_type), list(t.dims)) for t in config.input] == [
+        ("x", "TYPE_FP32", [-1, -1])
+    ]
+    code, details = outcome(lambda: inference.ModelConfig(pb.ModelConfigRequest(name="nope"), timeout=30))
+    assert code == grpc.StatusCode.NOT_FOUND, details
 
 
 def test_concurrent_model_infer(inference: Any) -> None:

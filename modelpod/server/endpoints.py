@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from modelpod.errors import (
     ERROR_NAME_HEADER,
+    InvalidInput,
     ModelError,
     ModelpodError,
     PayloadTooLarge,
@@ -18,7 +20,7 @@ from modelpod.errors import (
     http_status,
 )
 from modelpod.protocol import jsoncodec
-from modelpod.service import InferenceService
+from modelpod.service import InferenceService, Options, request_options
 
 logger = logging.getLogger("modelpod.http")
 
@@ -43,6 +45,27 @@ async def read_body(request: Request) -> bytes:
             raise PayloadTooLarge(f"the request body is over {limit} bytes, the most this server accepts")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+PRIORITY_HEADER = "x-priority"
+TIMEOUT_HEADER = "request-timeout"  # seconds
+
+
+def options_of(request: Request, parameters: Mapping[str, Any] | None = None) -> Options:
+    """Priority and timeout from the headers, or from Open Inference Protocol parameters
+    (`priority`, and `timeout` in microseconds, as Triton reads them)."""
+    params = parameters or {}
+    priority = request.headers.get(PRIORITY_HEADER, params.get("priority"))
+    timeout: Any = request.headers.get(TIMEOUT_HEADER)
+    if timeout is None and params.get("timeout") is not None:
+        timeout = _microseconds(params["timeout"])
+    return request_options(priority, timeout)
+
+
+def _microseconds(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidInput(f"parameter 'timeout' must be a number of microseconds, not {value!r}")
+    return value / 1e6
 
 
 def json_response(value: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import grpc
@@ -24,7 +24,7 @@ from modelpod.protocol import native, v2
 from modelpod.protocol._generated import grpc_service_pb2 as pb
 from modelpod.protocol._generated import grpc_service_pb2_grpc as pb_grpc
 from modelpod.protocol._generated import native_pb2, native_pb2_grpc
-from modelpod.service import InferenceService
+from modelpod.service import InferenceService, Options, request_options
 
 logger = logging.getLogger("modelpod.grpc")
 
@@ -97,7 +97,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @guarded
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
-        return await self._infer(request)
+        return await self._infer(request, context)
 
     async def ModelStreamInfer(
         self, requests: AsyncIterator[pb.ModelInferRequest], context: Any
@@ -105,7 +105,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         """Each request gets one response on the stream; an error answers that request alone."""
         async for request in requests:
             try:
-                response = await self._infer(request)
+                response = await self._infer(request, context)
             except Exception as error:
                 # As Triton does: the error names the request, so a client can tell which failed.
                 failed = pb.ModelInferResponse(
@@ -118,12 +118,21 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             else:
                 yield pb.ModelStreamInferResponse(infer_response=response)
 
+    @guarded
     async def ModelConfig(self, request: pb.ModelConfigRequest, context: Any) -> pb.ModelConfigResponse:
-        await context.abort(
-            grpc.StatusCode.UNIMPLEMENTED,
-            "modelpod has no Triton model configuration; use ModelMetadata",
+        config = self.service.model_config(request.name, request.version or None)
+        message = pb.ModelConfig(
+            name=config["name"],
+            platform=config["platform"],
+            backend=config["backend"],
+            max_batch_size=config["max_batch_size"],
         )
-        raise AssertionError("abort() always raises")  # pragma: no cover
+        for field, tensors in (("input", config["input"]), ("output", config["output"])):
+            for tensor in tensors:
+                getattr(message, field).add(
+                    name=tensor["name"], data_type=pb.DataType.Value(tensor["data_type"]), dims=tensor["dims"]
+                )
+        return pb.ModelConfigResponse(config=message)
 
     async def ModelStatistics(
         self, request: pb.ModelStatisticsRequest, context: Any
@@ -131,10 +140,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "model statistics are not served over gRPC")
         raise AssertionError("abort() always raises")  # pragma: no cover
 
-    async def _infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+    async def _infer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
         decoded = v2.decode_grpc_request(request)
         name = request.model_name
-        version, outputs = await self.service.infer(name, request.model_version or None, decoded.inputs)
+        options = options_of(context, decoded.parameters)
+        version, outputs = await self.service.infer(
+            name, request.model_version or None, decoded.inputs, options=options
+        )
         response = v2.InferResponse(
             model_name=name,
             model_version=version,
@@ -183,6 +195,7 @@ class NativeServicer(native_pb2_grpc.ModelServiceServicer):
             request.method,
             arguments,
             query_params=dict(request.query_params),
+            options=options_of(context),
         )
         if isinstance(result, types.Response):
             result = _unwrap(result)
@@ -193,6 +206,14 @@ class NativeServicer(native_pb2_grpc.ModelServiceServicer):
     ) -> AsyncIterator[native_pb2.CallResponse]:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "no model method streams yet; use Call")
         yield native_pb2.CallResponse()  # pragma: no cover  (makes this an async generator)
+
+
+def options_of(context: Any, parameters: Mapping[str, Any] | None = None) -> Options:
+    """Priority from `x-priority` metadata or the `priority` parameter; the timeout is the call's deadline."""
+    metadata = dict(context.invocation_metadata() or ())
+    priority = metadata.get("x-priority", (parameters or {}).get("priority"))
+    remaining = context.time_remaining()
+    return request_options(priority, remaining)
 
 
 def _unwrap(response: types.Response) -> Any:

@@ -18,7 +18,7 @@ from starlette.routing import BaseRoute, Route
 from modelpod import types
 from modelpod.errors import InvalidInput, ModelError
 from modelpod.protocol import jsoncodec, native
-from modelpod.server.endpoints import handled, json_response, read_body, service_of
+from modelpod.server.endpoints import handled, json_response, options_of, read_body, service_of
 
 MSGPACK = "application/msgpack"
 _MSGPACK_TYPES = (MSGPACK, "application/x-msgpack")
@@ -66,6 +66,7 @@ async def call_method(request: Request) -> Response:
         method,
         arguments,
         query_params=dict(request.query_params),
+        options=options_of(request),
     )
     return _result(result, request)
 

@@ -8,7 +8,7 @@ from starlette.routing import BaseRoute, Route
 
 from modelpod.errors import Unavailable
 from modelpod.protocol import v2
-from modelpod.server.endpoints import handled, json_response, read_body, service_of
+from modelpod.server.endpoints import handled, json_response, options_of, read_body, service_of
 
 
 def routes() -> list[BaseRoute]:
@@ -20,6 +20,8 @@ def routes() -> list[BaseRoute]:
         Route("/v2/health/ready", ready, methods=["GET"]),
         Route(model, model_metadata, methods=["GET"]),
         Route(versioned, model_metadata, methods=["GET"]),
+        Route(f"{model}/config", model_config, methods=["GET"]),
+        Route(f"{versioned}/config", model_config, methods=["GET"]),
         Route(f"{model}/ready", model_ready, methods=["GET"]),
         Route(f"{versioned}/ready", model_ready, methods=["GET"]),
         Route(f"{model}/infer", infer, methods=["POST"]),
@@ -54,6 +56,12 @@ async def model_metadata(request: Request) -> Response:
 
 
 @handled
+async def model_config(request: Request) -> Response:
+    params = request.path_params
+    return json_response(service_of(request).model_config(params["name"], params.get("version")))
+
+
+@handled
 async def model_ready(request: Request) -> Response:
     name, version = request.path_params["name"], request.path_params.get("version")
     service = service_of(request)
@@ -68,7 +76,11 @@ async def infer(request: Request) -> Response:
     header_length = v2.parse_header_length(request.headers.get(v2.HEADER_LENGTH))
     decoded = v2.decode_http_request(await read_body(request), header_length)
     version, outputs = await service_of(request).infer(
-        name, request.path_params.get("version"), decoded.inputs, dict(request.query_params)
+        name,
+        request.path_params.get("version"),
+        decoded.inputs,
+        dict(request.query_params),
+        options_of(request, decoded.parameters),
     )
     response = v2.InferResponse(
         model_name=name,

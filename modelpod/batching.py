@@ -1,0 +1,227 @@
+"""Dynamic batching: requests for one model version queue up and run together.
+
+- A batch holds at most `max_batch_size` rows (a request carrying 7 rows fills 7 slots); a request
+  larger than that runs alone rather than failing.
+- A batch that is not full waits at most `max_batch_delay_ms` after its oldest request arrived;
+  with 0 it takes whatever is queued at that moment and never waits while the model is idle.
+- Higher priority is batched first; when the queue is full, the lowest priority is shed first,
+  and a request that cannot be queued is refused at once (`Unavailable`, with a retry hint).
+- A request whose deadline passed, or whose caller gave up (cancelled its future), is dropped
+  before compute.
+
+One thread per batcher runs the batches, so callers on threads and on event loops alike only wait
+on a `concurrent.futures.Future`.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from modelpod.errors import ModelError, ModelpodError, Timeout, Unavailable
+
+logger = logging.getLogger("modelpod.batching")
+
+RunBatch = Callable[[list[Any]], Sequence[Any]]
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    """How one model version batches. `max_batch_size` 1 means no batching."""
+
+    max_batch_size: int = 1
+    max_batch_delay_ms: float = 0.0
+    max_queue_size: int = 1024
+    preferred_batch_sizes: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be at least 1, not {self.max_batch_size}")
+        if self.max_batch_delay_ms < 0:
+            raise ValueError(f"max_batch_delay_ms must not be negative, not {self.max_batch_delay_ms}")
+        if self.max_queue_size < 1:
+            raise ValueError(f"max_queue_size must be at least 1, not {self.max_queue_size}")
+        bad = [size for size in self.preferred_batch_sizes if not 1 <= size <= self.max_batch_size]
+        if bad:
+            raise ValueError(f"preferred_batch_sizes must lie in 1..max_batch_size: {bad}")
+        object.__setattr__(self, "preferred_batch_sizes", tuple(sorted(set(self.preferred_batch_sizes))))
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_batch_size > 1
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "max_batch_size": self.max_batch_size,
+            "max_batch_delay_ms": self.max_batch_delay_ms,
+            "max_queue_size": self.max_queue_size,
+            "preferred_batch_sizes": list(self.preferred_batch_sizes),
+        }
+
+
+@dataclass(order=True)
+class _Request:
+    order: tuple[int, int]  # (-priority, arrival number): the heap pops the most urgent first
+    inputs: Any = field(compare=False)
+    rows: int = field(compare=False)
+    deadline: float | None = field(compare=False)
+    arrived: float = field(compare=False)
+    future: Future[Any] = field(compare=False)
+
+    @property
+    def priority(self) -> int:
+        return -self.order[0]
+
+
+class Batcher:
+    """Queues requests and runs them in batches on its own thread, through `run(list of inputs)`."""
+
+    def __init__(self, run: RunBatch, config: BatchConfig, name: str = "model",
+                 clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
+        self.config = config
+        self.name = name
+        self._run = run
+        self._clock = clock
+        self._queue: list[_Request] = []
+        self._rows_queued = 0
+        self._arrivals = itertools.count()
+        self._condition = threading.Condition()
+        self._closing = False
+        self.batch_sizes: Counter[int] = Counter()  # rows per batch run -> how many batches
+        self._thread = threading.Thread(target=self._loop, name=f"modelpod-batcher-{name}", daemon=True)
+        self._thread.start()
+
+    # -- callers -----------------------------------------------------------------------------
+
+    def submit(
+        self, inputs: Any, rows: int = 1, priority: int = 0, deadline: float | None = None
+    ) -> Future[Any]:
+        """Queue one request of `rows` rows; its future holds the result or the error."""
+        request = _Request(
+            (-priority, next(self._arrivals)), inputs, max(rows, 1), deadline, self._clock(), Future()
+        )
+        shed: _Request | None = None
+        with self._condition:
+            if self._closing:
+                raise Unavailable(f"{self.name} is shutting down", retry_after=1.0)
+            if self._rows_queued and self._rows_queued + request.rows > self.config.max_queue_size:
+                shed = self._shed_for(request)  # (an empty queue takes any request: it runs alone)
+            heapq.heappush(self._queue, request)
+            self._rows_queued += request.rows
+            self._condition.notify()
+        if shed is not None:
+            shed.future.set_exception(
+                Unavailable(f"{self.name} is overloaded: shed for a higher priority", 1.0)
+            )
+        return request.future
+
+    def _shed_for(self, incoming: _Request) -> _Request:
+        """Make room by dropping the least urgent queued request, if it is less urgent than `incoming`."""
+        least = max(self._queue)
+        frees_enough = self._rows_queued - least.rows + incoming.rows <= self.config.max_queue_size
+        if least.priority >= incoming.priority or not frees_enough:
+            waiting = self._rows_queued
+            raise Unavailable(
+                f"{self.name} is overloaded ({waiting} rows queued); retry shortly", retry_after=1.0
+            )
+        self._queue.remove(least)
+        heapq.heapify(self._queue)
+        self._rows_queued -= least.rows
+        return least
+
+    @property
+    def queued_rows(self) -> int:
+        with self._condition:
+            return self._rows_queued
+
+    def close(self, timeout: float | None = None) -> None:
+        """Stop taking requests; run those queued; wait for the thread (up to `timeout`)."""
+        with self._condition:
+            self._closing = True
+            self._condition.notify()
+        self._thread.join(timeout)
+
+    # -- the batching thread -------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            batch = self._next_batch()
+            if batch is None:
+                return
+            self._execute(batch)
+
+    def _next_batch(self) -> list[_Request] | None:
+        with self._condition:
+            while not self._queue:
+                if self._closing:
+                    return None
+                self._condition.wait()
+            self._wait_for_more()
+            return self._take()
+
+    def _wait_for_more(self) -> None:
+        """Until the batch is full or its oldest request has waited the delay (lock held)."""
+        delay = self.config.max_batch_delay_ms / 1000
+        if delay <= 0:
+            return
+        until = min(r.arrived for r in self._queue) + delay
+        while self._rows_queued < self.config.max_batch_size and not self._closing:
+            remaining = until - self._clock()
+            if remaining <= 0:
+                return
+            self._condition.wait(remaining)
+
+    def _take(self) -> list[_Request]:
+        """The most urgent requests that fit one batch (lock held)."""
+        limit = self._target_rows()
+        batch = [heapq.heappop(self._queue)]  # the first always goes, even when larger than a batch
+        rows = batch[0].rows
+        while self._queue and rows + self._queue[0].rows <= limit:
+            batch.append(heapq.heappop(self._queue))
+            rows += batch[-1].rows
+        self._rows_queued -= rows
+        return batch
+
+    def _target_rows(self) -> int:
+        """`max_batch_size`, or the largest preferred size the queue can fill."""
+        available = min(self._rows_queued, self.config.max_batch_size)
+        fitting = [size for size in self.config.preferred_batch_sizes if size <= available]
+        return fitting[-1] if fitting else self.config.max_batch_size
+
+    def _execute(self, batch: list[_Request]) -> None:
+        now = self._clock()
+        live = []
+        for request in batch:
+            if not request.future.set_running_or_notify_cancel():
+                continue  # the caller gave up: no compute for it
+            if request.deadline is not None and now > request.deadline:
+                request.future.set_exception(Timeout("the request's deadline passed while it was queued"))
+                continue
+            live.append(request)
+        if not live:
+            return
+        self.batch_sizes[sum(r.rows for r in live)] += 1
+        try:
+            results = self._run([r.inputs for r in live])
+        except ModelpodError as error:
+            results = [error] * len(live)
+        except Exception as error:  # a bug in the run function itself: every request learns of it
+            failure = ModelError(f"{self.name}: batch failed with {type(error).__name__}")
+            logger.exception("error id %s: batch of %s failed", failure.error_id, self.name)
+            results = [failure] * len(live)
+        if len(results) != len(live):
+            failure = ModelError(f"{self.name}: {len(results)} results for a batch of {len(live)}")
+            results = [failure] * len(live)
+        for request, result in zip(live, results, strict=True):
+            if isinstance(result, BaseException):
+                request.future.set_exception(result)
+            else:
+                request.future.set_result(result)
