@@ -2,8 +2,9 @@
 
 - A batch holds at most `max_batch_size` rows (a request carrying 7 rows fills 7 slots); a request
   larger than that runs alone rather than failing.
-- A batch that is not full waits at most `max_batch_delay_ms` after its oldest request arrived;
-  with 0 it takes whatever is queued at that moment and never waits while the model is idle.
+- A batch that is not full waits at most `max_batch_delay_ms` after its oldest request arrived, and
+  only while requests keep coming (a batch finished within that delay): on an idle model a lone
+  request runs at once. With 0 a batch takes whatever is queued at that moment.
 - Higher priority is batched first; when the queue is full, the lowest priority is shed first,
   and a request that cannot be queued is refused at once (`Unavailable`, with a retry hint).
 - A request whose deadline passed, or whose caller gave up (cancelled its future), is dropped
@@ -96,6 +97,7 @@ class Batcher:
         self._condition = threading.Condition()
         self._closing = False
         self.batch_sizes: Counter[int] = Counter()  # rows per batch run -> how many batches
+        self._last_finished = -float("inf")
         self._thread = threading.Thread(target=self._loop, name=f"modelpod-batcher-{name}", daemon=True)
         self._thread.start()
 
@@ -170,8 +172,8 @@ class Batcher:
     def _wait_for_more(self) -> None:
         """Until the batch is full or its oldest request has waited the delay (lock held)."""
         delay = self.config.max_batch_delay_ms / 1000
-        if delay <= 0:
-            return
+        if delay <= 0 or self._clock() - self._last_finished > delay:
+            return  # no delay asked, or an idle model: waiting would only add latency
         until = min(r.arrived for r in self._queue) + delay
         while self._rows_queued < self.config.max_batch_size and not self._closing:
             remaining = until - self._clock()
@@ -197,6 +199,12 @@ class Batcher:
         return fitting[-1] if fitting else self.config.max_batch_size
 
     def _execute(self, batch: list[_Request]) -> None:
+        try:
+            self._execute_live(batch)
+        finally:
+            self._last_finished = self._clock()
+
+    def _execute_live(self, batch: list[_Request]) -> None:
         now = self._clock()
         live = []
         for request in batch:

@@ -64,6 +64,15 @@ class Settings(BaseSettings):
     max_message_size: ByteSize = Field(512 * 1024**2, description="largest request or response, e.g. 512MiB")
     slow_ms: float = Field(1000.0, ge=0, description="requests slower than this are logged as warnings")
     log_level: str = Field("info", description="debug, info, warning or error")
+    max_batch_size: int | None = Field(
+        None, ge=1, description="rows per batch, for every model (else its own)"
+    )
+    max_batch_delay_ms: float | None = Field(
+        None, ge=0, description="how long a non-full batch may wait (else the model's)"
+    )
+    max_queue_size: int | None = Field(
+        None, ge=1, description="rows that may wait per version (else the model's)"
+    )
     store: str | None = Field(None, description="a Store's database URL, to serve models from it (--model)")
     heartbeat_seconds: float = Field(5.0, gt=0, description="how often a server tells the store it is alive")
     allow_pickle: bool = Field(

@@ -332,10 +332,18 @@ class InferenceService:
         return {
             "name": name,
             "default_version": hosted.default_version,
-            "versions": [{"version": v, "loaded": (name, v) in loaded} for v in versions],
+            "versions": [
+                {"version": v, "loaded": (name, v) in loaded, "batch_sizes": self._batch_sizes(name, v)}
+                for v in versions
+            ],
             "available": not hosted.unloaded,
             "batching": hosted.batching.as_dict(),
         }
+
+    def _batch_sizes(self, name: str, version: str) -> dict[str, int]:
+        """Rows per batch run -> how many batches, for a batching version ({} otherwise)."""
+        batcher = self._batchers.get((name, version))
+        return {str(size): count for size, count in sorted(batcher.batch_sizes.items())} if batcher else {}
 
     # -- shutdown ------------------------------------------------------------------------------------
 

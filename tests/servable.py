@@ -171,3 +171,31 @@ class Busy(Model):
         counter = self.data_path / "busy.count"
         counter.write_text(str(int(counter.read_text()) + 1 if counter.exists() else 1))
         return Response({"error": "the model itself says: busy"}, status=503)
+
+
+class Batched(Model):
+    """A tensor model that batches: requests queue for up to 30 ms and run together, 16 rows at most."""
+
+    name = "batched"
+    inputs = [TensorSpec("x", "FP32", (-1, 4))]
+    outputs = [TensorSpec("y", "FP32", (-1, 4))]
+    max_batch_size = 16
+    max_batch_delay_ms = 30.0
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        time.sleep(0.005)  # a model with a fixed cost per call is what batching is for
+        return x * 2
+
+
+class BatchedWords(Model):
+    """A keyword model that batches through predict_batch."""
+
+    name = "words"
+    max_batch_size = 8
+    max_batch_delay_ms = 30.0
+
+    def predict(self, word: str) -> str:
+        return word.upper()
+
+    def predict_batch(self, items: list[dict[str, Any]]) -> list[Any]:
+        return [ValueError("no empty words") if not i["word"] else i["word"].upper() for i in items]

@@ -178,7 +178,12 @@ def serve(
 
 
 def build_repository(targets: Iterable[Any], settings: Settings) -> Repository:
-    repository = Repository(settings.data_path, {"slow_ms": settings.slow_ms})
+    batching = {
+        "max_batch_size": settings.max_batch_size,
+        "max_batch_delay_ms": settings.max_batch_delay_ms,
+        "max_queue_size": settings.max_queue_size,
+    }
+    repository = Repository(settings.data_path, {"slow_ms": settings.slow_ms}, batching)
     for target in targets:
         name, model = target if isinstance(target, tuple) else (None, target)
         repository.add(model, name)
