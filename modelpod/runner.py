@@ -88,6 +88,7 @@ class Runner:
         self._load_lock = threading.Lock()
         self._loaded = False
         self.batching = batching or self.model.batch_config()
+        self._signature = _signature_of(self.model.signature_target())  # computed once: it is slow
         self._batcher: Batcher | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -236,7 +237,7 @@ class Runner:
             raise InvalidInput(f"model {self.model.model_name!r} has no train() method")
         self.load()
         train: Callable[..., Any] = self.model.train  # type: ignore[attr-defined]
-        _bind(train, (), options, f"{self.model.model_name}.train")
+        _bind(_signature_of(train), options, f"{self.model.model_name}.train")
         return self._call_model(train, (), options)
 
     def log(self) -> list[dict[str, Any]]:
@@ -364,7 +365,7 @@ class Runner:
                     "not a mapping of input names to values",
                 )
         prepared = self._inputs.prepare(inputs, where)
-        _bind(self.model.signature_target(), (), prepared.values, f"{where}{self.model.model_name}")
+        _bind(self._signature, prepared.values, f"{where}{self.model.model_name}")
         return prepared
 
     def _postprocess(self, output: Any) -> Any:
@@ -384,6 +385,8 @@ class Runner:
         self, method: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, Any]
     ) -> Any:
         try:
+            if "torch" not in sys.modules and not self.mixed_precision:
+                return method(*args, **kwargs)  # the common path needs no context at all
             with self._torch_context():
                 return method(*args, **kwargs)
         except ModelpodError:
@@ -461,14 +464,21 @@ def _run_processor(processor: _Processor, kind: str, value: Any) -> Any:
         raise failure from error
 
 
-def _bind(target: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, Any], label: str) -> None:
-    """Reject missing and unknown fields before calling the model, naming them."""
+def _signature_of(target: Callable[..., Any]) -> inspect.Signature | None:
     try:
-        inspect.signature(target).bind(*args, **kwargs)
+        return inspect.signature(target)
+    except (TypeError, ValueError):  # builtins without a signature: the call itself decides
+        return None
+
+
+def _bind(signature: inspect.Signature | None, kwargs: Mapping[str, Any], label: str) -> None:
+    """Reject missing and unknown fields before calling the model, naming them."""
+    if signature is None:
+        return
+    try:
+        signature.bind(**kwargs)
     except TypeError as error:
         raise InvalidInput(f"{label}: {error}") from None
-    except ValueError:  # builtins without a signature: let the call decide
-        return
 
 
 def _as_item_error(output: Any) -> Any:
