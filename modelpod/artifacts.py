@@ -36,9 +36,13 @@ def copy(source: Path, target: Path) -> None:
     """Replace `target` with the artifacts of `source`, never leaving a half-copied folder."""
     staging = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}")
     staging.mkdir(parents=True)
-    for relative in files(source):
-        (staging / relative).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(source / relative, staging / relative)
+    try:
+        for relative in files(source):
+            (staging / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source / relative, staging / relative)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     if target.exists():
         retired = target.with_name(f".{target.name}.old.{uuid.uuid4().hex[:8]}")
         os.replace(target, retired)

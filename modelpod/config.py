@@ -32,6 +32,8 @@ def parse_size(value: Any) -> int | None:
     """'8GiB', '512MB', '1.5g' or a plain number of bytes; empty or None means no limit."""
     if value is None or value == "":
         return None
+    if isinstance(value, bool) or (isinstance(value, int | float) and not 0 <= value < float("inf")):
+        raise ValueError(f"a size must be a non-negative number of bytes, not {value!r}")
     if isinstance(value, int | float):
         return int(value)
     match = _SIZE.match(str(value))

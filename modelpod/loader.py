@@ -48,17 +48,28 @@ def _load_file(path: Path) -> Any:
         raise ValueError(f"no such file: {path}")
     name = path.stem
     existing = sys.modules.get(name)
-    if existing is not None and Path(getattr(existing, "__file__", "") or "").resolve() == path.resolve():
-        return existing
+    if existing is not None:
+        if Path(getattr(existing, "__file__", "") or "").resolve() == path.resolve():
+            return existing
+        # Replacing it would hand every later `import <name>` the user's file instead.
+        raise ValueError(
+            f"cannot load {path} as module {name!r}: a module of that name is already imported "
+            f"({getattr(existing, '__file__', None) or 'built in'}); rename the file"
+        )
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise ValueError(f"cannot load {path} as a Python module")
     module = importlib.util.module_from_spec(spec)
+    folder = str(path.parent.resolve())
+    added = folder not in sys.path
     sys.modules[name] = module  # so the classes it defines can be found again by module name
-    sys.path.insert(0, str(path.parent.resolve()))
+    if added:
+        sys.path.insert(0, folder)  # so its sibling modules import as they would when run as a script
     try:
         spec.loader.exec_module(module)
-    except Exception:
+    except BaseException:
         del sys.modules[name]
+        if added:
+            sys.path.remove(folder)
         raise
     return module
