@@ -75,6 +75,12 @@ class Settings(BaseSettings):
     max_queue_size: int | None = Field(
         None, ge=1, description="rows that may wait per version (else the model's)"
     )
+    workers: int | None = Field(
+        None, ge=0, description="worker processes per model (0: threads here; else each model's own)"
+    )
+    model_timeout: float | None = Field(
+        None, gt=0, description="seconds a model call may run before it is abandoned"
+    )
     store: str | None = Field(None, description="a Store's database URL, to serve models from it (--model)")
     heartbeat_seconds: float = Field(5.0, gt=0, description="how often a server tells the store it is alive")
     allow_pickle: bool = Field(

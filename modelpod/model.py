@@ -63,6 +63,7 @@ class Model:
       example: keyword arguments of a typical request, used to warm the model up
       max_batch_size, max_batch_delay_ms, max_queue_size, preferred_batch_sizes:
                dynamic batching (see modelpod.batching); max_batch_size 1, the default, is none
+      isolation, workers: "process" runs a server's copies of the model in `workers` processes
     """
 
     name: ClassVar[str | None] = None
@@ -73,6 +74,8 @@ class Model:
     max_batch_delay_ms: ClassVar[float] = 0.0
     max_queue_size: ClassVar[int] = 1024
     preferred_batch_sizes: ClassVar[Sequence[int]] = ()
+    isolation: ClassVar[str] = "thread"  # or "process": run in `workers` processes of their own
+    workers: ClassVar[int] = 1
 
     def __new__(cls, *args: Any, serve: bool = False, **kwargs: Any) -> Any:
         """`MyModel(k=3, serve=True)` gives a `RemoteModel` standing for the model, not the model."""
@@ -204,6 +207,14 @@ class Model:
             max_queue_size=self.max_queue_size,
             preferred_batch_sizes=tuple(self.preferred_batch_sizes),
         )
+
+    def worker_processes(self) -> int:
+        """How many worker processes a server runs this model in; 0 for its own threads."""
+        if self.isolation not in ("thread", "process"):
+            raise ValueError(
+                f"{type(self).__name__}.isolation must be 'thread' or 'process', not {self.isolation!r}"
+            )
+        return max(self.workers, 1) if self.isolation == "process" else 0
 
     def has_batch(self) -> bool:
         return callable(getattr(self, "predict_batch", None))

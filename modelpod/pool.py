@@ -17,19 +17,30 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Protocol, TypeVar, cast
 
 from modelpod.memory import release_freed_memory, used_bytes
-from modelpod.runner import Runner
 
 logger = logging.getLogger("modelpod.pool")
 
 Key = tuple[str, str]  # (model name, version)
 
 
+class Loadable(Protocol):
+    """What the pool holds: a Runner, or a ProcessRunner standing for worker processes."""
+
+    def load(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+R = TypeVar("R", bound=Loadable)
+
+
 @dataclass
 class _Entry:
     key: Key
-    runner: Runner
+    runner: Loadable
     cost_bytes: int
     in_flight: int = 0
     retiring: bool = False
@@ -63,11 +74,11 @@ class ModelPool:
         self.load_errors: dict[Key, str] = {}
 
     @contextmanager
-    def use(self, key: Key, factory: Callable[[], Runner]) -> Iterator[Runner]:
+    def use(self, key: Key, factory: Callable[[], R]) -> Iterator[R]:
         """The loaded runner for `key`, loading it with `factory` if needed, held while in use."""
         entry = self._acquire(key) or self._load(key, factory)
         try:
-            yield entry.runner
+            yield cast(R, entry.runner)
         finally:
             self._release(entry)
 
@@ -79,7 +90,7 @@ class ModelPool:
                 self._entries.move_to_end(key)
             return entry
 
-    def _load(self, key: Key, factory: Callable[[], Runner]) -> _Entry:
+    def _load(self, key: Key, factory: Callable[[], Loadable]) -> _Entry:
         with self._lock:
             key_lock = self._load_locks.setdefault(key, threading.Lock())
         with key_lock:
@@ -89,7 +100,7 @@ class ModelPool:
             self._make_room(key, self._costs.get(key, 0))
             return self._load_now(key, factory)
 
-    def _load_now(self, key: Key, factory: Callable[[], Runner]) -> _Entry:
+    def _load_now(self, key: Key, factory: Callable[[], Loadable]) -> _Entry:
         before, started = used_bytes(), time.perf_counter()
         try:
             runner = factory()
@@ -100,7 +111,8 @@ class ModelPool:
                 self.load_errors[key] = str(error)
             raise
         seconds = time.perf_counter() - started
-        cost = max(used_bytes() - before, 0)
+        own_memory = getattr(runner, "memory_bytes", None)  # worker processes measure themselves
+        cost = own_memory() if own_memory is not None else max(used_bytes() - before, 0)
         entry = _Entry(key, runner, cost, in_flight=1)
         with self._lock:
             self._entries[key] = entry
@@ -196,7 +208,7 @@ class ModelPool:
         with self._lock:
             return list(self._entries)
 
-    def runner(self, key: Key) -> Runner | None:
+    def runner(self, key: Key) -> Loadable | None:
         """The loaded runner for `key`, without holding it (for statistics and metadata)."""
         with self._lock:
             entry = self._entries.get(key)

@@ -11,6 +11,7 @@ from typing import Any
 
 from modelpod.batching import BatchConfig
 from modelpod.errors import NotFound
+from modelpod.isolation import ProcessRunner
 from modelpod.model import DEFAULT_VERSION, Model, as_model, check_name
 from modelpod.runner import Runner
 
@@ -26,6 +27,7 @@ class HostedModel:
     default_version: str = DEFAULT_VERSION
     unloaded: bool = False
     batching: BatchConfig = field(default_factory=BatchConfig)
+    workers: int = 0  # worker processes per loaded version; 0 runs the model on this process's threads
 
 
 class Repository:
@@ -36,8 +38,12 @@ class Repository:
         data_path: Path | str,
         runner_options: Mapping[str, Any] | None = None,
         batching: Mapping[str, Any] | None = None,
+        workers: int | None = None,
+        model_timeout: float | None = None,
     ) -> None:
         self.data_path = Path(data_path)
+        self.workers = workers
+        self.model_timeout = model_timeout
         self.runner_options = dict(runner_options or {})
         self.batching_overrides = {k: v for k, v in (batching or {}).items() if v is not None}
         self._models: dict[str, HostedModel] = {}
@@ -60,6 +66,7 @@ class Repository:
             runner_options={**self.runner_options, **runner_options, "batching": batching},
             default_version=check_name("version", default_version),
             batching=batching,
+            workers=self.workers if self.workers is not None else probe.worker_processes(),
         )
         with self._lock:
             if hosted.name in self._models:
@@ -106,9 +113,13 @@ class Repository:
         """A fresh, unloaded instance: enough to read its info and log, or to initialize it."""
         return as_model(hosted.target, version, name=hosted.name, data_path=self.data_path)
 
-    def runner(self, hosted: HostedModel, version: str) -> Runner:
-        """A new runner for one version (the pool calls this to load it)."""
-        return Runner(self.instance(hosted, version), **hosted.runner_options)
+    def runner(self, hosted: HostedModel, version: str) -> Runner | ProcessRunner:
+        """A new runner for one version (the pool calls this to load it): in this process, or in workers."""
+        instance = self.instance(hosted, version)
+        if hosted.workers > 0:
+            return ProcessRunner(instance, hosted.target, workers=hosted.workers, timeout=self.model_timeout,
+                                 runner_options=hosted.runner_options)  # fmt: skip
+        return Runner(instance, **hosted.runner_options)
 
     def set_default(self, name: str, version: str) -> None:
         self.get(name).default_version = version

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from modelpod import __version__
 from modelpod.batching import Batcher
 from modelpod.errors import InvalidInput, NotFound, Timeout, Unavailable
+from modelpod.isolation import ProcessRunner
 from modelpod.pool import ModelPool
 from modelpod.repository import HostedModel, Repository
 from modelpod.router import Router
@@ -152,7 +153,9 @@ class InferenceService:
             )
         return hosted, version
 
-    def _with_runner(self, hosted: HostedModel, version: str, use: Callable[[Runner], T]) -> T:
+    def _with_runner(
+        self, hosted: HostedModel, version: str, use: Callable[[Runner | ProcessRunner], T]
+    ) -> T:
         factory = functools.partial(self.repository.runner, hosted, version)
         with self.pool.use((hosted.name, version), factory) as runner:
             return use(runner)
@@ -213,6 +216,11 @@ class InferenceService:
         return info
 
     def _train(self, hosted: HostedModel, version: str, options: dict[str, Any]) -> Any:
+        if hosted.workers > 0:  # workers only predict: train here, and let them reload what it saved
+            with Runner(self.repository.instance(hosted, version), **hosted.runner_options) as runner:
+                result = runner.train(**options)
+            self.pool.evict((hosted.name, version), "trained: reload the new weights")
+            return result
         result = self._with_runner(hosted, version, lambda runner: runner.train(**options))
         self.pool.evict((hosted.name, version), "trained: reload the new weights")
         return result

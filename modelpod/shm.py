@@ -17,6 +17,7 @@ unlinks when it is done with it. Block names start with `modelpod-`.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import secrets
@@ -92,6 +93,7 @@ class Encoder:
             fields = [obj.body, obj.status, dict(obj.headers), obj.media_type]
             return msgpack.ExtType(_RESPONSE, self._pack(fields))
         # strict_types sends subclasses here: carry them as the plain type they extend
+        plain: type[Any]
         for plain in (str, int, float, bytes, list, dict):
             if isinstance(obj, plain):
                 return plain(obj)
@@ -220,10 +222,8 @@ class Block:
             self._memory.close()
         finally:
             if self.owner:
-                try:
+                with contextlib.suppress(FileNotFoundError):
                     self._memory.unlink()
-                except FileNotFoundError:
-                    pass
 
 
 def grown(block: Block | None, needed: int) -> Block:

@@ -183,7 +183,8 @@ def build_repository(targets: Iterable[Any], settings: Settings) -> Repository:
         "max_batch_delay_ms": settings.max_batch_delay_ms,
         "max_queue_size": settings.max_queue_size,
     }
-    repository = Repository(settings.data_path, {"slow_ms": settings.slow_ms}, batching)
+    repository = Repository(settings.data_path, {"slow_ms": settings.slow_ms}, batching, settings.workers,
+                            settings.model_timeout)  # fmt: skip
     for target in targets:
         name, model = target if isinstance(target, tuple) else (None, target)
         repository.add(model, name)
