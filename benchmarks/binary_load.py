@@ -11,8 +11,8 @@ import time
 
 import httpx
 import numpy as np
-
 from measurement import Measurement
+
 from modelpod.protocol import v2
 
 MIB = 1 << 20
@@ -20,19 +20,25 @@ MIB = 1 << 20
 
 def run_binary(url: str, mib: int = 64, requests: int = 10, timeout_s: float = 60.0) -> Measurement:
     columns = 1 << 14  # 16,384 FP32 per row: 64 KiB rows
-    tensor = np.random.default_rng(0).standard_normal((mib * MIB // (4 * columns), columns)).astype(np.float32)
+    tensor = (
+        np.random.default_rng(0).standard_normal((mib * MIB // (4 * columns), columns)).astype(np.float32)
+    )
     errors = 0
     latencies: list[float] = []
     moved = 0
     with httpx.Client(timeout=timeout_s) as client:
 
         def once() -> int:
-            request = v2.InferRequest(inputs={"x": tensor}, outputs=[v2.RequestedOutput("y", binary_data=True)])
+            request = v2.InferRequest(
+                inputs={"x": tensor}, outputs=[v2.RequestedOutput("y", binary_data=True)]
+            )
             body, length = v2.encode_http_request(request)
             headers = {"Content-Type": "application/octet-stream", v2.HEADER_LENGTH: str(length)}
             response = client.post(url, content=body, headers=headers)
             response.raise_for_status()
-            answer = v2.decode_http_response(response.content, v2.parse_header_length(response.headers.get(v2.HEADER_LENGTH)))
+            answer = v2.decode_http_response(
+                response.content, v2.parse_header_length(response.headers.get(v2.HEADER_LENGTH))
+            )
             if answer.outputs["y"].shape != tensor.shape:
                 raise RuntimeError(f"the echo came back as {answer.outputs['y'].shape}, not {tensor.shape}")
             return len(body) + len(response.content)

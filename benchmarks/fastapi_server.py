@@ -22,9 +22,8 @@ from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
-from pydantic import BaseModel
-
 from mlp_numpy import NumpyMLP
+from pydantic import BaseModel
 
 
 class Vectors(BaseModel):
@@ -72,7 +71,9 @@ def create_app(with_minilm: bool) -> FastAPI:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--no-minilm", action="store_true", help="skip loading the embeddings model")
     options = parser.parse_args()

@@ -18,9 +18,9 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 import numpy as np
-
 from measurement import Measurement, from_latencies
 from mlp_numpy import sample_row
+
 from modelpod.protocol import native, v2
 from modelpod.protocol._generated import grpc_service_pb2_grpc, native_pb2, native_pb2_grpc
 
@@ -42,12 +42,15 @@ def make_call(channel: grpc.aio.Channel, workload: str, kind: str) -> Call:
         if workload != "mlp":
             raise ValueError("the V2 gRPC call is defined for the tensor model (mlp) only")
         inference = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
-        infer = v2.encode_grpc_request(v2.InferRequest(inputs=dict(inputs)), workload)
+        row = np.asarray([sample_row()], dtype=np.float32)
+        infer = v2.encode_grpc_request(v2.InferRequest(inputs={"x": row}), workload)
         return lambda: inference.ModelInfer(infer)
     raise ValueError(f"unknown call {kind!r}")
 
 
-async def measure(target: str, workload: str, kind: str, concurrency: int, seconds: float, warmup: float) -> Measurement:
+async def measure(
+    target: str, workload: str, kind: str, concurrency: int, seconds: float, warmup: float
+) -> Measurement:
     latencies: list[float] = []
     errors = 0
     async with grpc.aio.insecure_channel(target) as channel:
@@ -73,7 +76,9 @@ async def measure(target: str, workload: str, kind: str, concurrency: int, secon
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--target", required=True, help="host:port of the gRPC server")
     parser.add_argument("--workload", choices=["mlp", "echo"], default="mlp")
     parser.add_argument("--call", choices=["native", "v2"], default="native")
@@ -82,7 +87,14 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=1.0)
     options = parser.parse_args()
     result = asyncio.run(
-        measure(options.target, options.workload, options.call, options.concurrency, options.seconds, options.warmup)
+        measure(
+            options.target,
+            options.workload,
+            options.call,
+            options.concurrency,
+            options.seconds,
+            options.warmup,
+        )
     )
     print(json.dumps(result.as_json()))
 

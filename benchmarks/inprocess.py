@@ -16,7 +16,6 @@ from tempfile import TemporaryDirectory
 from typing import Any
 
 import numpy as np
-
 from measurement import Measurement
 from mlp_numpy import sample_row
 
@@ -35,7 +34,9 @@ def measure(call: Callable[[], Any], batch: int, seconds: float, warmup: float =
         latencies.append(time.perf_counter() - began)
     elapsed = time.perf_counter() - started
     p50, p99 = (np.percentile(latencies, [50, 99]) * 1000).tolist()
-    return Measurement(batch * len(latencies) / elapsed, p50, p99, 0, unit="samples/s", requests=len(latencies))
+    return Measurement(
+        batch * len(latencies) / elapsed, p50, p99, 0, unit="samples/s", requests=len(latencies)
+    )
 
 
 def calls(workload: str, data_path: str) -> Callable[[int], Callable[[], Any]]:
@@ -46,7 +47,12 @@ def calls(workload: str, data_path: str) -> Callable[[int], Callable[[], Any]]:
         mlp = models.MLP(data_path=data_path)
         mlp.setup()
         row = np.asarray([sample_row()], dtype=np.float32)
-        return lambda batch: lambda x=np.repeat(row, batch, axis=0): mlp.predict(x)
+
+        def mlp_batch(batch: int) -> Callable[[], Any]:
+            x = np.repeat(row, batch, axis=0)
+            return lambda: mlp.predict(x)
+
+        return mlp_batch
     if workload == "minilm":
         minilm = models.MiniLM(data_path=data_path)
         minilm.setup()
@@ -62,7 +68,9 @@ def calls(workload: str, data_path: str) -> Callable[[int], Callable[[], Any]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--workload", choices=["mlp", "minilm"], required=True)
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--seconds", type=float, default=3.0)

@@ -11,7 +11,6 @@ from typing import Any
 
 import litserve as ls
 import numpy as np
-
 from mlp_numpy import NumpyMLP
 
 
@@ -38,7 +37,9 @@ class MLPAPI(ls.LitAPI):  # type: ignore[misc]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--batch", type=int, default=1, help="max_batch_size (1: no batching)")
     parser.add_argument("--batch-timeout", type=float, default=0.005, help="seconds a batch may wait")

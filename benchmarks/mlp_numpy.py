@@ -6,7 +6,7 @@ arithmetic on the same weights. It imports numpy only: the LitServe environment 
 
 from __future__ import annotations
 
-from typing import Any
+import itertools
 
 import numpy as np
 import numpy.typing as npt
@@ -23,11 +23,11 @@ class NumpyMLP:
     def __init__(self, seed: int = SEED) -> None:
         rng = np.random.default_rng(seed)
         self.layers: list[tuple[Array, Array]] = []
-        for fan_in, fan_out in zip(SIZES, SIZES[1:], strict=False):
+        for fan_in, fan_out in itertools.pairwise(SIZES):
             weight = (rng.standard_normal((fan_in, fan_out)) * np.sqrt(2.0 / fan_in)).astype(np.float32)
             self.layers.append((weight, np.zeros(fan_out, dtype=np.float32)))
 
-    def forward(self, x: npt.NDArray[Any]) -> Array:
+    def forward(self, x: npt.ArrayLike) -> Array:
         out: Array = np.asarray(x, dtype=np.float32).reshape(-1, SIZES[0])
         last = len(self.layers) - 1
         for index, (weight, bias) in enumerate(self.layers):

@@ -21,8 +21,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
-
 from mlp_numpy import SIZES, NumpyMLP, sample_row
+
 from modelpod.model import Model
 from modelpod.types import TensorSpec
 
