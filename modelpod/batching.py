@@ -3,8 +3,9 @@
 - A batch holds at most `max_batch_size` rows (a request carrying 7 rows fills 7 slots); a request
   larger than that runs alone rather than failing.
 - A batch that is not full waits at most `max_batch_delay_ms` after its oldest request arrived, and
-  only while requests keep coming (a batch finished within that delay): on an idle model a lone
-  request runs at once. With 0 a batch takes whatever is queued at that moment.
+  only while requests overlap (more than one is queued, or some arrived while the last batch ran):
+  a lone request, or a client calling one request at a time, runs at once. With 0 a batch takes
+  whatever is queued at that moment.
 - Higher priority is batched first; when the queue is full, the lowest priority is shed first,
   and a request that cannot be queued is refused at once (`Unavailable`, with a retry hint).
 - A request whose deadline passed, or whose caller gave up (cancelled its future), is dropped
@@ -16,6 +17,8 @@ on a `concurrent.futures.Future`.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import heapq
 import itertools
 import logging
@@ -75,11 +78,17 @@ class _Request:
     rows: int = field(compare=False)
     deadline: float | None = field(compare=False)
     arrived: float = field(compare=False)
-    future: Future[Any] = field(compare=False)
+    future: Future[Any] | asyncio.Future[Any] = field(compare=False)
 
     @property
     def priority(self) -> int:
         return -self.order[0]
+
+    def claim(self) -> bool:
+        """Mark the request as running; False if its caller has given up on it."""
+        if isinstance(self.future, asyncio.Future):
+            return not self.future.cancelled()  # a benign race: a late cancel just drops the result
+        return self.future.set_running_or_notify_cancel()
 
 
 class Batcher:
@@ -97,7 +106,8 @@ class Batcher:
         self._condition = threading.Condition()
         self._closing = False
         self.batch_sizes: Counter[int] = Counter()  # rows per batch run -> how many batches
-        self._last_finished = -float("inf")
+        self._running = False
+        self._arrived_while_running = 0  # requests that came in while the last batch ran
         self._thread = threading.Thread(target=self._loop, name=f"modelpod-batcher-{name}", daemon=True)
         self._thread.start()
 
@@ -107,9 +117,23 @@ class Batcher:
         self, inputs: Any, rows: int = 1, priority: int = 0, deadline: float | None = None
     ) -> Future[Any]:
         """Queue one request of `rows` rows; its future holds the result or the error."""
-        request = _Request(
-            (-priority, next(self._arrivals)), inputs, max(rows, 1), deadline, self._clock(), Future()
+        future: Future[Any] = Future()
+        self._enqueue(
+            _Request((-priority, next(self._arrivals)), inputs, max(rows, 1), deadline, self._clock(), future)
         )
+        return future
+
+    def submit_async(
+        self, inputs: Any, rows: int = 1, priority: int = 0, deadline: float | None = None
+    ) -> asyncio.Future[Any]:
+        """`submit` for a caller on an event loop: an asyncio future, settled a whole batch at a time."""
+        future = asyncio.get_running_loop().create_future()
+        self._enqueue(
+            _Request((-priority, next(self._arrivals)), inputs, max(rows, 1), deadline, self._clock(), future)
+        )
+        return future
+
+    def _enqueue(self, request: _Request) -> None:
         shed: _Request | None = None
         with self._condition:
             if self._closing:
@@ -118,12 +142,11 @@ class Batcher:
                 shed = self._shed_for(request)  # (an empty queue takes any request: it runs alone)
             heapq.heappush(self._queue, request)
             self._rows_queued += request.rows
+            if self._running:
+                self._arrived_while_running += 1
             self._condition.notify()
         if shed is not None:
-            shed.future.set_exception(
-                Unavailable(f"{self.name} is overloaded: shed for a higher priority", 1.0)
-            )
-        return request.future
+            _settle([(shed, Unavailable(f"{self.name} is overloaded: shed for a higher priority", 1.0))])
 
     def _shed_for(self, incoming: _Request) -> _Request:
         """Make room by dropping the least urgent queued request, if it is less urgent than `incoming`."""
@@ -167,13 +190,15 @@ class Batcher:
                     return None
                 self._condition.wait()
             self._wait_for_more()
+            self._running, self._arrived_while_running = True, 0
             return self._take()
 
     def _wait_for_more(self) -> None:
         """Until the batch is full or its oldest request has waited the delay (lock held)."""
         delay = self.config.max_batch_delay_ms / 1000
-        if delay <= 0 or self._clock() - self._last_finished > delay:
-            return  # no delay asked, or an idle model: waiting would only add latency
+        overlapping = len(self._queue) > 1 or self._arrived_while_running > 0
+        if delay <= 0 or not overlapping:
+            return  # no delay asked, or no sign of company coming: waiting would only add latency
         until = min(r.arrived for r in self._queue) + delay
         while self._rows_queued < self.config.max_batch_size and not self._closing:
             remaining = until - self._clock()
@@ -202,18 +227,20 @@ class Batcher:
         try:
             self._execute_live(batch)
         finally:
-            self._last_finished = self._clock()
+            with self._condition:
+                self._running = False
 
     def _execute_live(self, batch: list[_Request]) -> None:
         now = self._clock()
-        live = []
+        live, expired = [], []
         for request in batch:
-            if not request.future.set_running_or_notify_cancel():
+            if not request.claim():
                 continue  # the caller gave up: no compute for it
             if request.deadline is not None and now > request.deadline:
-                request.future.set_exception(Timeout("the request's deadline passed while it was queued"))
+                expired.append((request, Timeout("the request's deadline passed while it was queued")))
                 continue
             live.append(request)
+        _settle(expired)
         if not live:
             return
         self.batch_sizes[sum(r.rows for r in live)] += 1
@@ -228,8 +255,31 @@ class Batcher:
         if len(results) != len(live):
             failure = ModelError(f"{self.name}: {len(results)} results for a batch of {len(live)}")
             results = [failure] * len(live)
-        for request, result in zip(live, results, strict=True):
-            if isinstance(result, BaseException):
-                request.future.set_exception(result)
-            else:
-                request.future.set_result(result)
+        _settle(list(zip(live, results, strict=True)))
+
+
+def _settle(outcomes: list[tuple[_Request, Any]]) -> None:
+    """Hand results (or errors) to their futures: thread futures at once, asyncio futures in one
+    call per event loop, on that loop (asyncio futures are not thread-safe)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any]]] = {}
+    for request, outcome in outcomes:
+        future = request.future
+        if isinstance(future, asyncio.Future):
+            by_loop.setdefault(future.get_loop(), []).append((future, outcome))
+        elif isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
+    for loop, pairs in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
+            loop.call_soon_threadsafe(_settle_on_loop, pairs)
+
+
+def _settle_on_loop(pairs: list[tuple[asyncio.Future[Any], Any]]) -> None:
+    for future, outcome in pairs:
+        if future.done():  # cancelled meanwhile
+            continue
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)

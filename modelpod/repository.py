@@ -28,6 +28,7 @@ class HostedModel:
     unloaded: bool = False
     batching: BatchConfig = field(default_factory=BatchConfig)
     workers: int = 0  # worker processes per loaded version; 0 runs the model on this process's threads
+    query_params: bool = False  # whether its predict takes the request's query string
 
 
 class Repository:
@@ -67,6 +68,7 @@ class Repository:
             default_version=check_name("version", default_version),
             batching=batching,
             workers=self.workers if self.workers is not None else probe.worker_processes(),
+            query_params=probe.accepts_query_params(),
         )
         with self._lock:
             if hosted.name in self._models:

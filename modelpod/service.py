@@ -131,18 +131,21 @@ class InferenceService:
         deadline = None if options.timeout is None else time.monotonic() + options.timeout
         tensor = hosted.probe.is_tensor_model()
         futures = [
-            batcher.submit(r, rows=rows_of(r) if tensor else 1, priority=options.priority, deadline=deadline)
+            batcher.submit_async(
+                r, rows=rows_of(r) if tensor else 1, priority=options.priority, deadline=deadline
+            )
             for r in requests
         ]
 
         def gather() -> asyncio.Future[list[Any]]:
-            return asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
+            return futures[0] if len(futures) == 1 else asyncio.gather(*futures)
 
         try:
-            return await self._await(gather, options.timeout)
+            outcome = await self._await(gather, options.timeout)
         finally:
             for future in futures:
                 future.cancel()  # a caller that gave up frees its place in the queue
+        return [outcome] if len(futures) == 1 else outcome
 
     def _hosted(self, name: str, version: str | None) -> tuple[HostedModel, str]:
         hosted, version = self.repository.resolve(name, version)
@@ -187,7 +190,7 @@ class InferenceService:
         if target is not None:
             return await self.call(target, None, method, arguments, query_params, options)
         request = dict(arguments)
-        if query_params is not None and hosted.probe.accepts_query_params():
+        if query_params is not None and hosted.query_params:
             request.setdefault("query_params", dict(query_params))
         return (await self._predict_many(hosted, version, [request], options))[0]
 

@@ -101,15 +101,27 @@ def test_a_lone_request_on_an_idle_model_does_not_wait_for_the_delay(make: Any) 
 
 
 def test_under_load_a_batch_waits_for_more_up_to_the_delay(make: Any, recorder: Recorder) -> None:
+    recorder.gate.clear()
     batcher = make(max_batch_size=32, max_batch_delay_ms=150)
-    batcher.submit("first").result(timeout=10)  # the model has just been busy
-    started = time.monotonic()
-    first = batcher.submit("a")
+    first = batcher.submit("first")
     time.sleep(0.05)
-    second = batcher.submit("b")  # joins "a", which is still waiting for company
-    results([first, second])
-    assert 0.14 <= time.monotonic() - started < 0.6
+    second = batcher.submit("a")  # arrives while "first" runs: requests overlap
+    recorder.gate.set()
+    first.result(timeout=10)
+    started = time.monotonic()
+    time.sleep(0.05)
+    third = batcher.submit("b")  # joins "a", which is waiting for company
+    results([second, third])
+    assert 0.05 <= time.monotonic() - started < 0.6
     assert recorder.batches[-1] == ["a", "b"]
+
+
+def test_one_request_at_a_time_never_waits_for_the_delay(make: Any) -> None:
+    batcher = make(max_batch_size=32, max_batch_delay_ms=200)
+    started = time.monotonic()
+    for i in range(5):  # a client that sends its next request as soon as it has an answer
+        batcher.submit(i).result(timeout=10)
+    assert time.monotonic() - started < 0.5
 
 
 def test_zero_delay_never_waits_while_idle(make: Any) -> None:
@@ -313,3 +325,18 @@ def test_runner_predict_batch_stacks_tensor_requests_into_one_call(tmp_path: Pat
     assert [o.shape for o in outputs] == [(2, 3)] * 4
     assert np.array_equal(outputs[3], np.full((2, 3), 30, dtype=np.float32))
     assert runner.model.calls == [8]  # type: ignore[attr-defined]
+
+
+def test_submit_async_settles_asyncio_futures_on_their_loop(make: Any, recorder: Recorder) -> None:
+    import asyncio
+
+    batcher = make(max_batch_size=8, max_batch_delay_ms=20)
+
+    async def main() -> list[Any]:
+        futures = [batcher.submit_async(i) for i in range(12)]
+        cancelled = batcher.submit_async("cancelled")
+        cancelled.cancel()
+        return list(await asyncio.gather(*futures))
+
+    assert asyncio.run(main()) == [("done", i) for i in range(12)]
+    assert all("cancelled" not in batch for batch in recorder.batches)

@@ -91,6 +91,7 @@ class ModelServer:
             log_level=self.settings.log_level,
             access_log=False,
             lifespan="off",
+            proxy_headers=False,  # listening on its own address, not behind a proxy it should trust
             timeout_graceful_shutdown=int(self.settings.drain_timeout) or None,
         )
         self._http = _Uvicorn(config)
