@@ -17,7 +17,7 @@ def dumps(value: Any) -> bytes:
     return orjson.dumps(value, default=_fallback, option=_OPTIONS)
 
 
-def loads(body: bytes, what: str = "the request body") -> Any:
+def loads(body: bytes | bytearray, what: str = "the request body") -> Any:
     """Decode a request; malformed JSON is the client's error, with where it went wrong."""
     try:
         return orjson.loads(body)

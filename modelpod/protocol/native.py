@@ -39,7 +39,7 @@ def pack(obj: Any) -> bytes:
     return packed
 
 
-def unpack(data: bytes) -> Any:
+def unpack(data: bytes | bytearray) -> Any:
     """The value `pack` made; `InvalidInput` for anything that is not such a value."""
     try:
         return msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, strict_map_key=False)

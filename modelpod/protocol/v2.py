@@ -39,7 +39,9 @@ from modelpod.protocol.v2_http import (
     decode_http_request,
     decode_http_response,
     encode_http_request,
+    encode_http_request_parts,
     encode_http_response,
+    encode_http_response_parts,
     error_json,
     parse_header_length,
 )
@@ -67,7 +69,9 @@ __all__ = [
     "parse_header_length",
     "decode_http_request",
     "encode_http_response",
+    "encode_http_response_parts",
     "encode_http_request",
+    "encode_http_request_parts",
     "decode_http_response",
     "error_json",
     # gRPC

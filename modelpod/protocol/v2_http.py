@@ -24,9 +24,9 @@ from modelpod.protocol.v2_tensors import (
     _from_json,
     _from_raw,
     _json_data,
+    _raw_view,
     _shape,
     _tensor_name,
-    _to_raw,
 )
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -42,7 +42,7 @@ def parse_header_length(value: str | None) -> int | None:
     return int(value)
 
 
-def decode_http_request(body: bytes, header_length: int | None = None) -> InferRequest:
+def decode_http_request(body: bytes | bytearray, header_length: int | None = None) -> InferRequest:
     """Decode an inference request body (JSON, optionally followed by binary tensor data)."""
     header, chunks = _split_body(body, header_length)
     doc = _load_object(header, "request")
@@ -67,6 +67,15 @@ def encode_http_response(
     Each output is binary when its requested `binary_data` parameter says so, else when the
     request's `binary_data_output` parameter is true; JSON otherwise.
     """
+    parts, length = encode_http_response_parts(response, request)
+    return b"".join(parts), length
+
+
+def encode_http_response_parts(
+    response: InferResponse, request: InferRequest | None = None
+) -> tuple[list[bytes | memoryview], int | None]:
+    """`encode_http_response` as the pieces of the body, in order, without joining them: a server
+    can send large binary outputs straight from the arrays' memory."""
     binary = _binary_choice(request)
     header: dict[str, Any] = {"model_name": response.model_name}
     if response.model_version is not None:
@@ -76,11 +85,21 @@ def encode_http_response(
     if response.parameters:
         header["parameters"] = response.parameters
     header["outputs"], chunks = _encode_tensors("output", response.outputs, binary)
-    return _join_body(header, chunks)
+    text = orjson.dumps(header, option=orjson.OPT_SERIALIZE_NUMPY)
+    return [text, *chunks], (len(text) if chunks else None)
 
 
 def encode_http_request(request: InferRequest, binary_data: bool = True) -> tuple[bytes, int | None]:
     """Encode a request as a client sends it; inputs go as binary data unless told otherwise."""
+    parts, length = encode_http_request_parts(request, binary_data)
+    return b"".join(parts), length
+
+
+def encode_http_request_parts(
+    request: InferRequest, binary_data: bool = True
+) -> tuple[list[bytes | memoryview], int | None]:
+    """`encode_http_request` as the pieces of the body, in order, for a client that sends them
+    without joining them (large inputs then go straight from the arrays' memory)."""
     header: dict[str, Any] = {}
     if request.id is not None:
         header["id"] = request.id
@@ -89,10 +108,11 @@ def encode_http_request(request: InferRequest, binary_data: bool = True) -> tupl
     header["inputs"], chunks = _encode_tensors("input", request.inputs, lambda _: binary_data)
     if request.outputs:
         header["outputs"] = [_requested_output_json(output) for output in request.outputs]
-    return _join_body(header, chunks)
+    text = orjson.dumps(header, option=orjson.OPT_SERIALIZE_NUMPY)
+    return [text, *chunks], (len(text) if chunks else None)
 
 
-def decode_http_response(body: bytes, header_length: int | None = None) -> InferResponse:
+def decode_http_response(body: bytes | bytearray, header_length: int | None = None) -> InferResponse:
     """Decode a response body as a client receives it."""
     header, chunks = _split_body(body, header_length)
     doc = _load_object(header, "response")
@@ -139,7 +159,7 @@ class _Chunks:
             raise InvalidInput(f"{left} bytes of binary data follow the JSON but no tensor claims them")
 
 
-def _split_body(body: bytes, header_length: int | None) -> tuple[memoryview, _Chunks]:
+def _split_body(body: bytes | bytearray, header_length: int | None) -> tuple[memoryview, _Chunks]:
     view = memoryview(body)
     if header_length is None:
         return view, _Chunks(view[len(view) :])
@@ -167,13 +187,6 @@ def _load_with_nan_tokens(text: memoryview, what: str, error: Exception) -> Any:
         return json.loads(raw.decode("utf-8"))
     except (ValueError, RecursionError):
         raise InvalidInput(f"the {what} body is not valid JSON: {error}") from None
-
-
-def _join_body(header: dict[str, Any], chunks: list[bytes]) -> tuple[bytes, int | None]:
-    text = orjson.dumps(header, option=orjson.OPT_SERIALIZE_NUMPY)
-    if not chunks:
-        return text, None
-    return b"".join([text, *chunks]), len(text)
 
 
 def _optional_str(doc: Mapping[str, Any], key: str) -> str | None:
@@ -267,8 +280,9 @@ def _decode_tensor(kind: str, index: int, item: Any, chunks: _Chunks) -> tuple[s
 
 def _encode_tensors(
     kind: str, tensors: Mapping[str, Any], binary: Callable[[str], bool]
-) -> tuple[list[dict[str, Any]], list[bytes]]:
-    entries, chunks = [], []
+) -> tuple[list[dict[str, Any]], list[bytes | memoryview]]:
+    entries: list[dict[str, Any]] = []
+    chunks: list[bytes | memoryview] = []
     for name, value in tensors.items():
         entry, raw = _encode_tensor(f"{kind} {name!r}", name, value, binary(name))
         entries.append(entry)
@@ -277,13 +291,15 @@ def _encode_tensors(
     return entries, chunks
 
 
-def _encode_tensor(where: str, name: str, value: Any, binary: bool) -> tuple[dict[str, Any], bytes | None]:
+def _encode_tensor(
+    where: str, name: str, value: Any, binary: bool
+) -> tuple[dict[str, Any], bytes | memoryview | None]:
     array, datatype = _array_and_datatype(where, value)
     entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
     data = None if binary else _json_data(where, datatype, array)
     if data is not None:
         entry["data"] = data
         return entry, None
-    raw = _to_raw(where, datatype, array)
-    entry["parameters"] = {"binary_data_size": len(raw)}
+    raw = _raw_view(where, datatype, array)
+    entry["parameters"] = {"binary_data_size": raw.nbytes if isinstance(raw, memoryview) else len(raw)}
     return entry, raw

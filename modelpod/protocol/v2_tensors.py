@@ -78,7 +78,9 @@ def _from_raw(where: str, datatype: str, shape: tuple[int, ...], raw: bytes | me
         )
     if datatype == "BOOL" and count and np.frombuffer(raw, np.uint8).max() > 1:
         raise InvalidInput(f"{where}: BOOL data must be bytes of 0 or 1")
-    array = np.frombuffer(raw, dtype=dtype).astype(DATATYPES[datatype], copy=True)
+    array = np.frombuffer(raw, dtype=dtype)
+    if not array.flags.writeable or array.dtype != DATATYPES[datatype]:
+        array = array.astype(DATATYPES[datatype], copy=True)  # a model may write to its inputs
     return array.reshape(shape)
 
 
@@ -196,9 +198,14 @@ def _array_and_datatype(where: str, value: Any) -> tuple[Array, str]:
 
 
 def _to_raw(where: str, datatype: str, array: Array) -> bytes:
+    return bytes(_raw_view(where, datatype, array))
+
+
+def _raw_view(where: str, datatype: str, array: Array) -> bytes | memoryview:
+    """The tensor's bytes on the wire: a view of the array itself when it is already laid out so."""
     if datatype == "BYTES":
         return b"".join(_U32.pack(len(item)) + item for item in _bytes_items(where, array))
-    return np.ascontiguousarray(array, dtype=_LITTLE[datatype]).tobytes()
+    return np.ascontiguousarray(array, dtype=_LITTLE[datatype]).reshape(-1).data.cast("B")
 
 
 def _bytes_items(where: str, array: Array) -> list[bytes]:

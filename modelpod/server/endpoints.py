@@ -32,19 +32,46 @@ def service_of(request: Request) -> InferenceService:
     return service
 
 
-async def read_body(request: Request) -> bytes:
-    """The request body, refused with 413 as soon as it grows past the server's limit."""
+async def read_body(request: Request) -> bytearray:
+    """The request body, refused with 413 as soon as it grows past the server's limit.
+
+    A bytearray, filled in place when the length is declared: the arrays decoded from it are
+    views of it, writable, with no further copy.
+    """
     limit: int | None = request.app.state.max_body_bytes
     declared = request.headers.get("content-length", "")
-    if limit is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"the request body is {declared} bytes; this server accepts at most {limit}")
-    chunks, size = [], 0
+    size = int(declared) if declared.isdigit() else None
+    if limit is not None and size is not None and size > limit:
+        raise PayloadTooLarge(f"the request body is {size} bytes; this server accepts at most {limit}")
+    body = bytearray(size) if size is not None else bytearray()
+    filled = 0
     async for chunk in request.stream():
-        size += len(chunk)
-        if limit is not None and size > limit:
+        end = filled + len(chunk)
+        if limit is not None and end > limit:
             raise PayloadTooLarge(f"the request body is over {limit} bytes, the most this server accepts")
-        chunks.append(chunk)
-    return b"".join(chunks)
+        if size is not None and end <= size:
+            body[filled:end] = chunk
+        else:
+            del body[filled:]
+            body += chunk
+        filled = end
+    del body[filled:]
+    return body
+
+
+class PartsResponse(Response):
+    """A body sent as the pieces it was built from, without joining them into one copy first."""
+
+    def __init__(self, parts: list[bytes | memoryview], headers: Mapping[str, str], media_type: str) -> None:
+        super().__init__(None, 200, dict(headers), media_type)
+        self.parts = parts
+        self.headers["content-length"] = str(sum(memoryview(part).nbytes for part in parts))
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        for part in self.parts:
+            await send({"type": "http.response.body", "body": part, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 PRIORITY_HEADER = "x-priority"

@@ -8,7 +8,7 @@ from starlette.routing import BaseRoute, Route
 
 from modelpod.errors import Unavailable
 from modelpod.protocol import v2
-from modelpod.server.endpoints import handled, json_response, options_of, read_body, service_of
+from modelpod.server.endpoints import PartsResponse, handled, json_response, options_of, read_body, service_of
 
 
 def routes() -> list[BaseRoute]:
@@ -88,10 +88,10 @@ async def infer(request: Request) -> Response:
         id=decoded.id,
         outputs=v2.select_outputs(outputs, decoded.outputs),
     )
-    body, length = v2.encode_http_response(response, decoded)
+    parts, length = v2.encode_http_response_parts(response, decoded)
     if length is None:
-        return Response(body, media_type="application/json")
-    return Response(body, headers={v2.HEADER_LENGTH: str(length)}, media_type="application/octet-stream")
+        return Response(b"".join(parts), media_type="application/json")
+    return PartsResponse(parts, {v2.HEADER_LENGTH: str(length)}, "application/octet-stream")
 
 
 @handled
