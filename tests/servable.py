@@ -199,3 +199,17 @@ class BatchedWords(Model):
 
     def predict_batch(self, items: list[dict[str, Any]]) -> list[Any]:
         return [ValueError("no empty words") if not i["word"] else i["word"].upper() for i in items]
+
+
+class Tagged(Model):
+    """Batches (one request at a time, no delay), sleeps as asked, and records each tag it ran."""
+
+    name = "tagged"
+    max_batch_size = 2
+
+    def predict(self, tag: str, seconds: float = 0.0) -> str:
+        time.sleep(seconds)
+        self.data_path.mkdir(parents=True, exist_ok=True)
+        with (self.data_path / "tags.log").open("a") as file:
+            file.write(tag + "\n")
+        return tag

@@ -106,3 +106,16 @@ def test_batching_can_be_set_for_every_model_from_the_command_line(start_server:
 
     with ThreadPoolExecutor(8) as executor:
         assert list(executor.map(predict, range(8))) == [str(i) for i in range(8)]
+
+
+def test_a_client_that_hangs_up_has_its_queued_request_dropped(start_server: StartServer) -> None:
+    server = start_server(servable("Tagged"))
+    url = f"{server.http_url}/models/tagged/predict"
+    with ThreadPoolExecutor(1) as executor:
+        first = executor.submit(httpx.post, url, json={"tag": "A", "seconds": 1.0}, timeout=30)
+        time.sleep(0.2)  # A is running; B will queue behind it
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(url, json={"tag": "B"}, timeout=0.3)  # gives up and hangs up while queued
+        assert first.result().json() == "A"
+    assert httpx.post(url, json={"tag": "C"}, timeout=30).json() == "C"
+    assert (server.data_path / "tags.log").read_text().split() == ["A", "C"]

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -25,6 +26,7 @@ from modelpod.service import InferenceService, Options, request_options
 logger = logging.getLogger("modelpod.http")
 
 Endpoint = Callable[[Request], Awaitable[Response]]
+T = TypeVar("T")
 
 
 def service_of(request: Request) -> InferenceService:
@@ -74,6 +76,8 @@ class PartsResponse(Response):
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
+LARGE_BODY = 1 << 20  # bytes: decoding more than this goes to a thread, off the event loop
+WATCH_AFTER = 0.05  # seconds a request may wait before the server watches for its client hanging up
 PRIORITY_HEADER = "x-priority"
 TIMEOUT_HEADER = "request-timeout"  # seconds
 
@@ -101,6 +105,49 @@ def json_response(value: object, status: int = 200, headers: dict[str, str] | No
     )
 
 
+class ClientGone(ModelpodError):
+    """The client hung up before its answer was ready; its work was cancelled."""
+
+
+async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Await `work`, cancelling it if the client hangs up first: a queued request it abandoned is
+    then dropped before compute instead of running for nobody. (The body must be read already.)
+
+    Only requests still waiting after `WATCH_AFTER` seconds are watched: a watcher for every
+    request would cost more than the few that are abandoned."""
+    handler = asyncio.current_task()
+    assert handler is not None
+    gone = asyncio.Event()
+    watcher: asyncio.Task[None] | None = None
+
+    def watch() -> None:
+        nonlocal watcher
+        watcher = asyncio.ensure_future(_cancel_on_disconnect(request, handler, gone))
+
+    timer = asyncio.get_running_loop().call_later(WATCH_AFTER, watch)
+    try:
+        return await work
+    except asyncio.CancelledError:
+        if not gone.is_set():
+            raise
+        handler.uncancel()
+        logger.info(
+            "client hung up before %s %s was answered; cancelled it", request.method, request.url.path
+        )
+        raise ClientGone("the client disconnected") from None
+    finally:
+        timer.cancel()
+        if watcher is not None:
+            watcher.cancel()
+
+
+async def _cancel_on_disconnect(request: Request, handler: asyncio.Task[Any], gone: asyncio.Event) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    gone.set()
+    handler.cancel()
+
+
 def handled(endpoint: Endpoint) -> Endpoint:
     """Every endpoint answers errors itself: typed errors by the table, anything else a logged 500."""
 
@@ -108,6 +155,8 @@ def handled(endpoint: Endpoint) -> Endpoint:
     async def wrapper(request: Request) -> Response:
         try:
             return await endpoint(request)
+        except ClientGone:
+            return Response(status_code=499)  # nobody reads it; the status is for logs and proxies
         except ModelpodError as error:
             return error_response(error)
         except Exception:

@@ -9,6 +9,7 @@ GET  /models/{name}[/versions/{version}]/log          what training reported
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from starlette.requests import Request
@@ -18,7 +19,15 @@ from starlette.routing import BaseRoute, Route
 from modelpod import types
 from modelpod.errors import InvalidInput, ModelError
 from modelpod.protocol import jsoncodec, native
-from modelpod.server.endpoints import handled, json_response, options_of, read_body, service_of
+from modelpod.server.endpoints import (
+    LARGE_BODY,
+    handled,
+    json_response,
+    options_of,
+    read_body,
+    service_of,
+    unless_disconnected,
+)
 
 MSGPACK = "application/msgpack"
 _MSGPACK_TYPES = (MSGPACK, "application/x-msgpack")
@@ -60,7 +69,7 @@ async def call_method(request: Request) -> Response:
     params = request.path_params
     method = params.get("method", "log")
     arguments = await _arguments(request)
-    result = await service_of(request).call(
+    work = service_of(request).call(
         params["name"],
         params.get("version"),
         method,
@@ -68,6 +77,7 @@ async def call_method(request: Request) -> Response:
         query_params=dict(request.query_params),
         options=options_of(request),
     )
+    result = await unless_disconnected(request, work)
     return _result(result, request)
 
 
@@ -79,9 +89,10 @@ async def _arguments(request: Request) -> Any:
     content_type = request.headers.get("content-type", "application/json").split(";")[0].strip()
     if content_type == "application/octet-stream":
         return {"binary_data": body}
-    if content_type in _MSGPACK_TYPES:
-        return native.unpack(body)
-    return jsoncodec.loads(body)
+    decode = native.unpack if content_type in _MSGPACK_TYPES else jsoncodec.loads
+    if len(body) > LARGE_BODY:  # parse big bodies on a thread: the loop keeps serving others
+        return await asyncio.to_thread(decode, body)
+    return decode(body)
 
 
 def _result(result: Any, request: Request) -> Response:

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from modelpod.errors import Unavailable
 from modelpod.protocol import v2
-from modelpod.server.endpoints import PartsResponse, handled, json_response, options_of, read_body, service_of
+from modelpod.server.endpoints import (
+    LARGE_BODY,
+    PartsResponse,
+    handled,
+    json_response,
+    options_of,
+    read_body,
+    service_of,
+    unless_disconnected,
+)
 
 
 def routes() -> list[BaseRoute]:
@@ -74,14 +85,19 @@ async def model_ready(request: Request) -> Response:
 async def infer(request: Request) -> Response:
     name = request.path_params["name"]
     header_length = v2.parse_header_length(request.headers.get(v2.HEADER_LENGTH))
-    decoded = v2.decode_http_request(await read_body(request), header_length)
-    version, outputs = await service_of(request).infer(
+    body = await read_body(request)
+    if len(body) > LARGE_BODY:  # parse big bodies on a thread: the loop keeps serving others
+        decoded = await asyncio.to_thread(v2.decode_http_request, body, header_length)
+    else:
+        decoded = v2.decode_http_request(body, header_length)
+    work = service_of(request).infer(
         name,
         request.path_params.get("version"),
         decoded.inputs,
         dict(request.query_params),
         options_of(request, decoded.parameters),
     )
+    version, outputs = await unless_disconnected(request, work)
     response = v2.InferResponse(
         model_name=name,
         model_version=version,
