@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import queue
 import re
@@ -13,6 +14,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Protocol
 
 import pytest
@@ -160,6 +162,20 @@ def start_server(tmp_path: Path) -> Iterator[StartServer]:
     for server in started:
         if server.process.poll() is None:
             server.stop(timeout=15)
+
+
+def load_example(filename: str) -> ModuleType:
+    """Import an example file by path, once per session (examples are scripts, not a package)."""
+    name = f"modelpod_example_{Path(filename).stem}"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / filename)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def servable(name: str) -> str:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-import importlib.util
 import math
 import os
 import re
@@ -11,7 +9,6 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -22,21 +19,10 @@ from modelpod.model import FunctionModel, PredictorAdapter, as_model
 from modelpod.runner import Runner
 from modelpod.types import Response
 
+from conftest import load_example
+
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
-
-
-@functools.cache
-def load_example(filename: str) -> ModuleType:
-    """Import an example file by path (examples are scripts, not a package)."""
-    name = f"modelpod_example_{Path(filename).stem}"
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / filename)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def iris_data() -> tuple[np.ndarray, list[str]]:

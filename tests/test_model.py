@@ -3,13 +3,10 @@ a torch module, a Cortex-style predictor class and a plain function."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import ModuleType
 from typing import Any, ClassVar
 
 import numpy as np
@@ -18,28 +15,13 @@ import pytest
 from modelpod import InvalidInput, Model, ModelError, Response, Runner, TensorSpec, as_model
 from modelpod.model import FunctionModel, PredictorAdapter, check_name, derive_input_specs
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-
-
-def example(filename: str) -> ModuleType:
-    """Import an example file by path, once per session (the same module test_examples uses)."""
-    name = f"modelpod_example_{Path(filename).stem}"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / filename)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
+from conftest import load_example
 
 # -- initialize, model_dir, model_info, config ---------------------------------------------------
 
 
 def test_initialize_creates_the_folder_and_persists_the_config(tmp_path: Path) -> None:
-    mlp = example("mlp.py").MLP("3", data_path=tmp_path)
+    mlp = load_example("mlp.py").MLP("3", data_path=tmp_path)
     assert mlp.model_info == {}
     assert not (tmp_path / "mlp").exists()  # nothing written before initialize
 
@@ -60,7 +42,7 @@ def test_initialize_creates_the_folder_and_persists_the_config(tmp_path: Path) -
 
 
 def test_a_recreated_instance_finds_its_info_and_folder_again(tmp_path: Path) -> None:
-    mlp_class = example("mlp.py").MLP
+    mlp_class = load_example("mlp.py").MLP
     first = mlp_class("2", data_path=tmp_path)
     first.initialize(hidden=4)
     (first.model_dir / "weights.bin").write_bytes(b"\x01\x02")
@@ -84,13 +66,13 @@ def test_a_recreated_instance_finds_its_info_and_folder_again(tmp_path: Path) ->
 
 
 def test_keyword_config_overrides_what_was_stored(tmp_path: Path) -> None:
-    mlp_class = example("mlp.py").MLP
+    mlp_class = load_example("mlp.py").MLP
     mlp_class("1", data_path=tmp_path).initialize(hidden=4, seed=1)
     assert mlp_class("1", data_path=tmp_path, seed=7).config == {"hidden": 4, "seed": 7}
 
 
 def test_initialize_refuses_values_json_cannot_hold(tmp_path: Path) -> None:
-    mlp = example("mlp.py").MLP("1", data_path=tmp_path)
+    mlp = load_example("mlp.py").MLP("1", data_path=tmp_path)
     with pytest.raises(InvalidInput, match="JSON"):
         mlp.initialize(weights=np.zeros(3))
     assert mlp.model_info == {}
@@ -101,7 +83,7 @@ def test_initialize_refuses_values_json_cannot_hold(tmp_path: Path) -> None:
 
 
 def test_log_returns_what_train_reported_also_after_recreation(tmp_path: Path) -> None:
-    iris_class = example("iris.py").IrisClassifier
+    iris_class = load_example("iris.py").IrisClassifier
     iris = iris_class("1", data_path=tmp_path)
     iris.initialize(folds=3, C=0.5)
     before = time.time()
@@ -131,13 +113,13 @@ def test_log_returns_what_train_reported_also_after_recreation(tmp_path: Path) -
 
 
 def test_runner_train_and_log_through_the_runner(tmp_path: Path) -> None:
-    with Runner(example("iris.py").IrisClassifier, data_path=tmp_path) as runner:
+    with Runner(load_example("iris.py").IrisClassifier, data_path=tmp_path) as runner:
         trained_in_setup = len(runner.log())  # an untrained iris trains once in setup
         assert trained_in_setup == 6
         runner.train(folds=2)
         assert [entry["step"] for entry in runner.log()[trained_in_setup:]] == [1, 2, 3]
         assert runner.predict(features=[6.7, 3.0, 5.2, 2.3])["label"] == "virginica"
-    with pytest.raises(InvalidInput, match="no train"), Runner(example("functions.py").add) as runner:
+    with pytest.raises(InvalidInput, match="no train"), Runner(load_example("functions.py").add) as runner:
         runner.train()
 
 
@@ -145,7 +127,7 @@ def test_runner_train_and_log_through_the_runner(tmp_path: Path) -> None:
 
 
 def test_close_tears_the_model_down_and_the_next_request_loads_it_again(tmp_path: Path) -> None:
-    runner = Runner(example("mlp.py").MLP, data_path=tmp_path)
+    runner = Runner(load_example("mlp.py").MLP, data_path=tmp_path)
     x = np.ones((1, 16), dtype=np.float32)
     first = runner.predict(x=x)
     assert runner.loaded
@@ -215,7 +197,7 @@ def test_binary_data_is_the_payload_of_a_predictor_class(tmp_path: Path) -> None
 
 
 def test_cortex_predictor_through_the_adapter(tmp_path: Path) -> None:
-    predictor_class = example("cortex_style.py").SentimentPredictor
+    predictor_class = load_example("cortex_style.py").SentimentPredictor
     model = as_model(predictor_class, data_path=tmp_path)
     assert isinstance(model, PredictorAdapter)
     assert model.model_name == "SentimentPredictor"
@@ -239,7 +221,7 @@ def test_cortex_predictor_through_the_adapter(tmp_path: Path) -> None:
 
 
 def test_plain_function_through_the_adapter(tmp_path: Path) -> None:
-    add = example("functions.py").add
+    add = load_example("functions.py").add
     model = as_model(add, "4", data_path=tmp_path)
     assert isinstance(model, FunctionModel)
     assert (model.model_name, model.version) == ("add", "4")
@@ -257,9 +239,9 @@ def test_plain_function_through_the_adapter(tmp_path: Path) -> None:
 
 
 def test_as_model_returns_instances_as_they_are_and_refuses_what_is_not_a_model(tmp_path: Path) -> None:
-    mlp = example("mlp.py").MLP("1", data_path=tmp_path)
+    mlp = load_example("mlp.py").MLP("1", data_path=tmp_path)
     assert as_model(mlp) is mlp
-    created = as_model(example("mlp.py").MLP, "5", data_path=tmp_path)
+    created = as_model(load_example("mlp.py").MLP, "5", data_path=tmp_path)
     assert (type(created).__name__, created.version) == ("MLP", "5")
 
     class NotAModel:
@@ -275,7 +257,7 @@ def test_as_model_returns_instances_as_they_are_and_refuses_what_is_not_a_model(
 
 
 def test_declared_tensor_specs(tmp_path: Path) -> None:
-    mlp = example("mlp.py").MLP("1", data_path=tmp_path)
+    mlp = load_example("mlp.py").MLP("1", data_path=tmp_path)
     assert mlp.is_tensor_model()
     assert mlp.input_specs() == (TensorSpec("x", "FP32", (-1, 16)),)
     assert mlp.output_specs() == (TensorSpec("y", "FP32", (-1, 4)),)
@@ -324,7 +306,7 @@ def test_specs_derived_from_type_hints(tmp_path: Path) -> None:
         "other",
     ]
     assert model.output_specs() == (TensorSpec("output", "BYTES", (-1,)),)
-    iris = example("iris.py").IrisClassifier("1", data_path=tmp_path)
+    iris = load_example("iris.py").IrisClassifier("1", data_path=tmp_path)
     assert iris.input_specs() == (TensorSpec("features", "FP64", (-1, -1)),)
 
 
@@ -386,14 +368,14 @@ BAD_NAMES = ["../x", "..", "a/../b", "a/b", "a\\b", "", ".hidden", "-x", "a..b",
 @pytest.mark.parametrize("bad", BAD_NAMES)
 def test_invalid_names_and_versions_are_refused(tmp_path: Path, bad: str) -> None:
     data = tmp_path / "data"
-    mlp_class = example("mlp.py").MLP
+    mlp_class = load_example("mlp.py").MLP
     if bad:  # an empty name means the default name
         with pytest.raises(InvalidInput, match="invalid model name"):
             mlp_class("1", name=bad, data_path=data)
     with pytest.raises(InvalidInput, match="invalid version"):
         mlp_class(bad, data_path=data)
     with pytest.raises(InvalidInput, match="invalid version"):
-        Runner(example("functions.py").add, version=bad, data_path=data)
+        Runner(load_example("functions.py").add, version=bad, data_path=data)
     assert not data.exists()  # nothing was created, inside the data path or beside it
     assert list(tmp_path.iterdir()) == []
 
@@ -401,5 +383,5 @@ def test_invalid_names_and_versions_are_refused(tmp_path: Path, bad: str) -> Non
 @pytest.mark.parametrize("good", ["1", "v2.0", "my_model-3", "A" * 128, "2024.01.31"])
 def test_valid_names_are_accepted(tmp_path: Path, good: str) -> None:
     assert check_name("version", good) == good
-    model = example("mlp.py").MLP(good, name=good, data_path=tmp_path)
+    model = load_example("mlp.py").MLP(good, name=good, data_path=tmp_path)
     assert model.model_dir == tmp_path / good / good

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections.abc import Mapping
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -14,22 +11,9 @@ import pytest
 
 from modelpod import InvalidInput, ModelError, Pipeline, Runner, TensorSpec
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+from conftest import load_example
+
 X16 = np.linspace(-1.0, 1.0, 32, dtype=np.float32).reshape(2, 16)
-
-
-def example(filename: str) -> ModuleType:
-    """Import an example file by path, once per session (the same module test_examples uses)."""
-    name = f"modelpod_example_{Path(filename).stem}"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / filename)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def best_class(probabilities: Any) -> list[int]:
@@ -45,7 +29,7 @@ def describe(first: int, n: int) -> str:
 
 
 def test_a_pipeline_chains_a_runner_a_model_and_functions(tmp_path: Path) -> None:
-    mlp = Runner(example("mlp.py").MLP, data_path=tmp_path)
+    mlp = Runner(load_example("mlp.py").MLP, data_path=tmp_path)
     pipeline = Pipeline([mlp, best_class, count_classes, describe], data_path=tmp_path)
     with Runner(pipeline) as runner:
         expected = best_class(mlp.predict(x=X16))
@@ -62,7 +46,7 @@ def test_a_pipeline_chains_a_runner_a_model_and_functions(tmp_path: Path) -> Non
 
 
 def test_the_pipeline_has_the_first_steps_inputs_and_the_last_steps_outputs(tmp_path: Path) -> None:
-    pipeline = Pipeline([example("mlp.py").MLP("1", data_path=tmp_path), best_class], data_path=tmp_path)
+    pipeline = Pipeline([load_example("mlp.py").MLP("1", data_path=tmp_path), best_class], data_path=tmp_path)
     assert pipeline.input_specs() == (TensorSpec("x", "FP32", (-1, 16)),)
     assert pipeline.output_specs() == (TensorSpec("output", "BYTES", (-1,)),)
     assert list(_parameters(pipeline)) == ["x"]
@@ -80,14 +64,14 @@ def test_class_steps_keep_their_files_under_the_pipelines_data_path(tmp_path: Pa
     def label(label: str, probabilities: Mapping[str, float]) -> str:
         return f"{label} ({probabilities[label]:.2f})"
 
-    pipeline = Pipeline([example("iris.py").IrisClassifier, label], data_path=tmp_path)
+    pipeline = Pipeline([load_example("iris.py").IrisClassifier, label], data_path=tmp_path)
     with Runner(pipeline) as runner:
         assert runner.predict(features=[6.7, 3.0, 5.2, 2.3]).startswith("virginica (")
     assert (tmp_path / "iris" / "1" / "estimator.pkl").is_file()
 
 
 def test_pipelines_nest_and_take_predictor_classes(tmp_path: Path) -> None:
-    sentiment = example("cortex_style.py").SentimentPredictor
+    sentiment = load_example("cortex_style.py").SentimentPredictor
 
     def text_of(review: Mapping[str, str]) -> str:
         return f"{review['title']}. {review['body']}"

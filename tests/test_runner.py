@@ -3,14 +3,11 @@ batches, statistics, checks, custom operators, and typed errors it recovers from
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import subprocess
-import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from types import ModuleType
 from typing import Any, ClassVar
 
 import numpy as np
@@ -31,36 +28,21 @@ from modelpod import (
 from modelpod.checks import LeakReport, NanReport, ProfileReport
 from modelpod.devices import select_device
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-
-
-def example(filename: str) -> ModuleType:
-    """Import an example file by path, once per session (the same module test_examples uses)."""
-    name = f"modelpod_example_{Path(filename).stem}"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / filename)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
+from conftest import load_example
 
 X16 = np.linspace(-1.0, 1.0, 16, dtype=np.float32).reshape(1, 16)
 
 
 @pytest.fixture
 def mlp(tmp_path: Path) -> Iterator[Runner]:
-    with Runner(example("mlp.py").MLP, data_path=tmp_path, device="cpu") as runner:
+    with Runner(load_example("mlp.py").MLP, data_path=tmp_path, device="cpu") as runner:
         yield runner
 
 
 @pytest.fixture
 def tiny_torch(tmp_path: Path) -> Iterator[Runner]:
     pytest.importorskip("torch")
-    with Runner(example("torch_module.py").TinyTorch, data_path=tmp_path, device="cpu") as runner:
+    with Runner(load_example("torch_module.py").TinyTorch, data_path=tmp_path, device="cpu") as runner:
         yield runner
 
 
@@ -91,10 +73,10 @@ class Recorder(Model):
 
 
 def test_the_runner_sets_the_models_device(tmp_path: Path) -> None:
-    runner = Runner(example("mlp.py").MLP, data_path=tmp_path)
+    runner = Runner(load_example("mlp.py").MLP, data_path=tmp_path)
     runner.load()
     assert runner.model.device == select_device(None)  # auto-selection: nothing requested
-    with Runner(example("mlp.py").MLP, data_path=tmp_path, device="CPU ") as explicit:
+    with Runner(load_example("mlp.py").MLP, data_path=tmp_path, device="CPU ") as explicit:
         assert explicit.model.device == "cpu"
 
 
@@ -106,7 +88,7 @@ def test_the_model_sees_its_device_in_setup(tiny_torch: Runner) -> None:
 @pytest.mark.parametrize(("device", "says"), [("tpu", "unknown device 'tpu'"), ("cuda:99", "'cuda:99'")])
 def test_a_bad_explicit_device_is_a_clear_load_error(tmp_path: Path, device: str, says: str) -> None:
     pytest.importorskip("torch")
-    runner = Runner(example("functions.py").add, data_path=tmp_path, device=device)
+    runner = Runner(load_example("functions.py").add, data_path=tmp_path, device=device)
     with pytest.raises(ModelLoadError, match=says) as caught:
         runner.predict(a=1.0, b=2.0)
     assert "add:1" in str(caught.value)
@@ -134,7 +116,7 @@ def test_processors_run_by_priority_then_registration_order(tmp_path: Path) -> N
 
         return step
 
-    runner = Runner(example("functions.py").add, data_path=tmp_path, warmup=False)
+    runner = Runner(load_example("functions.py").add, data_path=tmp_path, warmup=False)
     runner.register_preprocessor(pre("p5"), priority=5)
     runner.register_preprocessor(pre("p0-first"))
     runner.register_preprocessor(pre("p-1"), priority=-1)
@@ -157,7 +139,7 @@ def test_a_failing_processor_is_named(tmp_path: Path, caplog: pytest.LogCaptureF
             raise ZeroDivisionError("cannot take a negative a")
         return inputs
 
-    runner = Runner(example("functions.py").add, data_path=tmp_path)
+    runner = Runner(load_example("functions.py").add, data_path=tmp_path)
     runner.register_preprocessor(fussy, name="fussy-pre")
     with pytest.raises(ProcessorError, match="preprocessor 'fussy-pre' raised ZeroDivisionError") as caught:
         runner.predict(a=-1.0, b=0.0)
@@ -176,7 +158,7 @@ def test_a_failing_postprocessor_is_named_by_its_qualified_name(tmp_path: Path) 
             raise OverflowError("too big")
         return output
 
-    runner = Runner(example("functions.py").add, data_path=tmp_path)
+    runner = Runner(load_example("functions.py").add, data_path=tmp_path)
     runner.register_postprocessor(explode_on_big)
     with pytest.raises(ProcessorError, match=r"postprocessor '.*explode_on_big' raised OverflowError"):
         runner.predict(a=100.0, b=1.0)
@@ -189,7 +171,7 @@ def test_invalid_input_from_a_processor_stays_invalid_input(tmp_path: Path) -> N
             raise InvalidInput("a must be positive")
         return inputs
 
-    runner = Runner(example("functions.py").add, data_path=tmp_path)
+    runner = Runner(load_example("functions.py").add, data_path=tmp_path)
     runner.register_preprocessor(needs_positive, name="positive-a")
     with pytest.raises(InvalidInput, match="preprocessor 'positive-a': a must be positive") as caught:
         runner.predict(a=0.0, b=1.0)
@@ -203,7 +185,7 @@ def test_a_preprocessor_that_returns_nothing_is_named(tmp_path: Path) -> None:
             return None
         return inputs
 
-    runner = Runner(example("functions.py").add, data_path=tmp_path)
+    runner = Runner(load_example("functions.py").add, data_path=tmp_path)
     runner.register_preprocessor(forgot_to_return, name="forgetful")
     with pytest.raises(ProcessorError, match="preprocessor 'forgetful' returned NoneType"):
         runner.predict(a=0.0, b=1.0)
@@ -272,7 +254,7 @@ def test_convert_to_torch_on_the_device(tmp_path: Path) -> None:
 
 
 def test_add_batch_dim_for_tensor_models(tmp_path: Path) -> None:
-    mlp_class = example("mlp.py").MLP
+    mlp_class = load_example("mlp.py").MLP
     with Runner(mlp_class, data_path=tmp_path, add_batch_dim=True) as runner:
         row = X16[0]
         single = runner.predict(x=row)  # (16,) -> (1, 16) -> model -> (1, 4) -> (4,)
@@ -285,7 +267,7 @@ def test_add_batch_dim_for_tensor_models(tmp_path: Path) -> None:
         results = runner.predict_batch([{"x": row}, {"x": np.stack([row, row])}])
         assert [r.shape for r in results] == [(4,), (2, 4)]
     with pytest.raises(ValueError, match="add_batch_dim needs a tensor model"):
-        Runner(example("functions.py").add, data_path=tmp_path, add_batch_dim=True)
+        Runner(load_example("functions.py").add, data_path=tmp_path, add_batch_dim=True)
 
 
 def test_shapes_are_checked_for_tensor_models(mlp: Runner) -> None:
@@ -336,14 +318,14 @@ def test_a_failing_warm_up_is_a_load_error(tmp_path: Path) -> None:
 
 
 def test_a_failing_setup_is_a_load_error(tmp_path: Path) -> None:
-    runner = Runner(example("mlp.py").MLP, data_path=tmp_path, hidden=-3)
+    runner = Runner(load_example("mlp.py").MLP, data_path=tmp_path, hidden=-3)
     with pytest.raises(ModelLoadError, match="mlp:1 failed to load: InvalidInput: hidden must be a positive"):
         runner.load()
     assert not runner.loaded
 
 
 def test_initialize_through_the_runner_sets_the_model_up_again(tmp_path: Path) -> None:
-    runner = Runner(example("mlp.py").MLP, data_path=tmp_path)
+    runner = Runner(load_example("mlp.py").MLP, data_path=tmp_path)
     runner.load()
     assert runner.model.w1.shape == (16, 64)  # type: ignore[attr-defined]
     runner.initialize(hidden=3)
@@ -366,7 +348,9 @@ def test_torch_models_run_in_inference_mode_by_default(tiny_torch: Runner) -> No
 
 def test_inference_mode_can_be_turned_off(tmp_path: Path) -> None:
     pytest.importorskip("torch")
-    with Runner(example("torch_module.py").TinyTorch, data_path=tmp_path, inference_mode=False) as runner:
+    with Runner(
+        load_example("torch_module.py").TinyTorch, data_path=tmp_path, inference_mode=False
+    ) as runner:
         runner.predict(x=np.ones((1, 8), dtype=np.float32))
         last = runner.model.last_call  # type: ignore[attr-defined]
         assert last["inference_mode"] is False
@@ -375,7 +359,7 @@ def test_inference_mode_can_be_turned_off(tmp_path: Path) -> None:
 
 def test_mixed_precision_uses_bfloat16_autocast_on_cpu(tmp_path: Path) -> None:
     torch = pytest.importorskip("torch")
-    tiny = example("torch_module.py").TinyTorch
+    tiny = load_example("torch_module.py").TinyTorch
     with Runner(tiny, data_path=tmp_path, device="cpu", mixed_precision=True) as runner:
         x = np.linspace(-1, 1, 16, dtype=np.float32).reshape(2, 8)
         as_tensor = runner.predict(x=torch.from_numpy(x))
@@ -596,7 +580,7 @@ def test_profile(tiny_torch: Runner, tmp_path: Path) -> None:
     assert report.total_seconds > 0
     assert any("linear" in name or "addmm" in name for name, _ in report.top)
 
-    python = Runner(example("functions.py").add, data_path=tmp_path).profile(iterations=2, a=1.0, b=2.0)
+    python = Runner(load_example("functions.py").add, data_path=tmp_path).profile(iterations=2, a=1.0, b=2.0)
     assert python.iterations == 2
 
 
@@ -606,7 +590,7 @@ def test_profile(tiny_torch: Runner, tmp_path: Path) -> None:
 def test_a_missing_custom_op_library_is_a_load_error(tmp_path: Path) -> None:
     pytest.importorskip("torch")
     missing = tmp_path / "nowhere" / "ops.so"
-    runner = Runner(example("functions.py").add, data_path=tmp_path, custom_ops=[str(missing)])
+    runner = Runner(load_example("functions.py").add, data_path=tmp_path, custom_ops=[str(missing)])
     with pytest.raises(ModelLoadError, match=r"cannot load custom operator library '.*nowhere/ops\.so'"):
         runner.load()
     assert not runner.loaded
@@ -616,7 +600,7 @@ def test_a_file_that_is_not_a_library_is_a_load_error(tmp_path: Path) -> None:
     pytest.importorskip("torch")
     fake = tmp_path / "fake.so"
     fake.write_text("this is not a shared library\n")
-    runner = Runner(example("functions.py").add, data_path=tmp_path, custom_ops=[str(fake)])
+    runner = Runner(load_example("functions.py").add, data_path=tmp_path, custom_ops=[str(fake)])
     with pytest.raises(ModelLoadError, match=r"fake\.so"):
         runner.predict(a=1.0, b=1.0)
     assert not runner.loaded
