@@ -14,6 +14,7 @@ import numpy as np
 from measurement import Measurement
 
 from modelpod.protocol import v2
+from modelpod.protocol.body import BodyBuffer
 
 MIB = 1 << 20
 
@@ -21,18 +22,10 @@ MIB = 1 << 20
 def read_into(response: httpx.Response) -> bytearray:
     """The body, copied once into one buffer (the decoded arrays are views of it)."""
     declared = response.headers.get("content-length")
-    body = bytearray(int(declared)) if declared and declared.isdigit() else bytearray()
-    filled = 0
+    body = BodyBuffer(int(declared) if declared and declared.isdigit() else None)
     for chunk in response.iter_raw():
-        end = filled + len(chunk)
-        if end <= len(body):
-            body[filled:end] = chunk
-        else:
-            del body[filled:]
-            body += chunk
-        filled = end
-    del body[filled:]
-    return body
+        body.add(chunk)
+    return body.finish()
 
 
 def run_binary(url: str, mib: int = 64, requests: int = 10, timeout_s: float = 60.0) -> Measurement:

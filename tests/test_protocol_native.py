@@ -152,3 +152,22 @@ def test_deep_nesting_is_refused_not_crashed() -> None:
 def test_random_bytes_never_escape_as_other_errors(data: bytes) -> None:
     with contextlib.suppress(InvalidInput):
         unpack(data)
+
+
+def test_body_buffer_fills_a_declared_length_in_place_and_copes_with_wrong_lengths() -> None:
+    from modelpod.protocol.body import BodyBuffer
+
+    declared = BodyBuffer(6)
+    for chunk in (b"ab", b"cd", b"ef"):
+        declared.add(chunk)
+    assert declared.finish() == bytearray(b"abcdef")
+    longer = BodyBuffer(2)
+    for chunk in (b"ab", b"cd"):
+        longer.add(chunk)
+    assert longer.finish() == bytearray(b"abcd")
+    shorter = BodyBuffer(10)
+    shorter.add(b"abc")
+    assert shorter.finish() == bytearray(b"abc")
+    undeclared = BodyBuffer()
+    undeclared.add(b"xyz")
+    assert undeclared.finish() == bytearray(b"xyz")

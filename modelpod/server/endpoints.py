@@ -21,6 +21,7 @@ from modelpod.errors import (
     http_status,
 )
 from modelpod.protocol import jsoncodec
+from modelpod.protocol.body import BodyBuffer
 from modelpod.service import InferenceService, Options, request_options
 
 logger = logging.getLogger("modelpod.http")
@@ -45,20 +46,12 @@ async def read_body(request: Request) -> bytearray:
     size = int(declared) if declared.isdigit() else None
     if limit is not None and size is not None and size > limit:
         raise PayloadTooLarge(f"the request body is {size} bytes; this server accepts at most {limit}")
-    body = bytearray(size) if size is not None else bytearray()
-    filled = 0
+    body = BodyBuffer(size)
     async for chunk in request.stream():
-        end = filled + len(chunk)
-        if limit is not None and end > limit:
+        if limit is not None and body.size + len(chunk) > limit:
             raise PayloadTooLarge(f"the request body is over {limit} bytes, the most this server accepts")
-        if size is not None and end <= size:
-            body[filled:end] = chunk
-        else:
-            del body[filled:]
-            body += chunk
-        filled = end
-    del body[filled:]
-    return body
+        body.add(chunk)
+    return body.finish()
 
 
 class PartsResponse(Response):
