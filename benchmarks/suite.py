@@ -264,7 +264,7 @@ def revision() -> str:
 
 
 def report(rows: list[Row], seconds: float, started: float, busy_before: float) -> str:
-    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     return "\n".join(
         [
             "# modelpod benchmarks",
