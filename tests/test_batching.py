@@ -340,3 +340,38 @@ def test_submit_async_settles_asyncio_futures_on_their_loop(make: Any, recorder:
 
     assert asyncio.run(main()) == [("done", i) for i in range(12)]
     assert all("cancelled" not in batch for batch in recorder.batches)
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    lateness=st.lists(st.one_of(st.none(), st.floats(min_value=-5, max_value=5)), min_size=1, max_size=20),
+    max_batch_size=st.integers(min_value=1, max_value=6),
+)
+def test_deadlines_decide_exactly_which_requests_run(
+    lateness: list[float | None], max_batch_size: int
+) -> None:
+    """A request whose deadline is before the batch starts is answered Timeout and never computed;
+    every other one is computed once (time is a fake clock that stands still)."""
+    now = 1000.0
+    ran: list[int] = []
+
+    def run(items: list[int]) -> list[int]:
+        ran.extend(items)
+        return items
+
+    batcher = Batcher(run, BatchConfig(max_batch_size=max_batch_size, max_queue_size=100), clock=lambda: now)
+    try:
+        futures = [
+            batcher.submit(i, deadline=None if late is None else now + late)
+            for i, late in enumerate(lateness)
+        ]
+        wait(futures, timeout=10)
+    finally:
+        batcher.close(timeout=10)
+    for i, (deadline, future) in enumerate(zip(deadlines, futures, strict=True)):
+        if deadline is not None and deadline < now:
+            assert isinstance(future.exception(), Timeout)
+            assert i not in ran
+        else:
+            assert future.result() == i
+    assert sorted(ran) == sorted(set(ran))  # nothing computed twice
