@@ -361,10 +361,8 @@ def test_deadlines_decide_exactly_which_requests_run(
 
     batcher = Batcher(run, BatchConfig(max_batch_size=max_batch_size, max_queue_size=100), clock=lambda: now)
     try:
-        futures = [
-            batcher.submit(i, deadline=None if late is None else now + late)
-            for i, late in enumerate(lateness)
-        ]
+        deadlines = [None if late is None else now + late for late in lateness]
+        futures = [batcher.submit(i, deadline=deadline) for i, deadline in enumerate(deadlines)]
         wait(futures, timeout=10)
     finally:
         batcher.close(timeout=10)
