@@ -174,13 +174,13 @@ class Busy(Model):
 
 
 class Batched(Model):
-    """A tensor model that batches: requests queue for up to 30 ms and run together, 16 rows at most."""
+    """A tensor model that batches: requests queue for up to 200 ms and run together, 16 rows at most."""
 
     name = "batched"
     inputs = [TensorSpec("x", "FP32", (-1, 4))]
     outputs = [TensorSpec("y", "FP32", (-1, 4))]
     max_batch_size = 16
-    max_batch_delay_ms = 30.0
+    max_batch_delay_ms = 200.0  # long, so that a test can tell "did not wait" from "waited" on a busy machine
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         time.sleep(0.005)  # a model with a fixed cost per call is what batching is for

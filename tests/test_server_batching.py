@@ -58,7 +58,7 @@ def test_an_idle_server_answers_a_lone_request_without_the_delay(server: ServerP
         time.sleep(0.2)  # idle again
         started = time.monotonic()
         client.infer({"x": np.ones((1, 4), dtype=np.float32)})
-        assert time.monotonic() - started < 0.025  # the delay is 30 ms; the model takes 5
+        assert time.monotonic() - started < 0.15  # the delay is 200 ms; the model takes 5
 
 
 def test_keyword_models_batch_and_fail_only_the_failing_item(server: ServerProcess) -> None:
@@ -88,11 +88,11 @@ def test_a_request_past_its_timeout_gets_504(server: ServerProcess) -> None:
 
 def test_batching_settings_are_visible(server: ServerProcess) -> None:
     listing = httpx.get(f"{server.http_url}/models/batched").json()
-    assert listing["batching"] == {"max_batch_size": 16, "max_batch_delay_ms": 30.0, "max_queue_size": 1024,
+    assert listing["batching"] == {"max_batch_size": 16, "max_batch_delay_ms": 200.0, "max_queue_size": 1024,
                                    "preferred_batch_sizes": []}  # fmt: skip
     config = httpx.get(f"{server.http_url}/v2/models/batched/config").json()
     assert config["max_batch_size"] == 16
-    assert config["dynamic_batching"]["max_queue_delay_microseconds"] == 30000
+    assert config["dynamic_batching"]["max_queue_delay_microseconds"] == 200000
 
 
 def test_batching_can_be_set_for_every_model_from_the_command_line(start_server: StartServer) -> None:
