@@ -72,7 +72,7 @@ class InferenceService:
         self.name = name
         self._executor = ThreadPoolExecutor(max_workers, thread_name_prefix="modelpod-model")
         self._in_flight = 0
-        self._in_flight_lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the in-flight count and the batchers
         self._draining = False
         self._ready = True
         self._batchers: dict[tuple[str, str], Batcher] = {}
@@ -92,14 +92,14 @@ class InferenceService:
             raise Unavailable("the server is shutting down; retry on another replica", retry_after=1.0)
         if timeout is not None and timeout <= 0:
             raise Timeout("the request's deadline had passed when it arrived")
-        with self._in_flight_lock:
+        with self._lock:
             self._in_flight += 1
         try:
             return await asyncio.wait_for(start(), timeout)
         except TimeoutError:
             raise Timeout(f"no answer within the request's timeout of {timeout:g} s") from None
         finally:
-            with self._in_flight_lock:
+            with self._lock:
                 self._in_flight -= 1
 
     def _batcher(self, hosted: HostedModel, version: str) -> Batcher | None:
@@ -107,7 +107,7 @@ class InferenceService:
         if not hosted.batching.enabled:
             return None
         key = (hosted.name, version)
-        with self._in_flight_lock:
+        with self._lock:
             batcher = self._batchers.get(key)
             if batcher is None:
                 run = functools.partial(self._run_batch, hosted, version)
@@ -372,7 +372,7 @@ class InferenceService:
 
     @property
     def in_flight(self) -> int:
-        with self._in_flight_lock:
+        with self._lock:
             return self._in_flight
 
     def close(self) -> None:
