@@ -35,6 +35,8 @@ from modelpod.errors import ModelError, ModelpodError, Timeout, Unavailable
 logger = logging.getLogger("modelpod.batching")
 
 RunBatch = Callable[[list[Any]], Sequence[Any]]
+# Told of every batch run: its rows, the seconds the model computed, and each request's wait in the queue.
+BatchObserver = Callable[[int, float, list[float]], None]
 
 
 @dataclass(frozen=True)
@@ -94,12 +96,19 @@ class _Request:
 class Batcher:
     """Queues requests and runs them in batches on its own thread, through `run(list of inputs)`."""
 
-    def __init__(self, run: RunBatch, config: BatchConfig, name: str = "model",
-                 clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
+    def __init__(
+        self,
+        run: RunBatch,
+        config: BatchConfig,
+        name: str = "model",
+        clock: Callable[[], float] = time.monotonic,
+        observer: BatchObserver | None = None,
+    ) -> None:
         self.config = config
         self.name = name
         self._run = run
         self._clock = clock
+        self._observer = observer
         self._queue: list[_Request] = []
         self._rows_queued = 0
         self._arrivals = itertools.count()
@@ -243,7 +252,9 @@ class Batcher:
         _settle(expired)
         if not live:
             return
-        self.batch_sizes[sum(r.rows for r in live)] += 1
+        rows = sum(r.rows for r in live)
+        self.batch_sizes[rows] += 1
+        started = self._clock()
         try:
             results = self._run([r.inputs for r in live])
         except ModelpodError as error:
@@ -252,6 +263,8 @@ class Batcher:
             failure = ModelError(f"{self.name}: batch failed with {type(error).__name__}")
             logger.exception("error id %s: batch of %s failed", failure.error_id, self.name)
             results = [failure] * len(live)
+        if self._observer is not None:
+            self._observer(rows, self._clock() - started, [started - r.arrived for r in live])
         if len(results) != len(live):
             failure = ModelError(f"{self.name}: {len(results)} results for a batch of {len(live)}")
             results = [failure] * len(live)

@@ -54,6 +54,7 @@ class PoolStats:
     load_seconds: float = 0.0
     loaded: list[Key] = field(default_factory=list)
     memory_bytes: int = 0
+    costs: dict[Key, int] = field(default_factory=dict)  # measured memory of each loaded version
 
 
 class ModelPool:
@@ -224,6 +225,7 @@ class ModelPool:
                 load_seconds=self._stats.load_seconds,
                 loaded=list(self._entries),
                 memory_bytes=sum(e.cost_bytes for e in live),
+                costs={key: entry.cost_bytes for key, entry in self._entries.items()},
             )
 
     def close(self) -> None:

@@ -10,20 +10,22 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from modelpod import __version__
 from modelpod.batching import Batcher
-from modelpod.errors import InvalidInput, NotFound, Timeout, Unavailable
+from modelpod.errors import InvalidInput, ModelpodError, NotFound, Timeout, Unavailable
 from modelpod.isolation import ProcessRunner
+from modelpod.metrics import ServerMetrics
 from modelpod.pool import ModelPool
 from modelpod.repository import HostedModel, Repository
 from modelpod.router import Router
 from modelpod.runner import Runner
 from modelpod.stacking import rows_of
+from modelpod.statistics import Statistics
 from modelpod.tensors import Arrays, outputs_of, requests_of
 from modelpod.types import TensorSpec
 
@@ -38,12 +40,13 @@ class Options:
 
     priority: int = 0
     timeout: float | None = None  # seconds from arrival; past it the request is answered Timeout
+    protocol: str = "python"  # which edge it came through, for the metrics
 
 
 DEFAULT_OPTIONS = Options()
 
 
-def request_options(priority: Any = None, timeout: Any = None) -> Options:
+def request_options(priority: Any = None, timeout: Any = None, protocol: str = "python") -> Options:
     """Options from what a transport received (header or parameter text), checked."""
     try:
         chosen_priority = int(priority) if priority not in (None, "") else 0
@@ -54,7 +57,7 @@ def request_options(priority: Any = None, timeout: Any = None) -> Options:
         ) from None
     if seconds is not None and not seconds >= 0:  # also refuses NaN
         raise InvalidInput(f"timeout must be a non-negative number of seconds, not {timeout!r}")
-    return Options(chosen_priority, seconds)
+    return Options(chosen_priority, seconds, protocol)
 
 
 METHODS = ("predict", "initialize", "train", "log")
@@ -76,6 +79,8 @@ class InferenceService:
         self._draining = False
         self._ready = True
         self._batchers: dict[tuple[str, str], Batcher] = {}
+        self.statistics = Statistics()
+        self.metrics = ServerMetrics(pool, self._queue_depths, lambda: self.in_flight)
 
     # -- running model code -------------------------------------------------------------------
 
@@ -111,7 +116,10 @@ class InferenceService:
             batcher = self._batchers.get(key)
             if batcher is None:
                 run = functools.partial(self._run_batch, hosted, version)
-                batcher = self._batchers[key] = Batcher(run, hosted.batching, name=f"{hosted.name}:{version}")
+                observer = functools.partial(self._observe_batch, hosted.name, version)
+                batcher = self._batchers[key] = Batcher(
+                    run, hosted.batching, name=f"{hosted.name}:{version}", observer=observer
+                )
         return batcher
 
     def _run_batch(self, hosted: HostedModel, version: str, items: list[dict[str, Any]]) -> list[Any]:
@@ -122,14 +130,33 @@ class InferenceService:
     ) -> list[Any]:
         """Run requests through the version's batcher, or as one call on a worker thread."""
         batcher = self._batcher(hosted, version)
+        tensor = hosted.probe.is_tensor_model()
         if batcher is None:
-            if hosted.probe.is_tensor_model() or len(requests) == 1:
-                run = lambda r: [r.predict(**request) for request in requests]  # noqa: E731
-            else:
-                run = lambda r: r.predict_batch(requests)  # noqa: E731
+            rows = sum(rows_of(r) for r in requests) if tensor else len(requests)
+            submitted = time.monotonic()
+
+            def run(runner: Runner | ProcessRunner) -> list[Any]:
+                started = time.monotonic()
+
+                def observe() -> None:
+                    compute = time.monotonic() - started
+                    self._observe_batch(hosted.name, version, rows, compute, [started - submitted])
+
+                try:
+                    if tensor or len(requests) == 1:
+                        answers = [runner.predict(**request) for request in requests]
+                    else:
+                        answers = runner.predict_batch(requests)
+                except InvalidInput:
+                    raise  # refused before the model ran: no compute to count
+                except ModelpodError:
+                    observe()
+                    raise
+                observe()
+                return answers
+
             return await self._run(self._with_runner, hosted, version, run, timeout=options.timeout)
         deadline = None if options.timeout is None else time.monotonic() + options.timeout
-        tensor = hosted.probe.is_tensor_model()
         futures = [
             batcher.submit_async(
                 r, rows=rows_of(r) if tensor else 1, priority=options.priority, deadline=deadline
@@ -146,6 +173,38 @@ class InferenceService:
             for future in futures:
                 future.cancel()  # a caller that gave up frees its place in the queue
         return [outcome] if len(futures) == 1 else outcome
+
+    def _observe_batch(self, model: str, version: str, rows: int, compute: float, waits: list[float]) -> None:
+        self.statistics.batch(model, version, rows, compute, waits)
+        self.metrics.batch(model, version, rows, compute, waits)
+
+    async def _observed(self, hosted: HostedModel, version: str, options: Options, work: Awaitable[T]) -> T:
+        """Count a request's outcome and time, for the statistics extension and the metrics."""
+        started = time.monotonic()
+        outcome = "ok"
+        try:
+            return await work
+        except ModelpodError as error:
+            outcome = _snake(type(error).__name__)
+            raise
+        except BaseException:
+            outcome = "error"
+            raise
+        finally:
+            seconds = time.monotonic() - started
+            self.statistics.request(hosted.name, version, outcome == "ok", seconds)
+            self.metrics.request(hosted.name, version, options.protocol, outcome, seconds)
+
+    def _queue_depths(self) -> dict[tuple[str, str], int]:
+        with self._lock:
+            batchers = dict(self._batchers)
+        return {key: batcher.queued_rows for key, batcher in batchers.items()}
+
+    def model_statistics(self, name: str, version: str | None = None) -> dict[str, Any]:
+        """The statistics extension's document for one version, or every version of a model."""
+        hosted, resolved = self.repository.resolve(name, version)
+        versions = [resolved] if version else self.repository.versions(name)
+        return self.statistics.document(hosted.name, versions)
 
     def _hosted(self, name: str, version: str | None) -> tuple[HostedModel, str]:
         hosted, version = self.repository.resolve(name, version)
@@ -192,7 +251,10 @@ class InferenceService:
         request = dict(arguments)
         if query_params is not None and hosted.query_params:
             request.setdefault("query_params", dict(query_params))
-        return (await self._predict_many(hosted, version, [request], options))[0]
+        answers = await self._observed(
+            hosted, version, options, self._predict_many(hosted, version, [request], options)
+        )
+        return answers[0]
 
     def _route(
         self,
@@ -243,7 +305,8 @@ class InferenceService:
         target = self._route(hosted, version, query_params, inputs)
         if target is not None:
             return await self.infer(target, None, inputs, query_params, options)
-        results = await self._predict_many(hosted, version, requests_of(hosted.probe, inputs), options)
+        work = self._predict_many(hosted, version, requests_of(hosted.probe, inputs), options)
+        results = await self._observed(hosted, version, options, work)
         return version, outputs_of(hosted.probe, results)
 
     def server_metadata(self) -> dict[str, Any]:
@@ -385,3 +448,8 @@ class InferenceService:
 def _config_tensor(spec: TensorSpec) -> dict[str, Any]:
     datatype = "STRING" if spec.datatype == "BYTES" else spec.datatype
     return {"name": spec.name, "data_type": f"TYPE_{datatype}", "dims": list(spec.shape)}
+
+
+def _snake(name: str) -> str:
+    """`ModelLoadError` -> `model_load_error`: an error class as a metric label value."""
+    return "".join(f"_{c.lower()}" if c.isupper() and i else c.lower() for i, c in enumerate(name))

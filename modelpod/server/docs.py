@@ -131,6 +131,10 @@ def openapi_document() -> dict[str, Any]:
         "/v2/models/{name}/versions/{version}/infer": {
             "post": _operation("inference on one version", v, "InferRequest")
         },
+        "/v2/models/{name}/stats": {"get": _operation("the statistics extension for every version", m)},
+        "/v2/models/{name}/versions/{version}/stats": {"get": _operation("statistics of one version", v)},
+        "/v2/models/{name}/config": {"get": _operation("batching and tensors, in Triton's config shape", m)},
+        "/metrics": {"get": _operation("Prometheus metrics")},
         "/v2/repository/index": {"post": _operation("every model version and its state")},
         "/v2/repository/models/{name}/load": {"post": _operation("load a model", m)},
         "/v2/repository/models/{name}/unload": {"post": _operation("unload a model", m)},

@@ -75,7 +75,9 @@ PRIORITY_HEADER = "x-priority"
 TIMEOUT_HEADER = "request-timeout"  # seconds
 
 
-def options_of(request: Request, parameters: Mapping[str, Any] | None = None) -> Options:
+def options_of(
+    request: Request, parameters: Mapping[str, Any] | None = None, protocol: str = "http"
+) -> Options:
     """Priority and timeout from the headers, or from Open Inference Protocol parameters
     (`priority`, and `timeout` in microseconds, as Triton reads them)."""
     params = parameters or {}
@@ -83,7 +85,7 @@ def options_of(request: Request, parameters: Mapping[str, Any] | None = None) ->
     timeout: Any = request.headers.get(TIMEOUT_HEADER)
     if timeout is None and params.get("timeout") is not None:
         timeout = _microseconds(params["timeout"])
-    return request_options(priority, timeout)
+    return request_options(priority, timeout, protocol)
 
 
 def _microseconds(value: Any) -> float:

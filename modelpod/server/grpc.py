@@ -134,16 +134,18 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 )
         return pb.ModelConfigResponse(config=message)
 
+    @guarded
     async def ModelStatistics(
         self, request: pb.ModelStatisticsRequest, context: Any
     ) -> pb.ModelStatisticsResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "model statistics are not served over gRPC")
-        raise AssertionError("abort() always raises")  # pragma: no cover
+        return pb.ModelStatisticsResponse(
+            **self.service.model_statistics(request.name, request.version or None)
+        )
 
     async def _infer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
         decoded = v2.decode_grpc_request(request)
         name = request.model_name
-        options = options_of(context, decoded.parameters)
+        options = options_of(context, decoded.parameters, "grpc_v2")
         version, outputs = await self.service.infer(
             name, request.model_version or None, decoded.inputs, options=options
         )
@@ -195,7 +197,7 @@ class NativeServicer(native_pb2_grpc.ModelServiceServicer):
             request.method,
             arguments,
             query_params=dict(request.query_params),
-            options=options_of(context),
+            options=options_of(context, protocol="grpc"),
         )
         if isinstance(result, types.Response):
             result = _unwrap(result)
@@ -208,12 +210,12 @@ class NativeServicer(native_pb2_grpc.ModelServiceServicer):
         yield native_pb2.CallResponse()  # pragma: no cover  (makes this an async generator)
 
 
-def options_of(context: Any, parameters: Mapping[str, Any] | None = None) -> Options:
+def options_of(context: Any, parameters: Mapping[str, Any] | None = None, protocol: str = "grpc") -> Options:
     """Priority from `x-priority` metadata or the `priority` parameter; the timeout is the call's deadline."""
     metadata = dict(context.invocation_metadata() or ())
     priority = metadata.get("x-priority", (parameters or {}).get("priority"))
     remaining = context.time_remaining()
-    return request_options(priority, remaining)
+    return request_options(priority, remaining, protocol)
 
 
 def _unwrap(response: types.Response) -> Any:

@@ -31,6 +31,8 @@ def routes() -> list[BaseRoute]:
         Route("/v2/health/ready", ready, methods=["GET"]),
         Route(model, model_metadata, methods=["GET"]),
         Route(versioned, model_metadata, methods=["GET"]),
+        Route(f"{model}/stats", model_statistics, methods=["GET"]),
+        Route(f"{versioned}/stats", model_statistics, methods=["GET"]),
         Route(f"{model}/config", model_config, methods=["GET"]),
         Route(f"{versioned}/config", model_config, methods=["GET"]),
         Route(f"{model}/ready", model_ready, methods=["GET"]),
@@ -67,6 +69,12 @@ async def model_metadata(request: Request) -> Response:
 
 
 @handled
+async def model_statistics(request: Request) -> Response:
+    params = request.path_params
+    return json_response(service_of(request).model_statistics(params["name"], params.get("version")))
+
+
+@handled
 async def model_config(request: Request) -> Response:
     params = request.path_params
     return json_response(service_of(request).model_config(params["name"], params.get("version")))
@@ -95,7 +103,7 @@ async def infer(request: Request) -> Response:
         request.path_params.get("version"),
         decoded.inputs,
         dict(request.query_params),
-        options_of(request, decoded.parameters),
+        options_of(request, decoded.parameters, "http_v2"),
     )
     version, outputs = await unless_disconnected(request, work)
     response = v2.InferResponse(

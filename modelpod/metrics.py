@@ -1,0 +1,104 @@
+"""Prometheus metrics of one server (`GET /metrics`), in a registry of its own.
+
+Recorded as things happen: requests by protocol and outcome, request latency, model compute time,
+time queued, batch sizes. Read when scraped: queue depth, requests in flight, and the pool's loads,
+evictions and load time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from modelpod.pool import ModelPool
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_SECONDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_ROWS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+_MODEL = ["model", "version"]
+
+
+class ServerMetrics:
+    """The metrics the service records into, and their text exposition."""
+
+    def __init__(
+        self,
+        pool: ModelPool,
+        queue_depths: Callable[[], Mapping[tuple[str, str], int]],
+        in_flight: Callable[[], int],
+    ) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "modelpod_requests", "Requests answered, by protocol and outcome",
+            [*_MODEL, "protocol", "outcome"], registry=self.registry,
+        )  # fmt: skip
+        self.request_seconds = Histogram(
+            "modelpod_request_duration_seconds", "Time from a request's arrival in the service to its answer",
+            [*_MODEL, "protocol"], buckets=_SECONDS, registry=self.registry,
+        )  # fmt: skip
+        self.compute_seconds = Histogram(
+            "modelpod_compute_duration_seconds", "Time the model computed, per call or batch", _MODEL,
+            buckets=_SECONDS, registry=self.registry,
+        )  # fmt: skip
+        self.queue_seconds = Histogram(
+            "modelpod_queue_wait_seconds", "Time a request waited before its model call started", _MODEL,
+            buckets=_SECONDS, registry=self.registry,
+        )  # fmt: skip
+        self.batch_rows = Histogram(
+            "modelpod_batch_size_rows", "Rows per model call", _MODEL, buckets=_ROWS, registry=self.registry
+        )
+        self.registry.register(_LiveState(pool, queue_depths, in_flight))
+
+    def request(self, model: str, version: str, protocol: str, outcome: str, seconds: float) -> None:
+        self.requests.labels(model, version, protocol, outcome).inc()
+        self.request_seconds.labels(model, version, protocol).observe(seconds)
+
+    def batch(self, model: str, version: str, rows: int, compute_seconds: float, waits: list[float]) -> None:
+        self.compute_seconds.labels(model, version).observe(compute_seconds)
+        self.batch_rows.labels(model, version).observe(rows)
+        queue = self.queue_seconds.labels(model, version)
+        for wait in waits:
+            queue.observe(wait)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _LiveState(Collector):
+    """What is read at scrape time rather than counted as it happens."""
+
+    def __init__(
+        self,
+        pool: ModelPool,
+        queue_depths: Callable[[], Mapping[tuple[str, str], int]],
+        in_flight: Callable[[], int],
+    ) -> None:
+        self.pool = pool
+        self.queue_depths = queue_depths
+        self.in_flight = in_flight
+
+    def collect(self) -> Iterator[Metric]:
+        depth = GaugeMetricFamily("modelpod_queue_depth_rows", "Rows waiting to be batched", labels=_MODEL)
+        for (model, version), rows in self.queue_depths().items():
+            depth.add_metric([model, version], rows)
+        yield depth
+        yield GaugeMetricFamily(
+            "modelpod_in_flight_requests", "Requests being answered", value=self.in_flight()
+        )
+        stats = self.pool.stats()
+        yield CounterMetricFamily("modelpod_model_loads", "Model versions loaded", value=stats.loads)
+        yield CounterMetricFamily(
+            "modelpod_model_load_failures", "Model loads that failed", value=stats.load_failures
+        )
+        yield CounterMetricFamily("modelpod_model_evictions", "Model versions evicted", value=stats.evictions)
+        yield CounterMetricFamily(
+            "modelpod_model_load_seconds", "Time spent loading model versions", value=stats.load_seconds
+        )
+        loaded = GaugeMetricFamily("modelpod_model_memory_bytes", "Measured memory of each loaded version",
+                                   labels=_MODEL)  # fmt: skip
+        for (model, version), cost in stats.costs.items():
+            loaded.add_metric([model, version], cost)
+        yield loaded
