@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -66,6 +66,7 @@ class Settings(BaseSettings):
     max_message_size: ByteSize = Field(512 * 1024**2, description="largest request or response, e.g. 512MiB")
     slow_ms: float = Field(1000.0, ge=0, description="requests slower than this are logged as warnings")
     log_level: str = Field("info", description="debug, info, warning or error")
+    log_format: Literal["text", "json"] = Field("text", description="text, or json: one object per line")
     max_batch_size: int | None = Field(
         None, ge=1, description="rows per batch, for every model (else its own)"
     )

@@ -6,6 +6,7 @@ HTTP and gRPC are thin codecs around one `InferenceService`; nothing here knows 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import logging
 import threading
@@ -87,9 +88,9 @@ class InferenceService:
     async def _run(self, function: Callable[..., T], *args: Any, timeout: float | None = None) -> T:
         """Run blocking model code on the worker threads, counted for a graceful drain."""
         loop = asyncio.get_running_loop()
-        return await self._await(
-            lambda: loop.run_in_executor(self._executor, functools.partial(function, *args)), timeout
-        )
+        context = contextvars.copy_context()  # the request id follows the work onto the thread
+        call = functools.partial(context.run, function, *args)
+        return await self._await(lambda: loop.run_in_executor(self._executor, call), timeout)
 
     async def _await(self, start: Callable[[], asyncio.Future[T]], timeout: float | None) -> T:
         """Wait for work started by `start`, counted in flight; past `timeout`, answer Timeout."""

@@ -14,6 +14,7 @@ from typing import Any
 import grpc
 import uvicorn
 
+from modelpod import logs
 from modelpod.config import Settings
 from modelpod.pool import ModelPool
 from modelpod.repository import Repository
@@ -91,6 +92,7 @@ class ModelServer:
         config = uvicorn.Config(
             create_app(self.service, self.settings.max_message_size),
             log_level=self.settings.log_level,
+            log_config=None,  # logging is configured once, by modelpod.logs
             access_log=False,
             lifespan="off",
             proxy_headers=False,  # listening on its own address, not behind a proxy it should trust
@@ -156,7 +158,7 @@ def serve(
     `store_models` are `identifier[:version]` references into the store at `settings.store`.
     """
     settings = settings or Settings(**overrides)
-    _configure_logging(settings.log_level)
+    logs.configure(settings.log_level, settings.log_format)
     repository = build_repository(targets, settings)
     announcer = None
     if store_models:
@@ -207,7 +209,3 @@ def _tune_garbage_collection() -> None:
 
 def _say(message: str) -> None:
     print(f"modelpod: {message}", flush=True)
-
-
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")

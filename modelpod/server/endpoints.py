@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from modelpod import logs
 from modelpod.errors import (
     ERROR_NAME_HEADER,
     InvalidInput,
@@ -148,18 +149,26 @@ def handled(endpoint: Endpoint) -> Endpoint:
 
     @functools.wraps(endpoint)
     async def wrapper(request: Request) -> Response:
-        try:
-            return await endpoint(request)
-        except ClientGone:
-            return Response(status_code=499)  # nobody reads it; the status is for logs and proxies
-        except ModelpodError as error:
-            return error_response(error)
-        except Exception:
-            failure = ModelError("internal server error")
-            logger.exception("error id %s: %s %s failed", failure.error_id, request.method, request.url.path)
-            return error_response(failure)
+        rid = logs.new_request_id(request.headers.get(logs.REQUEST_ID_HEADER))
+        logs.request_id.set(rid)  # each request runs in a task of its own: this is its context
+        response = await _answer(endpoint, request)
+        response.headers[logs.REQUEST_ID_HEADER] = rid
+        return response
 
     return wrapper
+
+
+async def _answer(endpoint: Endpoint, request: Request) -> Response:
+    try:
+        return await endpoint(request)
+    except ClientGone:
+        return Response(status_code=499)  # nobody reads it; the status is for logs and proxies
+    except ModelpodError as error:
+        return error_response(error)
+    except Exception:
+        failure = ModelError("internal server error")
+        logger.exception("error id %s: %s %s failed", failure.error_id, request.method, request.url.path)
+        return error_response(failure)
 
 
 def error_response(error: ModelpodError) -> Response:

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from modelpod import types
+from modelpod import logs, types
 from modelpod.errors import (
     ERROR_NAME_HEADER,
     ModelError,
@@ -38,11 +38,16 @@ def guarded(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
 
     @functools.wraps(handler)
     async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext[Any, Any]) -> Resp:
+        given = dict(context.invocation_metadata() or ()).get(logs.REQUEST_ID_HEADER)
+        rid = logs.new_request_id(given if isinstance(given, str) else None)
+        logs.request_id.set(rid)  # each call runs in a task of its own: this is its context
         try:
-            return await handler(self, request, context)
+            answer = await handler(self, request, context)
         except Exception as error:
-            await abort(context, typed(error, handler.__name__))
-        raise AssertionError("abort() always raises")  # pragma: no cover
+            await abort(context, typed(error, handler.__name__), rid)
+            raise AssertionError("abort() always raises") from None  # pragma: no cover
+        context.set_trailing_metadata(((logs.REQUEST_ID_HEADER, rid),))
+        return answer
 
     return wrapper
 
@@ -56,8 +61,10 @@ def typed(error: Exception, where: str) -> ModelpodError:
     return failure
 
 
-async def abort(context: grpc.aio.ServicerContext[Any, Any], error: ModelpodError) -> None:
-    metadata: list[tuple[str, str]] = [] if error.from_model else [(ERROR_NAME_HEADER, type(error).__name__)]
+async def abort(context: grpc.aio.ServicerContext[Any, Any], error: ModelpodError, rid: str) -> None:
+    metadata: list[tuple[str, str]] = [(logs.REQUEST_ID_HEADER, rid)]
+    if not error.from_model:
+        metadata.append((ERROR_NAME_HEADER, type(error).__name__))
     if isinstance(error, Unavailable) and error.retry_after is not None:
         metadata.append(("retry-after", str(max(1, round(error.retry_after)))))
     if isinstance(error, ModelError):

@@ -1,0 +1,67 @@
+"""Server logs: readable text, or one JSON object per line (`MODELPOD_LOG_FORMAT=json`), each line
+about a request carrying its request id.
+
+The id comes from the client (`X-Request-Id` header, `x-request-id` gRPC metadata) or is made up,
+is returned to the client, and follows the request onto the threads that run its model.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import sys
+import time
+import uuid
+
+import orjson
+
+REQUEST_ID_HEADER = "x-request-id"
+request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("modelpod_request_id", default=None)
+
+
+def new_request_id(given: str | None = None) -> str:
+    """The client's id when it gave a sensible one, else a fresh one."""
+    if given and len(given) <= 128 and given.isprintable():
+        return given
+    return uuid.uuid4().hex[:16]
+
+
+class _RequestIdFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        rid = request_id.get()
+        record.request_id = rid
+        record.request_tag = f" [request {rid}]" if rid else ""
+        return True
+
+
+_TEXT = "%(asctime)s %(levelname)s %(name)s%(request_tag)s: %(message)s"
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        rid = getattr(record, "request_id", None)
+        if rid:
+            entry["request_id"] = rid
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return orjson.dumps(entry).decode()
+
+
+def configure(level: str, fmt: str = "text") -> None:
+    """Send every log line to stderr in `fmt` ("text" or "json"), with request ids."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_JsonFormatter() if fmt == "json" else logging.Formatter(_TEXT))
+    handler.addFilter(_RequestIdFilter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for name in ("uvicorn", "uvicorn.error"):  # one format for every line the server writes
+        logging.getLogger(name).handlers[:] = []
+        logging.getLogger(name).propagate = True
