@@ -7,9 +7,10 @@ import json
 import grpc
 import httpx
 
-from conftest import StartServer, servable
 from modelpod.protocol import native
 from modelpod.protocol._generated import native_pb2, native_pb2_grpc
+
+from conftest import StartServer, servable
 
 
 def test_request_ids_come_back_and_reach_the_log_lines_about_the_request(start_server: StartServer) -> None:
