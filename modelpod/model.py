@@ -123,13 +123,17 @@ class Model:
     @property
     def model_dir(self) -> Path:
         """This instance's own folder, under the data path, per model name and version."""
-        path = self.data_path / self.model_name / self.version
-        path.mkdir(parents=True, exist_ok=True)
-        return path
+        self._folder.mkdir(parents=True, exist_ok=True)
+        return self._folder
+
+    @property
+    def _folder(self) -> Path:
+        """Where this instance's files live, whether or not the folder exists yet."""
+        return self.data_path / self.model_name / self.version
 
     @property
     def _info_file(self) -> Path:
-        return self.data_path / self.model_name / self.version / "model_info.json"
+        return self._folder / "model_info.json"
 
     @property
     def model_info(self) -> dict[str, Any]:
@@ -184,7 +188,7 @@ class Model:
 
     def _entries(self) -> list[dict[str, Any]]:
         if self._log is None:
-            path = self.data_path / self.model_name / self.version / "log.jsonl"
+            path = self._folder / "log.jsonl"
             lines = path.read_text().splitlines() if path.exists() else []
             self._log = [json.loads(line) for line in lines if line.strip()]
         return self._log

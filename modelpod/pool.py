@@ -209,12 +209,6 @@ class ModelPool:
         with self._lock:
             return list(self._entries)
 
-    def runner(self, key: Key) -> Loadable | None:
-        """The loaded runner for `key`, without holding it (for statistics and metadata)."""
-        with self._lock:
-            entry = self._entries.get(key)
-            return entry.runner if entry is not None else None
-
     def stats(self) -> PoolStats:
         with self._lock:
             live = [*self._entries.values(), *self._retiring]

@@ -11,10 +11,10 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from modelpod import __version__
 from modelpod.batching import Batcher
@@ -45,6 +45,21 @@ class Options:
 
 
 DEFAULT_OPTIONS = Options()
+PLATFORM = "modelpod"
+
+
+class ServerFacts(NamedTuple):
+    name: str
+    version: str
+    extensions: Sequence[str]
+
+
+class ModelFacts(NamedTuple):
+    name: str
+    versions: Sequence[str]
+    platform: str
+    inputs: Sequence[TensorSpec]
+    outputs: Sequence[TensorSpec]
 
 
 def request_options(priority: Any = None, timeout: Any = None, protocol: str = "python") -> Options:
@@ -310,18 +325,17 @@ class InferenceService:
         results = await self._observed(hosted, version, options, work)
         return version, outputs_of(hosted.probe, results)
 
-    def server_metadata(self) -> dict[str, Any]:
-        return {"name": self.name, "version": __version__, "extensions": list(EXTENSIONS)}
+    def server_facts(self) -> ServerFacts:
+        """What the server says of itself; the edges give it the protocol's shape."""
+        return ServerFacts(self.name, __version__, EXTENSIONS)
 
-    def model_metadata(self, name: str, version: str | None = None) -> dict[str, Any]:
+    def model_facts(self, name: str, version: str | None = None) -> ModelFacts:
+        """What a model (one version, or all of them) says of itself, for the metadata calls."""
         hosted, resolved = self.repository.resolve(name, version)
-        return {
-            "name": hosted.name,
-            "versions": [resolved] if version else self.repository.versions(name),
-            "platform": "modelpod",
-            "inputs": [spec.as_dict() for spec in hosted.probe.input_specs()],
-            "outputs": [spec.as_dict() for spec in hosted.probe.output_specs()],
-        }
+        versions = [resolved] if version else self.repository.versions(name)
+        return ModelFacts(
+            hosted.name, versions, PLATFORM, hosted.probe.input_specs(), hosted.probe.output_specs()
+        )
 
     def model_config(self, name: str, version: str | None = None) -> dict[str, Any]:
         """The model's configuration in Triton's shape (what `tritonclient`'s get_model_config reads)."""
@@ -329,7 +343,7 @@ class InferenceService:
         batching = hosted.batching
         config: dict[str, Any] = {
             "name": hosted.name,
-            "platform": "modelpod",
+            "platform": PLATFORM,
             "backend": "python",
             "max_batch_size": batching.max_batch_size if batching.enabled else 0,
             "input": [_config_tensor(spec) for spec in hosted.probe.input_specs()],

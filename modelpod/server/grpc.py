@@ -96,11 +96,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ServerMetadata(
         self, request: pb.ServerMetadataRequest, context: Any
     ) -> pb.ServerMetadataResponse:
-        return pb.ServerMetadataResponse(**self.service.server_metadata())
+        return pb.ServerMetadataResponse(**v2.server_metadata_json(*self.service.server_facts()))
 
     @guarded
     async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Any) -> pb.ModelMetadataResponse:
-        return pb.ModelMetadataResponse(**self.service.model_metadata(request.name, request.version or None))
+        return v2.model_metadata_grpc(*self.service.model_facts(request.name, request.version or None))
 
     @guarded
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:

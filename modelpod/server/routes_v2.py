@@ -47,7 +47,7 @@ def routes() -> list[BaseRoute]:
 
 @handled
 async def server_metadata(request: Request) -> Response:
-    return json_response(service_of(request).server_metadata())
+    return json_response(v2.server_metadata_json(*service_of(request).server_facts()))
 
 
 @handled
@@ -65,7 +65,9 @@ async def ready(request: Request) -> Response:
 @handled
 async def model_metadata(request: Request) -> Response:
     params = request.path_params
-    return json_response(service_of(request).model_metadata(params["name"], params.get("version")))
+    return json_response(
+        v2.model_metadata_json(*service_of(request).model_facts(params["name"], params.get("version")))
+    )
 
 
 @handled
