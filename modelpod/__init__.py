@@ -4,6 +4,7 @@ from typing import TYPE_CHECKING, Any
 
 from modelpod.errors import (
     Conflict,
+    Forbidden,
     InvalidInput,
     ModelError,
     ModelLoadError,
@@ -11,12 +12,14 @@ from modelpod.errors import (
     NotFound,
     ProcessorError,
     Timeout,
+    Unauthenticated,
     Unavailable,
 )
-from modelpod.model import Model, as_model
+from modelpod.model import STREAM_END, Model, as_model
 from modelpod.pipeline import Pipeline
 from modelpod.router import Router
 from modelpod.runner import Runner
+from modelpod.served_pipeline import ServedPipeline
 from modelpod.types import Response, TensorSpec
 
 __version__ = "0.1.0"
@@ -58,6 +61,7 @@ __all__ = [
     "AsyncClient",
     "Client",
     "Conflict",
+    "Forbidden",
     "InvalidInput",
     "Model",
     "ModelError",
@@ -70,9 +74,12 @@ __all__ = [
     "Response",
     "Router",
     "Runner",
+    "STREAM_END",
+    "ServedPipeline",
     "Store",
     "TensorSpec",
     "Timeout",
+    "Unauthenticated",
     "Unavailable",
     "__version__",
     "as_model",

@@ -28,13 +28,21 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from modelpod.errors import ModelError, ModelpodError, Timeout, Unavailable
 
 logger = logging.getLogger("modelpod.batching")
 
 RunBatch = Callable[[list[Any]], Sequence[Any]]
+
+
+class Timed(Protocol):
+    """Told of its own request's wait and its batch's compute time (see `modelpod.timing`)."""
+
+    def ran(self, queue: float, compute: float) -> None: ...
+
+
 # Told of every batch run: its rows, the seconds the model computed, and each request's wait in the queue.
 BatchObserver = Callable[[int, float, list[float]], None]
 
@@ -81,6 +89,7 @@ class _Request:
     deadline: float | None = field(compare=False)
     arrived: float = field(compare=False)
     future: Future[Any] | asyncio.Future[Any] = field(compare=False)
+    timing: Timed | None = field(default=None, compare=False)
 
     @property
     def priority(self) -> int:
@@ -133,13 +142,17 @@ class Batcher:
         return future
 
     def submit_async(
-        self, inputs: Any, rows: int = 1, priority: int = 0, deadline: float | None = None
+        self,
+        inputs: Any,
+        rows: int = 1,
+        priority: int = 0,
+        deadline: float | None = None,
+        timing: Timed | None = None,
     ) -> asyncio.Future[Any]:
         """`submit` for a caller on an event loop: an asyncio future, settled a whole batch at a time."""
         future = asyncio.get_running_loop().create_future()
-        self._enqueue(
-            _Request((-priority, next(self._arrivals)), inputs, max(rows, 1), deadline, self._clock(), future)
-        )
+        arrival = (-priority, next(self._arrivals))
+        self._enqueue(_Request(arrival, inputs, max(rows, 1), deadline, self._clock(), future, timing))
         return future
 
     def _enqueue(self, request: _Request) -> None:
@@ -263,8 +276,12 @@ class Batcher:
             failure = ModelError(f"{self.name}: batch failed with {type(error).__name__}")
             logger.exception("error id %s: batch of %s failed", failure.error_id, self.name)
             results = [failure] * len(live)
+        compute = self._clock() - started
         if self._observer is not None:
-            self._observer(rows, self._clock() - started, [started - r.arrived for r in live])
+            self._observer(rows, compute, [started - r.arrived for r in live])
+        for request in live:
+            if request.timing is not None:
+                request.timing.ran(started - request.arrived, compute)
         if len(results) != len(live):
             failure = ModelError(f"{self.name}: {len(results)} results for a batch of {len(live)}")
             results = [failure] * len(live)

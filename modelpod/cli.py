@@ -1,4 +1,4 @@
-"""The command line: `modelpod serve MODEL...`."""
+"""The command line: `modelpod serve MODEL...`, `modelpod train ...`, `modelpod models ...`."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 from typing import Any
+
+from modelpod import cli_ray, cli_train
 
 EPILOG = """Each MODEL is FILE.py:Class, package.module:Class, or NAME=... to serve it under another
 name. A model is a modelpod.Model subclass, a class with __init__(config) and
@@ -31,8 +33,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="IDENTIFIER[:VERSION]",
         help="serve a model recorded in the store (--store); repeatable",
     )
+    serve.add_argument(
+        "--pipeline",
+        dest="pipelines",
+        action="append",
+        default=[],
+        metavar="NAME=MODEL,MODEL,...",
+        help="serve the named models as one model NAME, each step's result the next one's input; "
+        "MODEL|MODEL branches (?branch=MODEL picks one, the first by default); repeatable",
+    )
     _add_settings(serve)
+    cli_ray.add_options(serve)
     _add_models_command(commands)
+    cli_train.add_command(commands)
     return parser
 
 
@@ -76,16 +89,19 @@ def run_serve(arguments: argparse.Namespace) -> int:
     from modelpod.config import Settings
     from modelpod.errors import ModelpodError
     from modelpod.loader import parse_reference
+    from modelpod.served_pipeline import parse_pipeline
     from modelpod.server.app import serve
 
     overrides: dict[str, Any] = {
         key: value
         for key, value in vars(arguments).items()
-        if key not in ("command", "models", "store_models") and value is not None
+        if key not in ("command", "models", "store_models", "pipelines", *cli_ray.OPTIONS)
+        and value is not None
     }
     try:
         settings = Settings(**overrides)
         targets = [_named(parse_reference(reference)) for reference in arguments.models]
+        targets += [parse_pipeline(text) for text in arguments.pipelines]
     except (ValidationError, ValueError) as error:
         print(f"modelpod: {error}", file=sys.stderr)
         return 2
@@ -93,6 +109,8 @@ def run_serve(arguments: argparse.Namespace) -> int:
         print("modelpod: nothing to serve: give a MODEL, or --store URL --model IDENTIFIER", file=sys.stderr)
         return 2
     try:
+        if arguments.backend == "ray":
+            return cli_ray.run(arguments, targets, settings)
         serve(*targets, settings=settings, store_models=arguments.store_models)
     except (OSError, ModelpodError, ValueError) as error:
         print(f"modelpod: {error}", file=sys.stderr)
@@ -153,6 +171,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments = build_parser().parse_args(argv)
     if arguments.command == "serve":
         return run_serve(arguments)
+    if arguments.command == "train":
+        return cli_train.run(arguments)
     return run_models(arguments)
 
 

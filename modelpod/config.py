@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field
+from pydantic import BeforeValidator, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _UNITS = {
@@ -87,3 +87,19 @@ class Settings(BaseSettings):
     allow_pickle: bool = Field(
         False, description="allow store models kept pickled (runs code from the store)"
     )
+    api_keys: SecretStr | None = Field(
+        None,
+        description="API keys as ROLE:KEY pairs, comma-separated; ROLE is predict or admin "
+        "(none: no authentication; prefer this variable or a key file to the flag, which ps shows)",
+    )
+    api_key_file: Path | None = Field(
+        None, description="a file of ROLE:KEY lines (# comments), added to the API keys"
+    )
+    tls_cert: Path | None = Field(None, description="PEM certificate (chain): serve HTTPS and gRPC over TLS")
+    tls_key: Path | None = Field(None, description="PEM private key of the TLS certificate")
+
+    @model_validator(mode="after")
+    def _tls_needs_both_files(self) -> Settings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("TLS needs both a certificate and its key: give --tls-cert and --tls-key")
+        return self

@@ -2,6 +2,8 @@
 
     ModelpodError
      ├── InvalidInput        400  INVALID_ARGUMENT   the request is wrong; the message names the field
+     ├── Unauthenticated     401  UNAUTHENTICATED    no API key, or one the server does not know
+     ├── Forbidden           403  PERMISSION_DENIED  the key's role may not do this
      ├── NotFound            404  NOT_FOUND          unknown model, version or route
      ├── Conflict            409  FAILED_PRECONDITION the model is busy with something exclusive (training)
      ├── PayloadTooLarge     413  RESOURCE_EXHAUSTED  the request body is over the limit
@@ -38,6 +40,14 @@ class ModelpodError(Exception):
 
 class InvalidInput(ModelpodError):
     """The request cannot be run as it is: a missing, extra or malformed field."""
+
+
+class Unauthenticated(ModelpodError):
+    """The server wants an API key (`Authorization: Bearer KEY`) and got none it knows."""
+
+
+class Forbidden(ModelpodError):
+    """The API key is known, but its role may not do this (a `predict` key asking to train, say)."""
 
 
 class NotFound(ModelpodError):
@@ -97,6 +107,8 @@ class Timeout(ModelpodError):
 # The one table: error class -> (HTTP status, gRPC status code name). Most specific first.
 _STATUS: tuple[tuple[type[ModelpodError], int, str], ...] = (
     (InvalidInput, 400, "INVALID_ARGUMENT"),
+    (Unauthenticated, 401, "UNAUTHENTICATED"),
+    (Forbidden, 403, "PERMISSION_DENIED"),
     (NotFound, 404, "NOT_FOUND"),
     (Conflict, 409, "FAILED_PRECONDITION"),
     (PayloadTooLarge, 413, "RESOURCE_EXHAUSTED"),
@@ -137,7 +149,17 @@ for _cls, _http, _grpc in _STATUS:
 ERROR_NAME_HEADER = "x-modelpod-error"
 _BY_NAME: dict[str, type[ModelpodError]] = {
     cls.__name__: cls
-    for cls in (InvalidInput, NotFound, Conflict, PayloadTooLarge, ModelLoadError, Unavailable, Timeout)
+    for cls in (
+        InvalidInput,
+        Unauthenticated,
+        Forbidden,
+        NotFound,
+        Conflict,
+        PayloadTooLarge,
+        ModelLoadError,
+        Unavailable,
+        Timeout,
+    )
 }
 
 

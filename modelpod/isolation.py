@@ -3,13 +3,19 @@ evicts it like any other (see `modelpod.workers` for the processes themselves)."
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
 from modelpod.errors import InvalidInput, ModelpodError
 from modelpod.model import Model
 from modelpod.workers import WorkerPool
+
+call_deadline: ContextVar[float | None] = ContextVar("modelpod_call_deadline", default=None)
+"""When the request being run must be answered (`time.monotonic()`), if it has a deadline: a worker
+still computing it then is abandoned and replaced, like one past the model's own timeout."""
 
 
 class ProcessRunner:
@@ -38,12 +44,20 @@ class ProcessRunner:
         return self.predict_batch([inputs])[0]
 
     def predict_batch(self, items: Sequence[Mapping[str, Any]], skip_errors: bool = False) -> list[Any]:
-        results = self._workers.run_batch([dict(item) for item in items], timeout=self.timeout)
+        results = self._workers.run_batch([dict(item) for item in items], timeout=self._timeout())
         if not skip_errors:
             for result in results:
                 if isinstance(result, ModelpodError):
                     raise result
         return results
+
+    def _timeout(self) -> float | None:
+        """The model's timeout, or less: what is left until the request's deadline."""
+        deadline = call_deadline.get()
+        if deadline is None:
+            return self.timeout
+        remaining = deadline - time.monotonic()
+        return remaining if self.timeout is None else min(remaining, self.timeout)
 
     def train(self, **options: Any) -> Any:
         raise InvalidInput(f"model {self.model.model_name} runs in worker processes: train it in-process")

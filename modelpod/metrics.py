@@ -1,15 +1,15 @@
 """Prometheus metrics of one server (`GET /metrics`), in a registry of its own.
 
 Recorded as things happen: requests by protocol and outcome, request latency, model compute time,
-time queued, batch sizes. Read when scraped: queue depth, requests in flight, and the pool's loads,
-evictions and load time.
+time queued, batch sizes, training jobs, streamed items and streams cancelled. Read when scraped:
+queue depth, requests in flight, and the pool's loads, evictions and load time.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -50,6 +50,20 @@ class ServerMetrics:
         self.batch_rows = Histogram(
             "modelpod_batch_size_rows", "Rows per model call", _MODEL, buckets=_ROWS, registry=self.registry
         )
+        self.training_running = Gauge(
+            "modelpod_training_jobs_running", "Training jobs running", _MODEL, registry=self.registry
+        )
+        self.training_jobs = Counter(
+            "modelpod_training_jobs", "Training jobs ended, by outcome (succeeded or failed)",
+            [*_MODEL, "outcome"], registry=self.registry,
+        )  # fmt: skip
+        self.streams_cancelled = Counter(
+            "modelpod_streams_cancelled", "Streams stopped early because their client went away",
+            [*_MODEL, "protocol"], registry=self.registry,
+        )  # fmt: skip
+        self.stream_items = Counter(
+            "modelpod_stream_items", "Items streamed to clients", _MODEL, registry=self.registry
+        )
         self.registry.register(_LiveState(pool, queue_depths, in_flight))
 
     def request(self, model: str, version: str, protocol: str, outcome: str, seconds: float) -> None:
@@ -62,6 +76,23 @@ class ServerMetrics:
         queue = self.queue_seconds.labels(model, version)
         for wait in waits:
             queue.observe(wait)
+
+    def training_started(self, model: str, version: str) -> None:
+        self.training_running.labels(model, version).inc()
+
+    def training_ended(self, model: str, version: str, outcome: str) -> None:
+        self.training_running.labels(model, version).dec()
+        self.training_jobs.labels(model, version, outcome).inc()
+
+    def stream(
+        self, model: str, version: str, protocol: str, outcome: str, seconds: float, items: int
+    ) -> None:
+        """A stream ended: a request (its latency the whole stream), its items, and whether its
+        client left before the end (outcome "cancelled")."""
+        self.request(model, version, protocol, outcome, seconds)
+        self.stream_items.labels(model, version).inc(items)
+        if outcome == "cancelled":
+            self.streams_cancelled.labels(model, version, protocol).inc()
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -81,7 +112,11 @@ class _LiveState(Collector):
         self.in_flight = in_flight
 
     def collect(self) -> Iterator[Metric]:
-        depth = GaugeMetricFamily("modelpod_queue_depth_rows", "Rows waiting to be batched", labels=_MODEL)
+        depth = GaugeMetricFamily(
+            "modelpod_queue_depth_rows",
+            "Rows waiting to be batched, or requests for a model thread",
+            labels=_MODEL,
+        )
         for (model, version), rows in self.queue_depths().items():
             depth.add_metric([model, version], rows)
         yield depth

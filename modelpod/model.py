@@ -9,6 +9,9 @@ A model is a class with `predict`. Everything else is optional:
         def train(self, **options): ...       # report progress with self.report(step=, total=, **metrics)
         def teardown(self): ...               # free what setup took
 
+A `predict` that yields (a generator, sync or async) streams: each item reaches the client as it is
+produced. A streaming `predict_batch` yields `(request index, item)` pairs for a whole batch.
+
 An *instance* is the class plus a version: its own `config`, `model_dir` and `model_info`, found
 again on disk when the same name and version are created later.
 """
@@ -39,6 +42,16 @@ RESERVED_BYTES_ARGUMENT = "binary_data"
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
+class _StreamEnd:
+    def __repr__(self) -> str:
+        return "modelpod.STREAM_END"
+
+
+STREAM_END: Any = _StreamEnd()
+"""What a streaming `predict_batch` yields as `(index, STREAM_END)` when request `index` has all its
+items: that request's stream ends there, while the others go on."""
+
+
 def check_name(kind: str, value: str) -> str:
     """Names become folder names: refuse anything that could escape the data path."""
     if not isinstance(value, str) or not _NAME_PATTERN.fullmatch(value) or ".." in value:
@@ -64,6 +77,8 @@ class Model:
       max_batch_size, max_batch_delay_ms, max_queue_size, preferred_batch_sizes:
                dynamic batching (see modelpod.batching); max_batch_size 1, the default, is none
       isolation, workers: "process" runs a server's copies of the model in `workers` processes
+      memory_budget: bytes a server's loaded versions of the model may take together; before a
+               load would pass it, the least recently used versions are evicted (see modelpod.pool)
     """
 
     name: ClassVar[str | None] = None
@@ -76,6 +91,7 @@ class Model:
     preferred_batch_sizes: ClassVar[Sequence[int]] = ()
     isolation: ClassVar[str] = "thread"  # or "process": run in `workers` processes of their own
     workers: ClassVar[int] = 1
+    memory_budget: ClassVar[int | None] = None
 
     def __new__(cls, *args: Any, serve: bool = False, **kwargs: Any) -> Any:
         """`MyModel(k=3, serve=True)` gives a `RemoteModel` standing for the model, not the model."""
@@ -226,6 +242,14 @@ class Model:
     def has_train(self) -> bool:
         return callable(getattr(self, "train", None))
 
+    def is_streaming(self) -> bool:
+        """Whether `predict` yields its answer item by item (a generator, sync or async)."""
+        return _yields(self.signature_target())
+
+    def streams_batches(self) -> bool:
+        """Whether `predict_batch` is a generator of `(request index, item)` pairs (see STREAM_END)."""
+        return self.has_batch() and inspect.isgeneratorfunction(getattr(self, "predict_batch"))  # noqa: B009
+
     def accepts_query_params(self) -> bool:
         """Whether `predict` takes the request's query string (as `query_params`)."""
         return "query_params" in inspect.signature(self.signature_target()).parameters
@@ -288,6 +312,9 @@ class PredictorAdapter(Model):
 
     def accepts_query_params(self) -> bool:
         return True
+
+    def is_streaming(self) -> bool:
+        return _yields(getattr(self.predictor_class, "predict"))  # noqa: B009
 
     def input_specs(self) -> tuple[TensorSpec, ...]:
         return (TensorSpec("payload", "BYTES", (-1,)),)
@@ -378,6 +405,10 @@ def derive_input_specs(target: Callable[..., Any]) -> tuple[TensorSpec, ...]:
 def class_path(target: Any) -> str:
     """`module:QualifiedName` of a class or function, the form `modelpod serve` accepts."""
     return f"{target.__module__}:{target.__qualname__}"
+
+
+def _yields(function: Any) -> bool:
+    return inspect.isgeneratorfunction(function) or inspect.isasyncgenfunction(function)
 
 
 def _plain(value: Any) -> Any:

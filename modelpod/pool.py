@@ -1,7 +1,10 @@
 """The LRU pool of loaded model instances.
 
-- Bounded per model (how many versions of one model stay loaded) and, optionally, by memory
-  for all models together (each instance's cost is measured when it loads).
+- Bounded per model (how many versions of one model stay loaded) and, optionally, by memory:
+  for all models together, and for the versions of one model (its `memory_budget`). Each
+  instance's cost is measured when it loads; before a load, the cost is taken to be what the
+  same version, else another version of the model, cost last time, so that room is made before
+  a budget is exceeded rather than after.
 - Loads take a lock per instance, never one for the whole pool: a slow load of one version does
   not stall requests to another, and concurrent first requests load an instance once.
 - An instance with requests in flight is never torn down under them: eviction retires it, and the
@@ -75,9 +78,11 @@ class ModelPool:
         self.load_errors: dict[Key, str] = {}
 
     @contextmanager
-    def use(self, key: Key, factory: Callable[[], R]) -> Iterator[R]:
-        """The loaded runner for `key`, loading it with `factory` if needed, held while in use."""
-        entry = self._acquire(key) or self._load(key, factory)
+    def use(self, key: Key, factory: Callable[[], R], model_budget: int | None = None) -> Iterator[R]:
+        """The loaded runner for `key`, loading it with `factory` if needed, held while in use.
+
+        `model_budget`: bytes the loaded versions of this model may take together."""
+        entry = self._acquire(key) or self._load(key, factory, model_budget)
         try:
             yield cast(R, entry.runner)
         finally:
@@ -91,17 +96,24 @@ class ModelPool:
                 self._entries.move_to_end(key)
             return entry
 
-    def _load(self, key: Key, factory: Callable[[], Loadable]) -> _Entry:
+    def _load(self, key: Key, factory: Callable[[], Loadable], model_budget: int | None) -> _Entry:
         with self._lock:
             key_lock = self._load_locks.setdefault(key, threading.Lock())
         with key_lock:
             entry = self._acquire(key)  # someone else may have loaded it while we waited
             if entry is not None:
                 return entry
-            self._make_room(key, self._costs.get(key, 0))
-            return self._load_now(key, factory)
+            self._make_room(key, self._expected_cost(key), model_budget)
+            return self._load_now(key, factory, model_budget)
 
-    def _load_now(self, key: Key, factory: Callable[[], Loadable]) -> _Entry:
+    def _expected_cost(self, key: Key) -> int:
+        """What loading `key` will cost: its last cost, else the largest of its model's other versions."""
+        with self._lock:
+            if key in self._costs:
+                return self._costs[key]
+            return max((cost for other, cost in self._costs.items() if other[0] == key[0]), default=0)
+
+    def _load_now(self, key: Key, factory: Callable[[], Loadable], model_budget: int | None) -> _Entry:
         before, started = used_bytes(), time.perf_counter()
         try:
             runner = factory()
@@ -122,7 +134,10 @@ class ModelPool:
             self._stats.loads += 1
             self._stats.load_seconds += seconds
         logger.info("loaded %s:%s in %.2f s (%.1f MiB)", *key, seconds, cost / 2**20)
-        self._make_room(key, 0)
+        if model_budget is not None and cost > model_budget:
+            logger.warning("%s:%s alone takes %.1f MiB, over its model's memory budget of %.1f MiB",
+                           *key, cost / 2**20, model_budget / 2**20)  # fmt: skip
+        self._make_room(key, 0, model_budget)
         return entry
 
     def _release(self, entry: _Entry) -> None:
@@ -134,26 +149,36 @@ class ModelPool:
         if done:
             self._teardown(entry)
 
-    def _make_room(self, incoming: Key, incoming_cost: int) -> None:
-        """Retire least recently used instances until the incoming one fits both bounds."""
+    def _make_room(self, incoming: Key, incoming_cost: int, model_budget: int | None = None) -> None:
+        """Retire least recently used instances until the incoming one fits every bound."""
         with self._lock:
             others = [e for e in self._entries.values() if e.key != incoming and e.key not in self._pinned]
             same_model = [e for e in others if e.key[0] == incoming[0]]
             chosen = same_model[: max(len(same_model) - (self.per_model - 1), 0)]
+            pending = 0 if incoming in self._entries else incoming_cost
+            if model_budget is not None:
+                own = [e for e in self._entries.values() if e.key[0] == incoming[0]]
+                self._choose_until(model_budget, own, same_model, pending, chosen)
             if self.memory_budget is not None:
-                pending = 0 if incoming in self._entries else incoming_cost
-                total = sum(e.cost_bytes for e in self._entries.values()) + pending
-                total -= sum(e.cost_bytes for e in chosen)
-                for entry in others:
-                    if total <= self.memory_budget:
-                        break
-                    if entry not in chosen:
-                        chosen.append(entry)
-                        total -= entry.cost_bytes
+                self._choose_until(self.memory_budget, list(self._entries.values()), others, pending, chosen)
             idle = [self._retire(entry, "pool full") for entry in chosen]
         for victim in idle:
             if victim is not None:
                 self._teardown(victim)
+
+    @staticmethod
+    def _choose_until(
+        budget: int, counted: list[_Entry], candidates: list[_Entry], pending: int, chosen: list[_Entry]
+    ) -> None:
+        """Add candidates to `chosen`, least recently used first, until `counted` (less what is chosen)
+        and `pending` bytes fit `budget` (pool lock held)."""
+        total = sum(e.cost_bytes for e in counted if e not in chosen) + pending
+        for entry in candidates:
+            if total <= budget:
+                return
+            if entry not in chosen:
+                chosen.append(entry)
+                total -= entry.cost_bytes
 
     @contextmanager
     def pinned(self, key: Key) -> Iterator[None]:

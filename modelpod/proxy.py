@@ -1,7 +1,7 @@
 """`RemoteModel`: one object for a model wherever it lives.
 
 - `MyModel(k=3, serve=True)` gives a proxy holding the original, created on first use.
-- With no store attached, `predict` runs the original in-process, through a Runner.
+- With no store attached, `predict` (and `predict_stream`) runs the original in-process, through a Runner.
 - After `store.apply(proxy)`, and while a server serves that version, `predict` calls the server.
 - `store.load(identifier)` gives a proxy that calls a live server, or loads the original locally.
 
@@ -11,11 +11,12 @@ route is logged.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
 from modelpod.errors import Interrupted, InvalidInput, ModelLoadError, Unavailable
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("modelpod.proxy")
 
 LOCAL = "local"
+_NOTHING: Any = object()
 _PROTOCOL_PREFERENCE = {"grpc": 0, "http": 1}
 
 
@@ -106,6 +108,27 @@ class RemoteModel:
         """Predict where the model lives now: on a live server if there is one, else here."""
         return self._call("predict", inputs)
 
+    def predict_stream(self, **inputs: Any) -> Generator[Any, None, None]:
+        """A streaming model's items, as they come, from where the model lives now (as `predict`).
+        A server that cannot be reached before the first item is passed over for the next place."""
+        for address in self._live_addresses():
+            items = self._client(address).predict_stream(**inputs)
+            with contextlib.closing(items):
+                try:
+                    first = next(items, _NOTHING)
+                except Interrupted:
+                    raise  # it may have run there: running it again here could do it twice
+                except Unavailable as error:  # never reached the server: try the next place
+                    self._skip(address, error)
+                    continue
+                self._set_route(f"remote {address}")
+                if first is not _NOTHING:
+                    yield first
+                    yield from items
+                return
+        self._set_route(LOCAL)
+        yield from self._local().predict_stream(**inputs)
+
     def log(self) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = self._call("log", {})
         return result
@@ -117,8 +140,7 @@ class RemoteModel:
             except Interrupted:
                 raise  # it may have run there: running it again here could do it twice
             except Unavailable as error:  # never reached the server: try the next place
-                logger.info("%s:%s: %s is unreachable (%s)", self.identifier, self.version, address, error)
-                self._unreachable.add(address)
+                self._skip(address, error)
                 continue
             self._set_route(f"remote {address}")
             return result
@@ -126,6 +148,10 @@ class RemoteModel:
         if method == "log":
             return self.original.log()
         return self._local().predict(**inputs)
+
+    def _skip(self, address: str, error: Unavailable) -> None:
+        logger.info("%s:%s: %s is unreachable (%s)", self.identifier, self.version, address, error)
+        self._unreachable.add(address)
 
     def _live_addresses(self) -> list[str]:
         """Servers announcing this version in the store, gRPC first (looked up every `refresh_seconds`)."""

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from modelpod.batching import BatchConfig
-from modelpod.errors import NotFound
+from modelpod.errors import InvalidInput, NotFound
 from modelpod.isolation import ProcessRunner
 from modelpod.model import DEFAULT_VERSION, Model, as_model, check_name
 from modelpod.runner import Runner
@@ -29,6 +29,7 @@ class HostedModel:
     batching: BatchConfig = field(default_factory=BatchConfig)
     workers: int = 0  # worker processes per loaded version; 0 runs the model on this process's threads
     query_params: bool = False  # whether its predict takes the request's query string
+    memory_budget: int | None = None  # bytes its loaded versions may take together (None: no bound)
 
 
 class Repository:
@@ -69,6 +70,7 @@ class Repository:
             batching=batching,
             workers=self.workers if self.workers is not None else probe.worker_processes(),
             query_params=probe.accepts_query_params(),
+            memory_budget=getattr(probe, "memory_budget", None),
         )
         with self._lock:
             if hosted.name in self._models:
@@ -101,18 +103,29 @@ class Repository:
         if version is None or version == "":
             return hosted, hosted.default_version
         check_name("version", version)
-        if (
-            version == hosted.default_version
-            or (self.data_path / name / version / "model_info.json").exists()
-        ):
+        if version == hosted.default_version or (self.folder(name, version) / "model_info.json").exists():
             return hosted, version
         known = ", ".join(self.versions(name))
         raise NotFound(
             f"model {name!r} has no version {version!r} (versions: {known}); create it with initialize"
         )
 
+    def folder(self, name: str, version: str) -> Path:
+        """Where a version's files live (its model_dir), whether or not it exists yet.
+
+        Versions come from requests: one whose folder is a symbolic link out of the model's folder
+        is refused (`InvalidInput`), so that no request reads or writes outside the data path.
+        """
+        folder = self.data_path / name / version
+        if not folder.resolve().is_relative_to((self.data_path / name).resolve()):
+            raise InvalidInput(
+                f"version {version!r} of model {name!r} is a link out of the model's folder; refused"
+            )
+        return folder
+
     def instance(self, hosted: HostedModel, version: str) -> Model:
         """A fresh, unloaded instance: enough to read its info and log, or to initialize it."""
+        self.folder(hosted.name, version)  # refuses a version that links out of the data path
         return as_model(hosted.target, version, name=hosted.name, data_path=self.data_path)
 
     def runner(self, hosted: HostedModel, version: str) -> Runner | ProcessRunner:

@@ -16,7 +16,7 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Generator, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
@@ -25,10 +25,18 @@ from modelpod import checks
 from modelpod.batching import BatchConfig, Batcher
 from modelpod.devices import select_device
 from modelpod.errors import InvalidInput, ModelError, ModelLoadError, ModelpodError, ProcessorError
-from modelpod.inputs import InputPreparer
-from modelpod.model import DEFAULT_VERSION, Model, as_model
+from modelpod.inputs import InputPreparer, Prepared
+from modelpod.model import DEFAULT_VERSION, STREAM_END, Model, as_model
 from modelpod.stacking import rows_of, split, stack
 from modelpod.stats import LatencyStats, StatsSnapshot
+from modelpod.streaming import (
+    Collected,
+    checked_pair,
+    collect_batch,
+    iterate_async,
+    model_aitems,
+    model_items,
+)
 
 logger = logging.getLogger("modelpod.runner")
 
@@ -225,6 +233,98 @@ class Runner:
         rows = rows_of(inputs) if self.model.is_tensor_model() else 1
         return self._batcher.submit(inputs, rows=rows, priority=priority, deadline=deadline)
 
+    # -- streaming: a predict that yields ----------------------------------------------------------
+
+    def predict_stream(self, *args: Any, **inputs: Any) -> Iterator[Any]:
+        """One request's items as the model yields them, each post-processed; a model whose `predict`
+        does not yield gives its result as the only item. Closing the iterator (or leaving a loop over
+        it) closes the model's generator, so its `finally` runs. (`predict` gathers them in a list.)
+
+        An async generator model runs on a private event loop here; on an event loop, use `stream`.
+        A stream counts once in `stats()`, its latency the time to its first item."""
+        items = self.stream(self._inputs.merge_positional(args, inputs))
+        return iterate_async(items) if isinstance(items, AsyncGenerator) else items
+
+    def stream(self, inputs: dict[str, Any]) -> Generator[Any, None, None] | AsyncGenerator[Any, None]:
+        """`predict_stream` for a caller on an event loop (the server): an async generator model's
+        items come as an async generator, to be iterated there; anything else as a generator."""
+        self.load()
+        started = time.perf_counter()
+        try:
+            prepared = self._prepare(inputs, "")
+            output = self._call_model(self.model.predict, (), prepared.values)
+        except ModelpodError:
+            self._stats.record(time.perf_counter() - started, False)
+            raise
+        if isinstance(output, AsyncGenerator):
+            return self._afinished(model_aitems(output, self._failure, self._label), prepared, started)
+        if isinstance(output, Generator):
+            return self._finished(model_items(output, self._call_model, self._label), prepared, started)
+        return self._finished(iter([output]), prepared, started)
+
+    def stream_batch(self, items: Sequence[Mapping[str, Any]]) -> Generator[tuple[int, Any], None, None]:
+        """Requests run as one batch, their items as `(request index, item)` as the model yields them:
+        an item (post-processed), a `ModelpodError` that ends that request's stream, or STREAM_END.
+        A streaming `predict_batch` yields per request; any other model gives each request one item."""
+        self.load()
+        prepared: dict[int, Prepared] = {}
+        for index, item in enumerate(items):
+            try:
+                if not isinstance(item, Mapping):
+                    raise InvalidInput(f"item {index}: expected a mapping of input names to values")
+                prepared[index] = self._prepare(dict(item), f"item {index}: ")
+            except ModelpodError as error:
+                yield index, error
+        order = list(prepared)  # the model sees the good requests only: positions map back to indexes
+        values = [prepared[index].values for index in order]
+        if not values:
+            return
+        if not self.model.streams_batches():
+            for index, output in zip(order, self._batch_outputs(values, skip_errors=True), strict=True):
+                if not isinstance(output, ModelpodError):
+                    output = self._safe_finish(prepared[index], output, skip_errors=True)
+                yield index, output
+            return
+        batch: Callable[..., Any] = self.model.predict_batch  # type: ignore[attr-defined]
+        for pair in model_items(self._call_model(batch, (values,), {}), self._call_model, self._label):
+            position, item = checked_pair(pair, len(order), self._label)
+            index = order[position]
+            if item is STREAM_END or isinstance(item, BaseException):
+                yield index, _as_item_error(item)
+            else:
+                yield index, self._safe_finish(prepared[index], item, skip_errors=True)
+
+    def _finished(
+        self, items: Generator[Any, None, None] | Iterator[Any], prepared: Prepared, started: float
+    ) -> Generator[Any, None, None]:
+        ok, first = True, None  # a stream its caller closes early did not fail
+        try:
+            for item in items:
+                first = first or time.perf_counter()
+                yield self._postprocess(prepared.restore(item))
+        except Exception:
+            ok = False
+            raise
+        finally:
+            if isinstance(items, Generator):
+                items.close()
+            self._stats.record((first or time.perf_counter()) - started, ok)
+
+    async def _afinished(
+        self, items: AsyncGenerator[Any, None], prepared: Prepared, started: float
+    ) -> AsyncGenerator[Any, None]:
+        ok, first = True, None
+        try:
+            async for item in items:
+                first = first or time.perf_counter()
+                yield self._postprocess(prepared.restore(item))
+        except Exception:
+            ok = False
+            raise
+        finally:
+            await items.aclose()
+            self._stats.record((first or time.perf_counter()) - started, ok)
+
     def initialize(self, **config: Any) -> dict[str, Any]:
         """Record a new config for this instance; it is set up again with it on next use."""
         info = self.model.initialize(**config)
@@ -233,11 +333,9 @@ class Runner:
 
     def train(self, **options: Any) -> Any:
         """Run the model's `train`; its progress is in `log()`."""
-        if not self.model.has_train():
-            raise InvalidInput(f"model {self.model.model_name!r} has no train() method")
+        check_train_options(self.model, options)
         self.load()
         train: Callable[..., Any] = self.model.train  # type: ignore[attr-defined]
-        _bind(_signature_of(train), options, f"{self.model.model_name}.train")
         return self._call_model(train, (), options)
 
     def log(self) -> list[dict[str, Any]]:
@@ -265,8 +363,7 @@ class Runner:
 
     def _run_one(self, inputs: dict[str, Any]) -> Any:
         prepared = self._prepare(inputs, "")
-        output = self._call_model(self.model.predict, (), prepared.values)
-        return self._postprocess(prepared.restore(output))
+        return self._finish(prepared, self._call_predict(prepared.values))
 
     def _run_chunk(self, chunk: Sequence[Mapping[str, Any]], offset: int, skip_errors: bool) -> list[Any]:
         started = time.perf_counter()
@@ -306,7 +403,7 @@ class Runner:
                     raise output
                 results.append(output)
             else:
-                results.append(self._safe_post(item.restore(output), skip_errors))
+                results.append(self._safe_finish(item, output, skip_errors))
         return results
 
     def _batch_outputs(self, items: list[dict[str, Any]], skip_errors: bool) -> list[Any]:
@@ -320,19 +417,22 @@ class Runner:
                 if not skip_errors:
                     raise
                 return [self._isolated(item) for item in items]  # find the failing items one by one
+            if isinstance(outputs, Generator):  # a streaming batch, gathered per request
+                pairs = model_items(outputs, self._call_model, self._label)
+                outputs = collect_batch(pairs, len(items), self._label)
             if not isinstance(outputs, Sequence) or len(outputs) != len(items):
                 count = len(outputs) if isinstance(outputs, Sequence) else type(outputs).__name__
                 raise ModelError(
                     f"{self.model!r}.predict_batch returned {count} results for {len(items)} requests"
                 )
             return [_as_item_error(o) for o in outputs]
-        if self.model.is_tensor_model() and len(items) > 1:
+        if self.model.is_tensor_model() and len(items) > 1 and not self.model.is_streaming():
             stacked = stack(items)
             if stacked is not None:
                 return self._stacked_outputs(*stacked, items, skip_errors)
         if skip_errors:
             return [self._isolated(item) for item in items]
-        return [self._call_model(self.model.predict, (), item) for item in items]
+        return [self._call_predict(item) for item in items]
 
     def _stacked_outputs(
         self, joined: dict[str, Any], rows: list[int], items: list[dict[str, Any]], skip_errors: bool
@@ -351,7 +451,7 @@ class Runner:
 
     def _isolated(self, item: dict[str, Any]) -> Any:
         try:
-            return self._call_model(self.model.predict, (), item)
+            return self._call_predict(item)
         except ModelpodError as error:
             return error
 
@@ -373,13 +473,28 @@ class Runner:
             output = _run_processor(processor, "postprocessor", output)
         return output
 
-    def _safe_post(self, output: Any, skip_errors: bool) -> Any:
+    def _finish(self, prepared: Prepared, output: Any) -> Any:
+        """A result as the caller gets it: restored and post-processed (a gathered stream item by item)."""
+        if isinstance(output, Collected):
+            return [self._postprocess(prepared.restore(item)) for item in output]
+        return self._postprocess(prepared.restore(output))
+
+    def _safe_finish(self, prepared: Prepared, output: Any, skip_errors: bool) -> Any:
         try:
-            return self._postprocess(output)
+            return self._finish(prepared, output)
         except ModelpodError as error:
             if not skip_errors:
                 raise
             return error
+
+    def _call_predict(self, values: dict[str, Any]) -> Any:
+        """`predict`'s result; the items of a `predict` that yields, gathered into a `Collected` list."""
+        output = self._call_model(self.model.predict, (), values)
+        if isinstance(output, Generator):
+            return Collected(model_items(output, self._call_model, self._label))
+        if isinstance(output, AsyncGenerator):
+            return Collected(iterate_async(model_aitems(output, self._failure, self._label)))
+        return output
 
     def _call_model(
         self, method: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, Any]
@@ -392,10 +507,13 @@ class Runner:
         except ModelpodError:
             raise
         except Exception as error:
-            # The client sees the exception's type and an id; the details stay in the log.
-            failure = ModelError(f"model {self._label} raised {type(error).__name__}")
-            logger.exception("error id %s: %r failed", failure.error_id, self.model)
-            raise failure from error
+            raise self._failure(error) from error
+
+    def _failure(self, error: Exception) -> ModelError:
+        """The client sees the exception's type and an id; the details stay in the log."""
+        failure = ModelError(f"model {self._label} raised {type(error).__name__}")
+        logger.error("error id %s: %r failed", failure.error_id, self.model, exc_info=error)
+        return failure
 
     @contextlib.contextmanager
     def _torch_context(self) -> Iterator[None]:
@@ -462,6 +580,14 @@ def _run_processor(processor: _Processor, kind: str, value: Any) -> Any:
             _describe(error),
         )
         raise failure from error
+
+
+def check_train_options(model: Model, options: Mapping[str, Any]) -> None:
+    """Refuse a train request before it starts: no `train`, or options it does not take."""
+    if not model.has_train():
+        raise InvalidInput(f"model {model.model_name!r} has no train() method")
+    train: Callable[..., Any] = model.train  # type: ignore[attr-defined]
+    _bind(_signature_of(train), options, f"{model.model_name}.train")
 
 
 def _signature_of(target: Callable[..., Any]) -> inspect.Signature | None:

@@ -6,29 +6,37 @@ HTTP and gRPC are thin codecs around one `InferenceService`; nothing here knows 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar
 
 from modelpod import __version__
-from modelpod.batching import Batcher
+from modelpod import timing as timings
+from modelpod.batching import BatchConfig, Batcher
 from modelpod.errors import InvalidInput, ModelpodError, NotFound, Timeout, Unavailable
-from modelpod.isolation import ProcessRunner
+from modelpod.isolation import ProcessRunner, call_deadline
 from modelpod.metrics import ServerMetrics
 from modelpod.pool import ModelPool
+from modelpod.recent import RecentActivity
 from modelpod.repository import HostedModel, Repository
 from modelpod.router import Router
-from modelpod.runner import Runner
+from modelpod.runner import Runner, check_train_options
+from modelpod.served_pipeline import ServedPipeline, name_step, pipeline_outputs, step_input
 from modelpod.stacking import rows_of
 from modelpod.statistics import Statistics
+from modelpod.stream_serving import BatchedStream, Channel, ItemPump, feed
+from modelpod.streaming import DONE
 from modelpod.tensors import Arrays, outputs_of, requests_of
-from modelpod.types import TensorSpec
+from modelpod.training import TrainingJob, TrainingJobs
+from modelpod.types import Response, TensorSpec
+from modelpod.waiting import WaitingRoom
 
 logger = logging.getLogger("modelpod.service")
 
@@ -67,7 +75,7 @@ def request_options(priority: Any = None, timeout: Any = None, protocol: str = "
     try:
         chosen_priority = int(priority) if priority not in (None, "") else 0
         seconds = float(timeout) if timeout not in (None, "") else None
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an infinite priority
         raise InvalidInput(
             f"priority must be an integer and timeout a number, not {priority!r}, {timeout!r}"
         ) from None
@@ -76,7 +84,7 @@ def request_options(priority: Any = None, timeout: Any = None, protocol: str = "
     return Options(chosen_priority, seconds, protocol)
 
 
-METHODS = ("predict", "initialize", "train", "log")
+METHODS = ("predict", "initialize", "train", "training", "log")
 EXTENSIONS = ("binary_tensor_data", "model_repository", "modelpod_native")
 
 
@@ -84,19 +92,33 @@ class InferenceService:
     """Everything a transport can ask of the server, as plain Python calls."""
 
     def __init__(
-        self, repository: Repository, pool: ModelPool, max_workers: int = 12, name: str = "modelpod"
+        self,
+        repository: Repository,
+        pool: ModelPool,
+        max_workers: int = 12,
+        name: str = "modelpod",
+        slow_ms: float = 1000.0,
     ) -> None:
         self.repository = repository
         self.pool = pool
         self.name = name
+        self.slow_ms = slow_ms  # requests to a model that take longer are logged with their breakdown
         self._executor = ThreadPoolExecutor(max_workers, thread_name_prefix="modelpod-model")
         self._in_flight = 0
         self._lock = threading.Lock()  # guards the in-flight count and the batchers
         self._draining = False
         self._ready = True
         self._batchers: dict[tuple[str, str], Batcher] = {}
+        self._waiting_rooms: dict[tuple[str, str], WaitingRoom] = {}  # for the models that do not batch
+        self._stream_batchers: dict[tuple[str, str], Batcher] = {}  # for models whose predict_batch yields
         self.statistics = Statistics()
+        self.training = TrainingJobs(
+            on_start=lambda job: self.metrics.training_started(job.model, job.version),
+            on_end=self.training_ended,
+        )
+        self.recent = RecentActivity()  # the status page's last few minutes
         self.metrics = ServerMetrics(pool, self._queue_depths, lambda: self.in_flight)
+        self._bind_pipelines()
 
     # -- running model code -------------------------------------------------------------------
 
@@ -127,15 +149,26 @@ class InferenceService:
         """The batcher of one version, made on first use; None for a model that does not batch."""
         if not hosted.batching.enabled:
             return None
+        return self._batcher_in(self._batchers, hosted, version, self._run_batch, "")
+
+    def _batcher_in(
+        self,
+        batchers: dict[tuple[str, str], Batcher],
+        hosted: HostedModel,
+        version: str,
+        run: Callable[[HostedModel, str, list[Any]], Sequence[Any]],
+        kind: str,
+    ) -> Batcher:
+        """The batcher of one version in `batchers`, made on first use, running batches with `run`."""
         key = (hosted.name, version)
         with self._lock:
-            batcher = self._batchers.get(key)
+            batcher = batchers.get(key)
             if batcher is None:
-                run = functools.partial(self._run_batch, hosted, version)
                 observer = functools.partial(self._observe_batch, hosted.name, version)
-                batcher = self._batchers[key] = Batcher(
-                    run, hosted.batching, name=f"{hosted.name}:{version}", observer=observer
-                )
+                batcher = batchers[key] = Batcher(
+                    functools.partial(run, hosted, version), hosted.batching,
+                    name=f"{hosted.name}:{version}{kind}", observer=observer,
+                )  # fmt: skip
         return batcher
 
     def _run_batch(self, hosted: HostedModel, version: str, items: list[dict[str, Any]]) -> list[Any]:
@@ -147,16 +180,23 @@ class InferenceService:
         """Run requests through the version's batcher, or as one call on a worker thread."""
         batcher = self._batcher(hosted, version)
         tensor = hosted.probe.is_tensor_model()
+        timing = timings.current.get()
+        deadline = None if options.timeout is None else time.monotonic() + options.timeout
         if batcher is None:
             rows = sum(rows_of(r) for r in requests) if tensor else len(requests)
             submitted = time.monotonic()
+            leave_waiting = self._waiting_room(hosted, version).enter()  # refused at once when full
 
             def run(runner: Runner | ProcessRunner) -> list[Any]:
+                leave_waiting()
+                call_deadline.set(deadline)  # a worker process past it is replaced (this is a copied context)
                 started = time.monotonic()
 
                 def observe() -> None:
                     compute = time.monotonic() - started
                     self._observe_batch(hosted.name, version, rows, compute, [started - submitted])
+                    if timing is not None:
+                        timing.ran(started - submitted, compute)
 
                 try:
                     if tensor or len(requests) == 1:
@@ -171,11 +211,17 @@ class InferenceService:
                 observe()
                 return answers
 
-            return await self._run(self._with_runner, hosted, version, run, timeout=options.timeout)
-        deadline = None if options.timeout is None else time.monotonic() + options.timeout
+            try:
+                return await self._run(self._with_runner, hosted, version, run, timeout=options.timeout)
+            finally:
+                leave_waiting()  # given up before it ran (a timeout, a client gone): its place is free
         futures = [
             batcher.submit_async(
-                r, rows=rows_of(r) if tensor else 1, priority=options.priority, deadline=deadline
+                r,
+                rows=rows_of(r) if tensor else 1,
+                priority=options.priority,
+                deadline=deadline,
+                timing=timing if len(requests) == 1 else None,  # several rows: their batches differ
             )
             for r in requests
         ]
@@ -193,15 +239,18 @@ class InferenceService:
     def _observe_batch(self, model: str, version: str, rows: int, compute: float, waits: list[float]) -> None:
         self.statistics.batch(model, version, rows, compute, waits)
         self.metrics.batch(model, version, rows, compute, waits)
+        self.recent.batch(model, version, rows)
 
     async def _observed(self, hosted: HostedModel, version: str, options: Options, work: Awaitable[T]) -> T:
         """Count a request's outcome and time, for the statistics extension and the metrics."""
         started = time.monotonic()
         outcome = "ok"
+        message = ""
         try:
             return await work
         except ModelpodError as error:
             outcome = _snake(type(error).__name__)
+            message = str(error)  # what the client was told, never more
             raise
         except BaseException:
             outcome = "error"
@@ -210,11 +259,28 @@ class InferenceService:
             seconds = time.monotonic() - started
             self.statistics.request(hosted.name, version, outcome == "ok", seconds)
             self.metrics.request(hosted.name, version, options.protocol, outcome, seconds)
+            self.recent.request(hosted.name, version, outcome, seconds, message)
+            timing = timings.current.get()
+            if timing is not None:
+                timing.model, timing.version, timing.answered = hosted.name, version, time.monotonic()
 
     def _queue_depths(self) -> dict[tuple[str, str], int]:
         with self._lock:
-            batchers = dict(self._batchers)
-        return {key: batcher.queued_rows for key, batcher in batchers.items()}
+            batchers, rooms = dict(self._batchers), dict(self._waiting_rooms)
+        return {
+            **{key: room.waiting for key, room in rooms.items()},
+            **{key: batcher.queued_rows for key, batcher in batchers.items()},
+        }
+
+    def _waiting_room(self, hosted: HostedModel, version: str) -> WaitingRoom:
+        """Where requests to a version that does not batch wait for a thread, at most `max_queue_size`."""
+        key = (hosted.name, version)
+        with self._lock:
+            room = self._waiting_rooms.get(key)
+            if room is None:
+                name = f"{hosted.name}:{version}"
+                room = self._waiting_rooms[key] = WaitingRoom(name, hosted.batching.max_queue_size)
+        return room
 
     def model_statistics(self, name: str, version: str | None = None) -> dict[str, Any]:
         """The statistics extension's document for one version, or every version of a model."""
@@ -235,7 +301,7 @@ class InferenceService:
         self, hosted: HostedModel, version: str, use: Callable[[Runner | ProcessRunner], T]
     ) -> T:
         factory = functools.partial(self.repository.runner, hosted, version)
-        with self.pool.use((hosted.name, version), factory) as runner:
+        with self.pool.use((hosted.name, version), factory, hosted.memory_budget) as runner:
             return use(runner)
 
     # -- the model's own methods ----------------------------------------------------------------
@@ -249,21 +315,27 @@ class InferenceService:
         query_params: Mapping[str, str] | None = None,
         options: Options = DEFAULT_OPTIONS,
     ) -> Any:
-        """`predict`, `initialize`, `train` or `log` on one version, with keyword arguments."""
+        """`predict`, `initialize`, `train` (starts a job), `training` (that job) or `log` on one
+        version, with keyword arguments."""
         if method not in METHODS:
             raise NotFound(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
-        if not isinstance(arguments, Mapping):
-            raise InvalidInput("the arguments must be an object of keyword arguments")
+        if not isinstance(arguments, Mapping) or not all(isinstance(key, str) for key in arguments):
+            raise InvalidInput("the arguments must be an object of keyword arguments, named by strings")
         if method == "initialize":
             return await self._run(self._initialize, name, version, dict(arguments))
         hosted, version = self._hosted(name, version)
         if method == "log":
             return await self._run(lambda: self.repository.instance(hosted, version).log())
         if method == "train":
-            return await self._run(self._train, hosted, version, dict(arguments))
+            return await self._run(self.start_training, hosted, version, dict(arguments))
+        if method == "training":
+            return await self._run(self.training_job, hosted.name, version)
         target = self._route(hosted, version, query_params, arguments)
         if target is not None:
             return await self.call(target, None, method, arguments, query_params, options)
+        if isinstance(hosted.probe, ServedPipeline):
+            work = self._run_pipeline(hosted, version, arguments, query_params, options)
+            return await self._observed(hosted, version, options, work)
         request = dict(arguments)
         if query_params is not None and hosted.query_params:
             request.setdefault("query_params", dict(query_params))
@@ -296,15 +368,298 @@ class InferenceService:
         self.pool.evict((hosted.name, version), "initialized with a new config")
         return info
 
-    def _train(self, hosted: HostedModel, version: str, options: dict[str, Any]) -> Any:
-        if hosted.workers > 0:  # workers only predict: train here, and let them reload what it saved
-            with Runner(self.repository.instance(hosted, version), **hosted.runner_options) as runner:
+    # -- training jobs --------------------------------------------------------------------------
+
+    def start_training(self, hosted: HostedModel, version: str, options: dict[str, Any]) -> dict[str, Any]:
+        """Start training `version` in the background; its document says how to follow it.
+
+        The job trains an instance of its own: the loaded one keeps serving until the job
+        succeeds, then the pool reloads the version with what `train` saved."""
+        instance = self.repository.instance(hosted, version)
+        check_train_options(instance, options)
+        job = TrainingJob(hosted.name, version, options, log_start=len(instance.log()))
+
+        def train() -> Any:
+            with Runner(instance, **hosted.runner_options) as runner:
                 result = runner.train(**options)
             self.pool.evict((hosted.name, version), "trained: reload the new weights")
             return result
-        result = self._with_runner(hosted, version, lambda runner: runner.train(**options))
-        self.pool.evict((hosted.name, version), "trained: reload the new weights")
-        return result
+
+        self.training.start(job, self.repository.folder(hosted.name, version), train)
+        return job.as_dict(progress=None)
+
+    def training_ended(self, job: TrainingJob) -> None:
+        """Called on the job's thread when a job ends (its state is saved by then)."""
+        self.metrics.training_ended(job.model, job.version, job.state)
+
+    def training_job(self, name: str, version: str) -> dict[str, Any] | None:
+        """The version's latest training job with its progress; None if it was never trained."""
+        return self.training_progress(name, version)[1]
+
+    def training_progress(
+        self, name: str, version: str, after: int = 0
+    ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+        """What the version's latest job reported past its entry `after`, and the job's document."""
+        job = self.training.get(name, version, self.repository.folder(name, version))
+        if job is None:
+            return [], None
+        hosted = self.repository.get(name)
+        reported = self.repository.instance(hosted, version).log()[job.log_start :]
+        return reported[after:], job.as_dict(progress=reported[-1] if reported else None)
+
+    # -- pipelines of served models (modelpod.served_pipeline) -------------------------------------
+
+    def _bind_pipelines(self) -> None:
+        """At start-up: each pipeline's steps must be served here. A pipeline runs no model code but
+        its `choose`, so it runs on this process's threads and does not batch (its steps do)."""
+        served = {name: self.repository.get(name) for name in self.repository.names()}
+        for hosted in served.values():
+            if isinstance(hosted.probe, ServedPipeline):
+                hosted.probe.bind({name: step.probe for name, step in served.items()})
+                hosted.workers = 0
+                hosted.batching = BatchConfig()
+
+    async def _run_pipeline(
+        self,
+        hosted: HostedModel,
+        version: str,
+        request: Mapping[str, Any],
+        query_params: Mapping[str, str] | None,
+        options: Options,
+    ) -> Any:
+        """Each step is a request to its model, the Python result of one the input of the next."""
+        pipeline = hosted.probe
+        assert isinstance(pipeline, ServedPipeline)
+        deadline = None if options.timeout is None else time.monotonic() + options.timeout
+        value: Any = request
+        for index, step in enumerate(pipeline.steps):
+            model = step if isinstance(step, str) else "choosing a branch"
+            try:
+                if not isinstance(step, str):
+                    model = await self._run(self._branch, hosted, version, index, value, query_params or {})
+                value = await self._pipeline_step(model, value, query_params, options, deadline)
+            except ModelpodError as error:
+                raise name_step(error, hosted.name, index, model) from None
+            if isinstance(value, Response) and (value.status >= 400 or index == len(pipeline.steps) - 1):
+                return value  # a step's own error answer ends the pipeline, as it would end a request
+            if isinstance(value, Response):
+                value = value.body
+        return value
+
+    def _branch(
+        self, hosted: HostedModel, version: str, step: int, value: Any, query_params: Mapping[str, str]
+    ) -> str:
+        """Which model runs a branching step: the loaded pipeline's `choose` (its setup has run)."""
+
+        def branch(runner: Runner | ProcessRunner) -> str:
+            assert isinstance(runner, Runner)
+            assert isinstance(runner.model, ServedPipeline)
+            return runner.model.branch(step, value, query_params)
+
+        return self._with_runner(hosted, version, branch)
+
+    async def _pipeline_step(
+        self,
+        name: str,
+        value: Any,
+        query_params: Mapping[str, str] | None,
+        options: Options,
+        deadline: float | None,
+    ) -> Any:
+        """One step, as a request to the step's model: its batcher, its metrics (protocol "pipeline")."""
+        hosted, version = self._hosted(name, None)
+        request = step_input(value, hosted.probe)
+        if query_params is not None and hosted.query_params:
+            request.setdefault("query_params", dict(query_params))
+        remaining = None if deadline is None else deadline - time.monotonic()
+        step_options = Options(options.priority, remaining, "pipeline")
+        work = self._predict_many(hosted, version, [request], step_options)
+        return (await self._observed(hosted, version, step_options, work))[0]
+
+    async def _infer_pipeline(
+        self,
+        hosted: HostedModel,
+        version: str,
+        inputs: Arrays,
+        query_params: Mapping[str, str] | None,
+        options: Options,
+    ) -> Arrays:
+        """Tensors through a pipeline: taken as its first model takes them, given as its last gives them."""
+        pipeline = hosted.probe
+        assert isinstance(pipeline, ServedPipeline)
+        first = self.repository.get(pipeline.first_models()[0]).probe
+        last = self.repository.get(pipeline.last_models()[0]).probe
+        requests = requests_of(first, inputs)
+        results = await asyncio.gather(
+            *(self._run_pipeline(hosted, version, r, query_params, options) for r in requests)
+        )
+        return pipeline_outputs(last, results)
+
+    # -- streams: a predict that yields --------------------------------------------------------------
+
+    def streams(self, name: str, version: str | None = None) -> bool:
+        """Whether a model's answer is a stream of items (what Triton calls a decoupled model)."""
+        hosted, _ = self.repository.resolve(name, version)
+        return hosted.probe.is_streaming() or hosted.probe.streams_batches()
+
+    async def stream(
+        self,
+        name: str,
+        version: str | None,
+        arguments: Mapping[str, Any],
+        query_params: Mapping[str, str] | None = None,
+        options: Options = DEFAULT_OPTIONS,
+    ) -> AsyncGenerator[Any, None]:
+        """`predict`'s items as the model yields them; a model that does not yield gives one item.
+
+        Close it (`aclose`, or cancel the task iterating it) to stop early: the model's generator is
+        closed where it runs (its `finally` runs), its slot is freed, and the stream is counted as
+        cancelled. An error, before the first item or midway, raises from the iteration. A deadline
+        (`options.timeout`) bounds the whole stream."""
+        if not isinstance(arguments, Mapping) or not all(isinstance(key, str) for key in arguments):
+            raise InvalidInput("the arguments must be an object of keyword arguments, named by strings")
+        hosted, version = self._hosted(name, version)
+        target = self._route(hosted, version, query_params, arguments)
+        if target is not None:
+            routed = self.stream(target, None, arguments, query_params, options)
+            async with contextlib.aclosing(routed):
+                async for item in routed:
+                    yield item
+            return
+        if isinstance(hosted.probe, ServedPipeline):  # its steps answer, not a model: one item
+            yield await self.call(hosted.name, version, "predict", arguments, query_params, options)
+            return
+        request = dict(arguments)
+        if query_params is not None and hosted.query_params:
+            request.setdefault("query_params", dict(query_params))
+        started, count, outcome, message = time.monotonic(), 0, "cancelled", ""
+        items = self._stream_items(hosted, version, request, options)
+        try:
+            async with contextlib.aclosing(items):
+                async for item in items:
+                    count += 1
+                    yield item
+            outcome = "ok"
+        except ModelpodError as error:
+            outcome, message = _snake(type(error).__name__), str(error)
+            raise
+        except Exception:
+            outcome = "error"
+            raise
+        finally:  # also when closed early: a GeneratorExit or CancelledError leaves it "cancelled"
+            seconds = time.monotonic() - started
+            served = outcome in ("ok", "cancelled")  # a client that stops reading is no failure
+            self.statistics.request(hosted.name, version, served, seconds)
+            self.metrics.stream(hosted.name, version, options.protocol, outcome, seconds, count)
+            self.recent.request(hosted.name, version, "ok" if served else outcome, seconds, message)
+
+    async def infer_stream(
+        self, name: str, version: str | None, inputs: Arrays, options: Options = DEFAULT_OPTIONS
+    ) -> AsyncGenerator[tuple[str, Arrays], None]:
+        """Tensors in; the version that ran, and output tensors for each item the model yields. One
+        row per request: each row's answer would be a stream of its own."""
+        hosted, resolved = self._hosted(name, version)
+        requests = requests_of(hosted.probe, inputs)
+        if len(requests) != 1:
+            raise InvalidInput(
+                f"model {name!r} streams its answers: send one row per request, not {len(requests)}"
+            )
+        items = self.stream(name, resolved, requests[0], options=options)
+        async with contextlib.aclosing(items):
+            async for item in items:
+                yield resolved, outputs_of(hosted.probe, [item])
+
+    async def _stream_items(
+        self, hosted: HostedModel, version: str, request: dict[str, Any], options: Options
+    ) -> AsyncGenerator[Any, None]:
+        deadline = None if options.timeout is None else time.monotonic() + options.timeout
+        probe, batching = hosted.probe, hosted.batching.enabled
+        if batching and probe.streams_batches() and hosted.workers == 0:
+            items = self._batched_stream(hosted, version, request, options, deadline)
+        elif batching and not probe.is_streaming():  # one answer: batched with the other requests
+            yield (await self._predict_many(hosted, version, [request], options))[0]
+            return
+        else:
+            items = self._own_stream(hosted, version, request, deadline)
+        async with contextlib.aclosing(items):
+            async for item in items:
+                yield item
+
+    async def _own_stream(
+        self, hosted: HostedModel, version: str, request: dict[str, Any], deadline: float | None
+    ) -> AsyncGenerator[Any, None]:
+        """A request's own generator: opened and advanced on the worker threads, item by item."""
+        self._enter_stream()
+        pump = ItemPump(
+            self._executor, functools.partial(self._open_stream, hosted, version, request), self._leave_stream
+        )
+        try:
+            await pump.open(_remaining(deadline))
+            while (item := await pump.next(_remaining(deadline))) is not DONE:
+                yield item
+        finally:
+            pump.close()
+
+    def _open_stream(
+        self, hosted: HostedModel, version: str, request: dict[str, Any], hold: contextlib.ExitStack
+    ) -> Iterator[Any] | AsyncGenerator[Any, None]:
+        """(On a worker thread) the version's runner, held until the stream closes, and its items."""
+        factory = functools.partial(self.repository.runner, hosted, version)
+        runner = hold.enter_context(self.pool.use((hosted.name, version), factory))
+        if isinstance(runner, ProcessRunner):  # worker processes send a stream's items all at once
+            result = runner.predict(**request)
+            return iter(result if self.streams(hosted.name, version) else [result])
+        return runner.stream(request)
+
+    async def _batched_stream(
+        self,
+        hosted: HostedModel,
+        version: str,
+        request: dict[str, Any],
+        options: Options,
+        deadline: float | None,
+    ) -> AsyncGenerator[Any, None]:
+        """A request to a model whose `predict_batch` yields: queued with others, run in one batch,
+        its items handed over as the batch yields them. A batch streams to its end before the next."""
+        self._enter_stream()
+        channel, future = Channel(), None
+        try:
+            future = self._stream_batcher(hosted, version).submit_async(
+                BatchedStream(request, channel), priority=options.priority, deadline=deadline
+            )
+            future.add_done_callback(channel.settle)
+            while (item := await channel.next(_remaining(deadline))) is not DONE:
+                yield item
+        finally:
+            channel.close()  # the batch sends it nothing more
+            if future is not None:
+                future.cancel()  # and drops it if it is still queued
+            self._leave_stream()
+
+    def _stream_batcher(self, hosted: HostedModel, version: str) -> Batcher:
+        return self._batcher_in(self._stream_batchers, hosted, version, self._run_stream_batch, " (streams)")
+
+    def _run_stream_batch(
+        self, hosted: HostedModel, version: str, requests: list[BatchedStream]
+    ) -> list[None]:
+        def run(runner: Runner | ProcessRunner) -> None:
+            assert isinstance(runner, Runner)  # streaming batches run in this process (workers == 0)
+            pairs = runner.stream_batch([request.inputs for request in requests])
+            feed(pairs, [request.channel for request in requests], f"{hosted.name}:{version}")
+
+        self._with_runner(hosted, version, run)
+        return [None] * len(requests)
+
+    def _enter_stream(self) -> None:
+        """A stream is in flight from its start until its model is closed (a drain waits for it)."""
+        if self._draining:
+            raise Unavailable("the server is shutting down; retry on another replica", retry_after=1.0)
+        with self._lock:
+            self._in_flight += 1
+
+    def _leave_stream(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
 
     # -- Open Inference Protocol ------------------------------------------------------------------
 
@@ -321,6 +676,9 @@ class InferenceService:
         target = self._route(hosted, version, query_params, inputs)
         if target is not None:
             return await self.infer(target, None, inputs, query_params, options)
+        if isinstance(hosted.probe, ServedPipeline):
+            outputs = self._infer_pipeline(hosted, version, inputs, query_params, options)
+            return version, await self._observed(hosted, version, options, outputs)
         work = self._predict_many(hosted, version, requests_of(hosted.probe, inputs), options)
         results = await self._observed(hosted, version, options, work)
         return version, outputs_of(hosted.probe, results)
@@ -363,6 +721,11 @@ class InferenceService:
         except (NotFound, Unavailable):
             return False
         return (hosted.name, resolved) not in self.pool.load_errors
+
+    def load_error(self, name: str, version: str | None = None) -> str | None:
+        """Why a version failed to load, while it stays unloaded; None when it loaded (or was never tried)."""
+        hosted, resolved = self.repository.resolve(name, version)
+        return self.pool.load_errors.get((hosted.name, resolved))
 
     def ready(self) -> bool:
         """Ready once the server has loaded its models, until it starts shutting down."""
@@ -422,7 +785,13 @@ class InferenceService:
             "name": name,
             "default_version": hosted.default_version,
             "versions": [
-                {"version": v, "loaded": (name, v) in loaded, "batch_sizes": self._batch_sizes(name, v)}
+                {
+                    "version": v,
+                    "loaded": (name, v) in loaded,
+                    "batch_sizes": self._batch_sizes(name, v),
+                    "training": self.training_job(name, v),
+                    "load_error": self.pool.load_errors.get((name, v)),
+                }
                 for v in versions
             ],
             "available": not hosted.unloaded,
@@ -454,7 +823,7 @@ class InferenceService:
             return self._in_flight
 
     def close(self) -> None:
-        for batcher in self._batchers.values():
+        for batcher in [*self._batchers.values(), *self._stream_batchers.values()]:
             batcher.close()
         self._executor.shutdown(wait=True, cancel_futures=True)
         self.pool.close()
@@ -463,6 +832,10 @@ class InferenceService:
 def _config_tensor(spec: TensorSpec) -> dict[str, Any]:
     datatype = "STRING" if spec.datatype == "BYTES" else spec.datatype
     return {"name": spec.name, "data_type": f"TYPE_{datatype}", "dims": list(spec.shape)}
+
+
+def _remaining(deadline: float | None) -> float | None:
+    return None if deadline is None else max(deadline - time.monotonic(), 0.0)
 
 
 def _snake(name: str) -> str:

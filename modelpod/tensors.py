@@ -118,7 +118,10 @@ def _stack(values: list[Any]) -> np.ndarray[Any, Any]:
 
 def _to_array(value: Any) -> np.ndarray[Any, Any]:
     if type(value).__module__.startswith("torch"):
-        value = value.detach().cpu().numpy()
+        value = value.detach().cpu()
+        if str(value.dtype) == "torch.bfloat16":  # numpy has no bfloat16 (CPU mixed precision gives it)
+            value = value.float()
+        value = value.numpy()
     if isinstance(value, str):
         return np.array([value.encode()], dtype=np.object_)
     return np.asarray(value)

@@ -21,6 +21,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVABLE = ROOT / "tests" / "servable.py"
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # Ray clusters of the tests report nothing home
 _LISTEN = re.compile(r"modelpod: (HTTP|gRPC) listening on (?:http://)?(\S+):(\d+)")
 
 

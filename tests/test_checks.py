@@ -201,7 +201,7 @@ def test_clean_function_does_not_leak(data_path: dict[str, Any]) -> None:
     assert not report.leaked, str(report)
     assert report.per_iteration_bytes <= report.tolerance_bytes
     assert report.rss_growth_bytes is not None
-    assert report.cuda_growth_bytes is None
+    assert report.cuda_growth_bytes in (None, 0)  # 0 where CUDA was started earlier in the run
     assert tracemalloc.is_tracing() == was_tracing
 
 

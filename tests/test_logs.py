@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import httpx
@@ -44,3 +47,43 @@ def test_json_logs_are_one_object_per_line_with_the_request_id(start_server: Sta
     assert entry["logger"] == "modelpod.runner"
     assert "error id" in entry["message"]
     assert "RuntimeError" in entry["exception"]
+
+
+SLOW_LINE = (
+    r"slow request to {model} version 1: (?P<total>[\d.]+) ms \(queue (?P<queue>[\d.]+) ms, "
+    r"compute (?P<compute>[\d.]+) ms, encode (?P<encode>[\d.]+) ms, other [\d.]+ ms; threshold 150 ms\)"
+)
+
+
+def test_slow_requests_are_logged_with_where_their_time_went(start_server: StartServer) -> None:
+    server = start_server(
+        servable("Slow"), servable("Tagged"), env={"MODELPOD_SLOW_MS": "150"}, args=("--workers", "0")
+    )
+    httpx.post(f"{server.http_url}/models/slow/predict", json={"seconds": 0.01}, timeout=30)
+    httpx.post(
+        f"{server.http_url}/models/slow/predict", json={"seconds": 0.3}, headers={"x-request-id": "slow-1"}
+    )
+    line = server.wait_for_line(SLOW_LINE.format(model="slow"))
+    found = re.search(SLOW_LINE.format(model="slow"), line)
+    assert found is not None
+    assert "[request slow-1]" in line
+    assert float(found["compute"]) >= 300
+    assert float(found["total"]) >= float(found["compute"])
+    assert "seconds': 0.01" not in server.output
+    assert server.output.count("slow request to slow") == 1  # the fast one was not logged
+
+    with grpc.insecure_channel(server.grpc_address) as channel, ThreadPoolExecutor(2) as pool:
+        stub = native_pb2_grpc.ModelServiceStub(channel)
+
+        def tagged(tag: str, seconds: float) -> None:
+            arguments = native.pack({"tag": tag, "seconds": seconds})
+            stub.Call(native_pb2.CallRequest(model="tagged", method="predict", payload=arguments), timeout=30)
+
+        first = pool.submit(tagged, "first", 0.5)
+        time.sleep(0.1)
+        tagged("queued", 0.0)  # over gRPC, batched: waits in the queue for the first one's batch
+        first.result()
+    line = server.wait_for_line(r"slow request to tagged version 1: [\d.]+ ms \(queue [2-9]\d\d")
+    found = re.search(SLOW_LINE.format(model="tagged"), line)
+    assert found is not None
+    assert float(found["compute"]) < 100  # it waited for the other's batch; its own call was quick

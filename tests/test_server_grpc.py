@@ -155,7 +155,11 @@ def test_initialize_version_then_predict_train_and_log(models: Any) -> None:
     assert answer == {"text": "x", "version": "3", "config": {"greeting": "hello"}}
     assert call(models, "echo", text="x")["version"] == "1"  # the default is untouched
 
-    assert call(models, "echo", "train", "3", steps=2) == {"steps": 2}
+    job = call(models, "echo", "train", "3", steps=2)
+    assert (job["model"], job["version"], job["arguments"]) == ("echo", "3", {"steps": 2})
+    while job["state"] == "running":
+        job = call(models, "echo", "training", "3")
+    assert job["result"] == {"steps": 2}
     log = call(models, "echo", "log", "3")
     assert [entry["step"] for entry in log] == [1, 2]
     assert log[-1]["metrics"]["loss"] == 0.5

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -157,7 +158,10 @@ def test_initialize_train_log_and_predict_a_new_version(http: httpx.Client, serv
     assert info["config"] == {"greeting": "hello"}
     assert info["class"] == "servable:Echo"
     assert (server.data_path / "echo" / "7" / "model_info.json").exists()
-    assert http.post("/models/echo/versions/7/train", json={"steps": 4}).json() == {"steps": 4}
+    assert http.post("/models/echo/versions/7/train", json={"steps": 4}).status_code == 202
+    while (job := http.get("/models/echo/versions/7/train").json())["state"] == "running":
+        time.sleep(0.02)
+    assert job["result"] == {"steps": 4}
     log = http.get("/models/echo/versions/7/log").json()
     assert [entry["step"] for entry in log] == [1, 2, 3, 4]
     assert log[-1]["metrics"] == {"loss": 0.25}

@@ -138,6 +138,8 @@ def test_versions_survive_a_restart(start_server: StartServer, tmp_path: Path) -
     with httpx.Client(base_url=first.http_url) as client:
         client.post("/models/echo/versions/v3/initialize", json={"colour": "blue"})
         client.post("/models/echo/versions/v3/train", json={"steps": 2})
+        while client.get("/models/echo/versions/v3/train").json()["state"] == "running":
+            time.sleep(0.02)
     assert first.stop() == 0
     second = start_server(servable("Echo"), data_path=data_path)
     with httpx.Client(base_url=second.http_url) as client:

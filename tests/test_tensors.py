@@ -208,3 +208,23 @@ def test_tensor_model_answers_in_any_form(runner: Runner) -> None:
 def test_mixed_results_become_json_documents(runner: Runner) -> None:
     outputs = run_tensors(runner, {"n": np.array([3, 0])})
     assert [json.loads(row) for row in outputs["output"]] == [[{"n": 3}, "raw\ufffd", [3, "t"]], "only text"]
+
+
+class HalfPrecision(Model):
+    """A torch model computing under CPU mixed precision, which answers bfloat16 tensors."""
+
+    name = "half"
+    inputs = (TensorSpec("x", "FP32", (-1, 2)),)
+    outputs = (TensorSpec("y", "FP32", (-1, 2)),)
+
+    def predict(self, x: Any) -> Any:
+        torch = pytest.importorskip("torch")
+        return torch.as_tensor(x).to(torch.bfloat16) * 2
+
+
+def test_bfloat16_answers_become_float32_tensors(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    with Runner(HalfPrecision, data_path=tmp_path, device="cpu", warmup=False, convert="torch") as runner:
+        outputs = run_tensors(runner, {"x": np.array([[1.0, 2.5]], dtype=np.float32)})
+    assert outputs["y"].dtype == np.float32
+    assert outputs["y"].tolist() == [[2.0, 5.0]]

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import copy
+import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncGenerator, Generator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
@@ -28,8 +30,11 @@ from modelpod.client._operations import (
     Operation,
     Ready,
     single_model,
+    training_outcome,
+    training_pauses,
 )
 from modelpod.client._retry import Backoff
+from modelpod.client._security import Security
 from modelpod.client._transport import AsyncTransport, Transport
 from modelpod.errors import ModelpodError
 
@@ -62,16 +67,20 @@ class _ClientBase(abc.ABC, Generic[TransportT]):
         version: str | int | None = None,
         timeout: float | None = 30.0,
         retries: int = 3,
+        api_key: str | None = None,
+        tls_ca: str | os.PathLike[str] | None = None,
     ) -> None:
         self._timeout = _checked_timeout(timeout)
         self._backoff = Backoff(retries)
-        self._family: _Family[TransportT] = _Family(self._connect(*_transport_of(address)))
+        http, where, tls = _transport_of(address)
+        security = Security.of(api_key, tls, tls_ca)
+        self._family: _Family[TransportT] = _Family(self._connect(http, where, security))
         self._owner = True
         self._model = model
         self._version = None if version is None else str(version)
 
     @abc.abstractmethod
-    def _connect(self, http: bool, address: str) -> TransportT:
+    def _connect(self, http: bool, address: str, security: Security) -> TransportT:
         """The transport for an address: HTTP or gRPC, blocking or asyncio."""
 
     @property
@@ -135,23 +144,28 @@ class Client(_ClientBase[Transport]):
     """A model served by modelpod, used as if it were here: `Client("localhost:50051").predict(x=1)`.
 
     `address` picks the transport: `http://host:port` or `https://…` speaks HTTP, `host:port`
-    speaks gRPC. `model` may be left out when the server serves exactly one model; `version`
-    out for the model's default version. `timeout` is seconds per attempt (None: no limit);
-    `retries` is how many times a request that is safe to repeat is sent again while the
-    server is unavailable (0.1 s doubling to 2 s, jittered; `Retry-After` honoured).
-    `initialize` and `train` are never sent again; `predict` and `infer` only when the server
-    refused them before running them.
+    speaks gRPC, and `grpcs://host:port` gRPC over TLS. `model` may be left out when the server
+    serves exactly one model; `version` out for the model's default version. `timeout` is
+    seconds per attempt (None: no limit); `retries` is how many times a request that is safe
+    to repeat is sent again while the server is unavailable (0.1 s doubling to 2 s, jittered;
+    `Retry-After` honoured). `initialize` and `train` are never sent again; `predict` and
+    `infer` only when the server refused them before running them.
+
+    `api_key` is sent with every request (`Authorization: Bearer …` / `authorization`
+    metadata); it defaults to the `MODELPOD_API_KEY` environment variable. `tls_ca` is the PEM
+    file of the authority that signed the server's certificate (default: the system's); given
+    with a `host:port` address, it also turns TLS on for gRPC.
 
     Errors are those of `modelpod.errors`, with the server's message: `NotFound`,
     `InvalidInput`, `ModelError` (with the server's `error_id`), `Unavailable` (also when the
-    server cannot be reached), `Timeout`, `Conflict`.
+    server cannot be reached), `Timeout`, `Conflict`, `Unauthenticated`, `Forbidden`.
 
     `version()`, `model()` and `with_timeout()` return clients that share this one's
     connection; close this one (or use it as a context manager) when done.
     """
 
-    def _connect(self, http: bool, address: str) -> Transport:
-        return HTTPTransport(address) if http else GRPCTransport(address)
+    def _connect(self, http: bool, address: str, security: Security) -> Transport:
+        return HTTPTransport(address, security) if http else GRPCTransport(address, security)
 
     # -- the model's own methods -----------------------------------------------------------------
 
@@ -160,12 +174,56 @@ class Client(_ClientBase[Transport]):
         return self._send(self._call(self._name(), "initialize", config))
 
     def train(self, **options: Any) -> Any:
-        """Train this version; returns what the model's `train` returned."""
-        return self._send(self._call(self._name(), "train", options))
+        """Train this version on the server and wait for the job to end; returns what the model's
+        `train` returned, or raises the job's error. `log()` shows its progress meanwhile."""
+        job: dict[str, Any] | None = self.start_training(**options)
+        pauses = training_pauses()
+        while job is not None and job["state"] == "running":
+            time.sleep(next(pauses))
+            job = self.training()
+        return training_outcome(job)
+
+    def start_training(self, **options: Any) -> dict[str, Any]:
+        """Start training this version in the background; returns the job (`state` "running").
+        `Conflict` if the version is training already."""
+        job: dict[str, Any] = self._send(self._call(self._name(), "train", options))
+        return job
+
+    def training(self) -> dict[str, Any] | None:
+        """This version's latest training job: state, times, result or error, last progress."""
+        job: dict[str, Any] | None = self._send(self._call(self._name(), "training", {}))
+        return job
 
     def predict(self, **inputs: Any) -> Any:
         """Run the model's `predict` with keyword arguments; arrays and bytes travel exactly."""
         return self._send(self._call(self._name(), "predict", inputs))
+
+    def predict_stream(self, **inputs: Any) -> Generator[Any, None, None]:
+        """The items of a model whose `predict` yields, each as soon as the server has it (a model
+        that does not yield gives its answer as the one item): `for item in client.predict_stream(...)`.
+
+        Leaving the loop early closes the stream, and the server stops the model's generator. An
+        error midway raises after the items before it. `timeout` bounds the wait for each item, not
+        the whole stream; a stream is sent again only when the server refused it before any item."""
+        call = self._call(self._name(), "predict", inputs)
+        transport, attempt = self._family.open(), 0
+        while True:
+            items = transport.stream(call, self._timeout)
+            with contextlib.closing(items):
+                try:
+                    first = next(items)
+                except StopIteration:
+                    return
+                except ModelpodError as error:
+                    wait = self._backoff.delay(call.retry, attempt, error)
+                    if wait is None:
+                        raise
+                else:
+                    yield first
+                    yield from items
+                    return
+            time.sleep(wait)
+            attempt += 1
 
     def log(self) -> Any:
         """What training reported so far."""
@@ -233,8 +291,8 @@ class Client(_ClientBase[Transport]):
 class AsyncClient(_ClientBase[AsyncTransport]):
     """`Client` for asyncio: the same constructor and methods, as coroutines; `async with` closes it."""
 
-    def _connect(self, http: bool, address: str) -> AsyncTransport:
-        return AsyncHTTPTransport(address) if http else AsyncGRPCTransport(address)
+    def _connect(self, http: bool, address: str, security: Security) -> AsyncTransport:
+        return AsyncHTTPTransport(address, security) if http else AsyncGRPCTransport(address, security)
 
     async def initialize(self, **config: Any) -> Any:
         """See `Client.initialize`."""
@@ -242,11 +300,49 @@ class AsyncClient(_ClientBase[AsyncTransport]):
 
     async def train(self, **options: Any) -> Any:
         """See `Client.train`."""
-        return await self._send(self._call(await self._name(), "train", options))
+        job: dict[str, Any] | None = await self.start_training(**options)
+        pauses = training_pauses()
+        while job is not None and job["state"] == "running":
+            await asyncio.sleep(next(pauses))
+            job = await self.training()
+        return training_outcome(job)
+
+    async def start_training(self, **options: Any) -> dict[str, Any]:
+        """See `Client.start_training`."""
+        job: dict[str, Any] = await self._send(self._call(await self._name(), "train", options))
+        return job
+
+    async def training(self) -> dict[str, Any] | None:
+        """See `Client.training`."""
+        job: dict[str, Any] | None = await self._send(self._call(await self._name(), "training", {}))
+        return job
 
     async def predict(self, **inputs: Any) -> Any:
         """See `Client.predict`."""
         return await self._send(self._call(await self._name(), "predict", inputs))
+
+    async def predict_stream(self, **inputs: Any) -> AsyncGenerator[Any, None]:
+        """See `Client.predict_stream`: `async for item in client.predict_stream(...)`."""
+        call = self._call(await self._name(), "predict", inputs)
+        transport, attempt = self._family.open(), 0
+        while True:
+            items = transport.stream(call, self._timeout)
+            async with contextlib.aclosing(items):
+                try:
+                    first = await anext(items)
+                except StopAsyncIteration:
+                    return
+                except ModelpodError as error:
+                    wait = self._backoff.delay(call.retry, attempt, error)
+                    if wait is None:
+                        raise
+                else:
+                    yield first
+                    async for item in items:
+                        yield item
+                    return
+            await asyncio.sleep(wait)
+            attempt += 1
 
     async def log(self) -> Any:
         """See `Client.log`."""
@@ -307,16 +403,18 @@ class AsyncClient(_ClientBase[AsyncTransport]):
             attempt += 1
 
 
-def _transport_of(address: str) -> tuple[bool, str]:
-    """Whether an address is HTTP, and the address as its transport wants it."""
+def _transport_of(address: str) -> tuple[bool, str, bool]:
+    """Whether an address is HTTP, the address as its transport wants it, and whether gRPC is over TLS."""
     scheme, found, rest = address.partition("://")
     if not found:
-        return False, address
+        return False, address, False
     if scheme in ("http", "https"):
-        return True, address
-    if scheme == "grpc":
-        return False, rest
-    raise ValueError(f"unsupported address {address!r}: use http://host:port, https://… or host:port (gRPC)")
+        return True, address, False  # httpx reads TLS from the scheme itself
+    if scheme in ("grpc", "grpcs"):
+        return False, rest, scheme == "grpcs"
+    raise ValueError(
+        f"unsupported address {address!r}: use http://host:port, https://…, host:port or grpcs://… (gRPC)"
+    )
 
 
 def _checked_timeout(seconds: float | None) -> float | None:

@@ -6,6 +6,7 @@
     ready                          .../ModelReady | .../ServerReady
     live                           .../ServerLive
     models                         .../RepositoryIndex
+    predict_stream                 modelpod.native.ModelService/CallStream (one msgpack item a reply)
 
 One channel per client family, with no message size limit of its own (the server has one).
 `GRPCTransport` and `AsyncGRPCTransport` differ only in the line that sends.
@@ -13,8 +14,20 @@ One channel per client family, with no message size limit of its own (the server
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import Iterable, Iterator, Sequence
+import threading
+import time
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Generator,
+    Iterable,
+    Iterator,
+    Sequence,
+)
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -24,6 +37,7 @@ from google.protobuf.message import Message
 
 from modelpod.client import _operations as op
 from modelpod.client._errors import server_error
+from modelpod.client._security import Security
 from modelpod.client._transport import AsyncTransport, Transport
 from modelpod.errors import (
     ERROR_NAME_HEADER,
@@ -41,6 +55,7 @@ T = TypeVar("T")
 
 OPTIONS = (("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1))
 _CALL = "/modelpod.native.ModelService/Call"
+_CALL_STREAM = "/modelpod.native.ModelService/CallStream"
 _V2 = "/inference.GRPCInferenceService/"
 
 
@@ -136,17 +151,41 @@ def translated(address: str, timeout: float | None) -> Iterator[None]:
 class GRPCTransport(Transport):
     """Blocking gRPC over one `grpc.Channel`."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, security: Security | None = None) -> None:
+        security = security or Security()
         self.address = address
-        self.channel = grpc.insecure_channel(address, options=OPTIONS)
+        self.metadata = security.metadata() or None
+        credentials = security.grpc_credentials()
+        self.channel = (
+            grpc.insecure_channel(address, options=OPTIONS)
+            if credentials is None
+            else grpc.secure_channel(address, credentials, options=OPTIONS)
+        )
 
     def send(self, operation: op.Operation[T], timeout: float | None) -> T:
         rpc = encode(operation)
         method = self.channel.unary_unary(rpc.path, _serialize, rpc.reply.FromString)
         with translated(self.address, timeout):
-            reply = method(rpc.request, timeout=timeout)
+            reply = method(rpc.request, timeout=timeout, metadata=self.metadata)
         result: T = decode(operation, reply)
         return result
+
+    def stream(self, call: op.Call, timeout: float | None) -> Generator[Any, None, None]:
+        # No deadline: a stream may run long. `timeout` bounds the wait for each item instead.
+        method = self.channel.unary_stream(_CALL_STREAM, _serialize, native_pb2.CallResponse.FromString)
+        replies = method(encode(call).request, metadata=self.metadata)
+        watchdog = Watchdog(replies.cancel, timeout)
+        try:
+            for reply in replies:
+                watchdog.kick()
+                yield native.unpack(reply.payload)
+        except grpc.RpcError as error:
+            if watchdog.fired:
+                raise _no_item(self.address, timeout) from None
+            raise grpc_error(error, self.address, timeout) from error
+        finally:
+            watchdog.stop()
+            replies.cancel()  # type: ignore[no-untyped-call]  # early: the server stops the model
 
     def close(self) -> None:
         self.channel.close()
@@ -155,23 +194,79 @@ class GRPCTransport(Transport):
 class AsyncGRPCTransport(AsyncTransport):
     """asyncio gRPC over one `grpc.aio.Channel`, opened on first use inside the running loop."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, security: Security | None = None) -> None:
+        security = security or Security()
         self.address = address
+        self.metadata = security.metadata() or None
+        self.credentials = security.grpc_credentials()
         self.channel: grpc.aio.Channel | None = None
 
-    async def send(self, operation: op.Operation[T], timeout: float | None) -> T:
+    def _open(self) -> grpc.aio.Channel:
         if self.channel is None:
-            self.channel = grpc.aio.insecure_channel(self.address, options=OPTIONS)
+            self.channel = (
+                grpc.aio.insecure_channel(self.address, options=OPTIONS)
+                if self.credentials is None
+                else grpc.aio.secure_channel(self.address, self.credentials, options=OPTIONS)
+            )
+        return self.channel
+
+    async def send(self, operation: op.Operation[T], timeout: float | None) -> T:
         rpc = encode(operation)
-        method = self.channel.unary_unary(rpc.path, _serialize, rpc.reply.FromString)
+        method = self._open().unary_unary(rpc.path, _serialize, rpc.reply.FromString)
         with translated(self.address, timeout):
-            reply = await method(rpc.request, timeout=timeout)
+            reply = await method(rpc.request, timeout=timeout, metadata=self.metadata)
         result: T = decode(operation, reply)
         return result
+
+    async def stream(self, call: op.Call, timeout: float | None) -> AsyncGenerator[Any, None]:
+        method = self._open().unary_stream(_CALL_STREAM, _serialize, native_pb2.CallResponse.FromString)
+        replies = method(encode(call).request, metadata=self.metadata)
+        items: AsyncIterator[native_pb2.CallResponse] = aiter(replies)
+        try:
+            with translated(self.address, timeout):
+                while (reply := await _within(anext(items, None), timeout, self.address)) is not None:
+                    yield native.unpack(reply.payload)
+        finally:
+            replies.cancel()
 
     async def close(self) -> None:
         if self.channel is not None:
             await self.channel.close(None)
+
+
+class Watchdog:
+    """Cancels a blocking streaming call when no item comes within `timeout` seconds of the last."""
+
+    def __init__(self, cancel: Callable[[], Any], timeout: float | None) -> None:
+        self.fired = False
+        self._last = time.monotonic()
+        self._stopped = threading.Event()
+        if timeout is not None:
+            threading.Thread(target=self._watch, args=(cancel, timeout), daemon=True).start()
+
+    def kick(self) -> None:
+        self._last = time.monotonic()
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def _watch(self, cancel: Callable[[], Any], timeout: float) -> None:
+        while not self._stopped.wait(max(self._last + timeout - time.monotonic(), 0.0)):
+            if time.monotonic() - self._last >= timeout:
+                self.fired = True
+                cancel()
+                return
+
+
+async def _within(read: Awaitable[T], timeout: float | None, address: str) -> T:
+    try:
+        return await asyncio.wait_for(read, timeout)
+    except TimeoutError:
+        raise _no_item(address, timeout) from None
+
+
+def _no_item(address: str, timeout: float | None) -> Timeout:
+    return Timeout(f"no item from the modelpod server at {address} within {timeout} s")
 
 
 def _serialize(message: Message) -> bytes:

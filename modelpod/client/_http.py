@@ -6,6 +6,7 @@
     ready                          GET  /v2/models/{name}[/versions/{v}]/ready | /v2/health/ready
     live                           GET  /v2/health/live
     models                         GET  /models
+    predict_stream                 POST /models/{name}[/versions/{v}]/predict     accept: msgpack frames
 
 Keyword arguments travel as msgpack (`content-type` and `accept: application/msgpack`), so
 numpy arrays keep their dtype and shape and bytes stay bytes. One `httpx` client (HTTP/1.1
@@ -16,7 +17,7 @@ line that sends.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import AsyncGenerator, Generator, Iterator
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -25,6 +26,8 @@ import orjson
 
 from modelpod.client import _operations as op
 from modelpod.client._errors import server_error
+from modelpod.client._security import Security
+from modelpod.client._stream import ItemReader
 from modelpod.client._transport import AsyncTransport, Transport
 from modelpod.errors import (
     ERROR_NAME_HEADER,
@@ -36,6 +39,7 @@ from modelpod.errors import (
     from_http_status,
 )
 from modelpod.protocol import native, v2
+from modelpod.protocol.stream import MSGPACK_STREAM
 
 T = TypeVar("T")
 
@@ -52,6 +56,21 @@ def build_request(
     return client.build_request(
         method, path, headers=headers, content=content, timeout=httpx.Timeout(timeout)
     )
+
+
+def build_stream_request(
+    client: httpx.Client | httpx.AsyncClient, call: op.Call, timeout: float | None
+) -> httpx.Request:
+    """The request for a call's items as a stream of msgpack frames (`timeout`: per read)."""
+    request = build_request(client, call, timeout)
+    request.headers["accept"] = MSGPACK_STREAM
+    return request
+
+
+def is_item_stream(response: httpx.Response) -> bool:
+    """Whether a response is a stream of items; otherwise it is an error or a plain answer."""
+    media_type = response.headers.get("content-type", "").split(";")[0].strip()
+    return not response.is_error and media_type == MSGPACK_STREAM
 
 
 def decode_response(operation: op.Operation[Any], response: httpx.Response) -> Any:
@@ -102,9 +121,12 @@ def translated(address: str, timeout: float | None) -> Iterator[None]:
 class HTTPTransport(Transport):
     """Blocking HTTP over one `httpx.Client`."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, security: Security | None = None) -> None:
+        security = security or Security()
         self.address = address.rstrip("/")
-        self.client = httpx.Client(base_url=self.address)
+        self.client = httpx.Client(
+            base_url=self.address, headers=security.headers(), verify=security.http_verify()
+        )
 
     def send(self, operation: op.Operation[T], timeout: float | None) -> T:
         request = build_request(self.client, operation, timeout)
@@ -113,6 +135,22 @@ class HTTPTransport(Transport):
         result: T = decode_response(operation, response)
         return result
 
+    def stream(self, call: op.Call, timeout: float | None) -> Generator[Any, None, None]:
+        request = build_stream_request(self.client, call, timeout)
+        with translated(self.address, timeout):
+            response = self.client.send(request, stream=True)
+            try:
+                if not is_item_stream(response):  # an error, or a model's own plain answer
+                    response.read()
+                    yield decode_response(call, response)
+                    return
+                reader = ItemReader(self.address)
+                for chunk in response.iter_bytes():
+                    yield from reader.feed(chunk)
+                reader.finish()
+            finally:
+                response.close()  # early: the connection closes, and the server stops the model
+
     def close(self) -> None:
         self.client.close()
 
@@ -120,9 +158,12 @@ class HTTPTransport(Transport):
 class AsyncHTTPTransport(AsyncTransport):
     """asyncio HTTP over one `httpx.AsyncClient`."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, security: Security | None = None) -> None:
+        security = security or Security()
         self.address = address.rstrip("/")
-        self.client = httpx.AsyncClient(base_url=self.address)
+        self.client = httpx.AsyncClient(
+            base_url=self.address, headers=security.headers(), verify=security.http_verify()
+        )
 
     async def send(self, operation: op.Operation[T], timeout: float | None) -> T:
         request = build_request(self.client, operation, timeout)
@@ -130,6 +171,23 @@ class AsyncHTTPTransport(AsyncTransport):
             response = await self.client.send(request)
         result: T = decode_response(operation, response)
         return result
+
+    async def stream(self, call: op.Call, timeout: float | None) -> AsyncGenerator[Any, None]:
+        request = build_stream_request(self.client, call, timeout)
+        with translated(self.address, timeout):
+            response = await self.client.send(request, stream=True)
+            try:
+                if not is_item_stream(response):
+                    await response.aread()
+                    yield decode_response(call, response)
+                    return
+                reader = ItemReader(self.address)
+                async for chunk in response.aiter_bytes():
+                    for item in reader.feed(chunk):
+                        yield item
+                reader.finish()
+            finally:
+                await response.aclose()
 
     async def close(self) -> None:
         await self.client.aclose()

@@ -8,13 +8,13 @@ whether it is safe to send again (`Retry`), so the retry loop needs to know noth
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import numpy.typing as npt
 
-from modelpod.errors import InvalidInput
+from modelpod.errors import InvalidInput, ModelError, ModelpodError, from_error_name
 
 T = TypeVar("T")
 Array = npt.NDArray[Any]
@@ -119,3 +119,22 @@ def single_model(models: Iterable[ModelInfo], address: str) -> str:
         f"the server at {address} serves {len(names)} models ({', '.join(names)});"
         " pass model= to choose one, e.g. Client(address, model=" + repr(names[0]) + ")"
     )
+
+
+def training_pauses() -> Iterator[float]:
+    """Seconds between looks at a running training job: quick at first, then twice a second."""
+    yield from (0.05, 0.1, 0.2, 0.4)
+    while True:
+        yield 0.5
+
+
+def training_outcome(job: Mapping[str, Any] | None) -> Any:
+    """What an ended training job gives its caller: what `train` returned, or the job's error."""
+    if job is None:
+        raise ModelpodError("the server has no record of the training job it started")
+    if job["state"] == "succeeded":
+        return job.get("result")
+    message = f"training {job.get('model')} version {job.get('version')} failed: {job.get('error')}"
+    kind = job.get("error_kind")
+    error = None if kind == "ModelError" else from_error_name(kind, message)
+    raise error or ModelError(message, job.get("error_id"))

@@ -22,9 +22,10 @@ error) shared by its blocking and asyncio flavours, plus a few lines of I/O per 
 from __future__ import annotations
 
 import abc
-from typing import TypeVar
+from collections.abc import AsyncGenerator, Generator
+from typing import Any, TypeVar
 
-from modelpod.client._operations import Operation
+from modelpod.client._operations import Call, Operation
 
 T = TypeVar("T")
 
@@ -37,6 +38,11 @@ class Transport(abc.ABC):
     @abc.abstractmethod
     def send(self, operation: Operation[T], timeout: float | None) -> T:
         """The result of `operation`; a typed error if the server refused it or cannot be reached."""
+
+    def stream(self, call: Call, timeout: float | None) -> Generator[Any, None, None]:
+        """The items of a call whose answer streams, as they arrive (`timeout`: per item); closing
+        the generator ends the call. A transport that cannot stream gives `send`'s result alone."""
+        yield self.send(call, timeout)
 
     @abc.abstractmethod
     def close(self) -> None:
@@ -51,6 +57,10 @@ class AsyncTransport(abc.ABC):
     @abc.abstractmethod
     async def send(self, operation: Operation[T], timeout: float | None) -> T:
         """The result of `operation`; a typed error if the server refused it or cannot be reached."""
+
+    async def stream(self, call: Call, timeout: float | None) -> AsyncGenerator[Any, None]:
+        """See `Transport.stream`."""
+        yield await self.send(call, timeout)
 
     @abc.abstractmethod
     async def close(self) -> None:

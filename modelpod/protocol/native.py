@@ -45,8 +45,18 @@ def unpack(data: bytes | bytearray) -> Any:
         return msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, strict_map_key=False)
     except InvalidInput:
         raise
+    except msgpack.StackError:
+        raise InvalidInput("malformed msgpack payload: nested too deeply") from None
+    except msgpack.FormatError:
+        raise InvalidInput("malformed msgpack payload: a byte that starts no msgpack value") from None
     except (ValueError, TypeError, msgpack.UnpackException) as error:
         raise InvalidInput(f"malformed msgpack payload: {error}") from None
+
+
+def unpacker() -> msgpack.Unpacker:
+    """`unpack` for values sent back to back (a stream): feed it bytes, iterate it for the values
+    complete so far; malformed bytes raise msgpack's errors (ValueError and its kind)."""
+    return msgpack.Unpacker(ext_hook=_ext_hook, raw=False, strict_map_key=False)
 
 
 def _default(obj: Any) -> Any:

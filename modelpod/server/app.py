@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import math
 import signal
 import socket
 import time
@@ -18,9 +19,11 @@ from modelpod import logs
 from modelpod.config import Settings
 from modelpod.pool import ModelPool
 from modelpod.repository import Repository
+from modelpod.server.auth import exposure_warning, grpc_interceptors, load_keys
 from modelpod.server.from_store import Announcer, add_store_models, open_store
 from modelpod.server.grpc import start_grpc_server
 from modelpod.server.http import create_app
+from modelpod.server.tls import load_tls
 from modelpod.service import InferenceService
 
 logger = logging.getLogger("modelpod.server")
@@ -46,8 +49,12 @@ class ModelServer:
     ) -> None:
         self.settings = settings
         self.announcer = announcer
+        self.keys = load_keys(settings)  # first: bad keys or TLS files stop the server before it loads
+        self.tls = load_tls(settings)
         self.pool = ModelPool(settings.model_pool_size, settings.model_pool_memory)
-        self.service = InferenceService(repository, self.pool, settings.rpc_max_workers)
+        self.service = InferenceService(
+            repository, self.pool, settings.rpc_max_workers, slow_ms=settings.slow_ms
+        )
         self.http_port = 0
         self.grpc_port = 0
         self._http: _Uvicorn | None = None
@@ -64,13 +71,20 @@ class ModelServer:
                 self.settings.host,
                 self.settings.grpc_port,
                 self.settings.max_message_size,
+                grpc_interceptors(self.keys),
+                self.tls.grpc_credentials() if self.tls is not None else None,
             )
         except OSError:
             await self.stop(quiet=True)
             raise
         host = self.settings.host
-        _say(f"HTTP listening on http://{host}:{self.http_port}")
-        _say(f"gRPC listening on {host}:{self.grpc_port}")
+        scheme, over_tls = ("https", " (TLS)") if self.tls is not None else ("http", "")
+        _say(f"HTTP listening on {scheme}://{host}:{self.http_port}")
+        _say(f"gRPC listening on {host}:{self.grpc_port}{over_tls}")
+        warning = exposure_warning(host, self.keys)
+        if warning is not None:
+            logger.warning("%s", warning)
+            _say(warning)
         _tune_garbage_collection()
         await self._load_defaults()
         self.service.set_ready(True)
@@ -90,13 +104,15 @@ class ModelServer:
             raise OSError(f"cannot listen on {where} for HTTP: {error.strerror}") from None
         self.http_port = sock.getsockname()[1]
         config = uvicorn.Config(
-            create_app(self.service, self.settings.max_message_size),
+            create_app(self.service, self.settings.max_message_size, self.keys),
             log_level=self.settings.log_level,
             log_config=None,  # logging is configured once, by modelpod.logs
             access_log=False,
             lifespan="off",
             proxy_headers=False,  # listening on its own address, not behind a proxy it should trust
             timeout_graceful_shutdown=int(self.settings.drain_timeout) or None,
+            ssl_certfile=self.tls.cert if self.tls is not None else None,
+            ssl_keyfile=self.tls.key if self.tls is not None else None,
         )
         self._http = _Uvicorn(config)
         self._http_task = asyncio.create_task(self._http.serve(sockets=[sock]))
@@ -188,7 +204,8 @@ def build_repository(targets: Iterable[Any], settings: Settings) -> Repository:
         "max_batch_delay_ms": settings.max_batch_delay_ms,
         "max_queue_size": settings.max_queue_size,
     }
-    repository = Repository(settings.data_path, {"slow_ms": settings.slow_ms}, batching, settings.workers,
+    # The service logs slow requests with their breakdown; the runners' own warning would repeat it.
+    repository = Repository(settings.data_path, {"slow_ms": math.inf}, batching, settings.workers,
                             settings.model_timeout)  # fmt: skip
     for target in targets:
         name, model = target if isinstance(target, tuple) else (None, target)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from starlette.requests import Request
@@ -9,7 +10,7 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from modelpod import __version__
-from modelpod.server.endpoints import json_response
+from modelpod.server.endpoints import json_response, service_of
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 _TENSOR = {
@@ -65,19 +66,53 @@ _SCHEMAS = {
         "description": "the method's keyword arguments",
         "additionalProperties": True,
     },
+    "DefaultVersion": {
+        "type": "object",
+        "required": ["version"],
+        "properties": {"version": {"type": ["string", "integer"]}},
+    },
+    "Readiness": {
+        "type": "object",
+        "required": ["name", "ready"],
+        "properties": {"name": {"type": "string"}, "ready": {"type": "boolean"}},
+    },
 }
 
 
+_INFER_ANSWERS = ("application/json", "application/octet-stream")  # JSON, then binary tensor data
+_EVENTS = ("text/event-stream",)
+_CALL_ANSWERS = ("application/json", "text/event-stream", "application/jsonl")  # streams: by Accept
+_VERSION = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$", "maxLength": 128}
+
+
 def _path_params(*names: str) -> list[dict[str, Any]]:
-    return [{"name": n, "in": "path", "required": True, "schema": {"type": "string"}} for n in names]
+    schemas = {"version": _VERSION}
+    return [
+        {"name": n, "in": "path", "required": True, "schema": schemas.get(n, {"type": "string"})}
+        for n in names
+    ]
 
 
-def _operation(summary: str, params: tuple[str, ...] = (), body: str | None = None) -> dict[str, Any]:
+def _name_the_models(paths: dict[str, Any], models: Sequence[str]) -> None:
+    """Say which models a `{name}` can be: those this server serves (any other is a 404)."""
+    for operations in paths.values():
+        for operation in operations.values():
+            for parameter in operation["parameters"]:
+                if parameter["name"] == "name":
+                    parameter["schema"] = {"type": "string", "enum": list(models)}
+
+
+def _operation(
+    summary: str,
+    params: tuple[str, ...] = (),
+    body: str | None = None,
+    answers: tuple[str, ...] = ("application/json",),
+) -> dict[str, Any]:
     operation: dict[str, Any] = {
         "summary": summary,
         "parameters": _path_params(*params),
         "responses": {
-            "200": {"description": "success", "content": {"application/json": {"schema": {}}}},
+            "200": {"description": "success", "content": {kind: {"schema": {}} for kind in answers}},
             "4XX": {
                 "description": "the request cannot be served",
                 "content": {"application/json": {"schema": _ERROR}},
@@ -91,59 +126,94 @@ def _operation(summary: str, params: tuple[str, ...] = (), body: str | None = No
     if body is not None:
         schema = {"$ref": f"#/components/schemas/{body}"}
         operation["requestBody"] = {
-            "required": True,
+            "required": body != "Arguments",  # no body: no arguments
             "content": {"application/json": {"schema": schema}},
         }
     return operation
 
 
-def openapi_document() -> dict[str, Any]:
-    """Every route the server has, with its parameters and bodies."""
+def _readiness(operation: dict[str, Any]) -> dict[str, Any]:
+    """A readiness check answers 503 with the same body as its 200, not an error."""
+    operation["responses"]["503"] = {
+        "description": "not ready",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Readiness"}}},
+    }
+    return operation
+
+
+def openapi_document(models: Sequence[str] = ()) -> dict[str, Any]:
+    """Every route the server has, with its parameters and bodies; `models`: the names it serves."""
     m, v = ("name",), ("name", "version")
     method = {
         "name": "method",
         "in": "path",
         "required": True,
-        "schema": {"type": "string", "enum": ["predict", "initialize", "train", "log"]},
+        "schema": {"type": "string", "enum": ["predict", "initialize", "train", "training", "log"]},
     }
-    call = _operation("call a model method (predict, initialize, train, log)", m, "Arguments")
+    call = _operation(
+        "call a model method (predict, initialize, train, training, log); predict streams its items "
+        "as server-sent events or JSON lines when the Accept header asks for them",
+        m,
+        "Arguments",
+        _CALL_ANSWERS,
+    )
     call["parameters"].append(method)
-    call_v = _operation("call a method of one version", v, "Arguments")
+    call_v = _operation("call a method of one version", v, "Arguments", _CALL_ANSWERS)
     call_v["parameters"].append(method)
     paths = {
         "/models": {"get": _operation("list served models, versions and defaults")},
         "/models/{name}": {"get": _operation("one model's versions", m)},
         "/models/{name}/default": {
-            "put": _operation("switch the default version without downtime", m, "Arguments")
+            "put": _operation("switch the default version without downtime", m, "DefaultVersion")
         },
         "/models/{name}/{method}": {"post": call},
         "/models/{name}/versions/{version}/{method}": {"post": call_v},
+        "/models/{name}/log": {"get": _operation("what training reported", m)},
+        "/models/{name}/versions/{version}/log": {"get": _operation("what a version's training reported", v)},
+        "/models/{name}/train": {"get": _operation("the latest training job and its progress", m)},
+        "/models/{name}/versions/{version}/train": {"get": _operation("a version's latest training job", v)},
+        "/models/{name}/train/events": {
+            "get": _operation("training progress as server-sent events", m, answers=_EVENTS)
+        },
+        "/models/{name}/versions/{version}/train/events": {
+            "get": _operation("a version's training progress as server-sent events", v, answers=_EVENTS)
+        },
         "/v2": {"get": _operation("server metadata")},
         "/v2/health/live": {"get": _operation("liveness")},
         "/v2/health/ready": {"get": _operation("readiness")},
         "/v2/models/{name}": {"get": _operation("model metadata", m)},
         "/v2/models/{name}/versions/{version}": {"get": _operation("model version metadata", v)},
-        "/v2/models/{name}/ready": {"get": _operation("model readiness", m)},
-        "/v2/models/{name}/versions/{version}/ready": {"get": _operation("model version readiness", v)},
+        "/v2/models/{name}/ready": {"get": _readiness(_operation("model readiness", m))},
+        "/v2/models/{name}/versions/{version}/ready": {
+            "get": _readiness(_operation("model version readiness", v))
+        },
         "/v2/models/{name}/infer": {
-            "post": _operation("inference (Open Inference Protocol)", m, "InferRequest")
+            "post": _operation("inference (Open Inference Protocol)", m, "InferRequest", _INFER_ANSWERS)
         },
         "/v2/models/{name}/versions/{version}/infer": {
-            "post": _operation("inference on one version", v, "InferRequest")
+            "post": _operation("inference on one version", v, "InferRequest", _INFER_ANSWERS)
         },
         "/v2/models/{name}/stats": {"get": _operation("the statistics extension for every version", m)},
         "/v2/models/{name}/versions/{version}/stats": {"get": _operation("statistics of one version", v)},
         "/v2/models/{name}/config": {"get": _operation("batching and tensors, in Triton's config shape", m)},
-        "/metrics": {"get": _operation("Prometheus metrics")},
+        "/v2/models/{name}/versions/{version}/config": {"get": _operation("one version's config", v)},
+        "/metrics": {"get": _operation("Prometheus metrics", answers=("text/plain",))},
+        "/ui/activity": {"get": _operation("the last minutes' requests, latency, batches and errors")},
         "/v2/repository/index": {"post": _operation("every model version and its state")},
         "/v2/repository/models/{name}/load": {"post": _operation("load a model", m)},
         "/v2/repository/models/{name}/unload": {"post": _operation("unload a model", m)},
     }
+    if models:
+        _name_the_models(paths, models)
     return {
         "openapi": "3.1.0",
         "info": {"title": "modelpod", "version": __version__},
         "paths": paths,
-        "components": {"schemas": _SCHEMAS},
+        "components": {
+            "schemas": _SCHEMAS,
+            # Only when the server has API keys (MODELPOD_API_KEYS); health and docs stay open.
+            "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer"}},
+        },
     }
 
 
@@ -157,7 +227,7 @@ _PAGE = """<!doctype html>
 
 
 async def openapi(request: Request) -> Response:
-    return json_response(openapi_document())
+    return json_response(openapi_document(service_of(request).repository.names()))
 
 
 async def docs_page(request: Request) -> Response:

@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from modelpod import logs
+from modelpod import timing as timings
 from modelpod.errors import (
     ERROR_NAME_HEADER,
     InvalidInput,
@@ -151,8 +152,10 @@ def handled(endpoint: Endpoint) -> Endpoint:
     async def wrapper(request: Request) -> Response:
         rid = logs.new_request_id(request.headers.get(logs.REQUEST_ID_HEADER))
         logs.request_id.set(rid)  # each request runs in a task of its own: this is its context
+        timing = timings.begin()
         response = await _answer(endpoint, request)
         response.headers[logs.REQUEST_ID_HEADER] = rid
+        timing.log_if_slow(service_of(request).slow_ms)
         return response
 
     return wrapper

@@ -4,16 +4,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import grpc
 
 from modelpod import logs, types
+from modelpod import timing as timings
 from modelpod.errors import (
     ERROR_NAME_HEADER,
+    InvalidInput,
     ModelError,
     ModelpodError,
     Unavailable,
@@ -24,9 +27,13 @@ from modelpod.protocol import native, v2
 from modelpod.protocol._generated import grpc_service_pb2 as pb
 from modelpod.protocol._generated import grpc_service_pb2_grpc as pb_grpc
 from modelpod.protocol._generated import native_pb2, native_pb2_grpc
+from modelpod.server.grpc_wire import add_servicer
 from modelpod.service import InferenceService, Options, request_options
 
 logger = logging.getLogger("modelpod.grpc")
+
+FINAL = "triton_final_response"  # on every streamed response: whether it is its request's last
+EMPTY_FINAL = "triton_enable_empty_final_response"  # a request's ask for an empty last response
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
@@ -41,11 +48,14 @@ def guarded(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
         given = dict(context.invocation_metadata() or ()).get(logs.REQUEST_ID_HEADER)
         rid = logs.new_request_id(given if isinstance(given, str) else None)
         logs.request_id.set(rid)  # each call runs in a task of its own: this is its context
+        timing = timings.begin()
         try:
             answer = await handler(self, request, context)
         except Exception as error:
             await abort(context, typed(error, handler.__name__), rid)
             raise AssertionError("abort() always raises") from None  # pragma: no cover
+        finally:
+            timing.log_if_slow(self.service.slow_ms)
         context.set_trailing_metadata(((logs.REQUEST_ID_HEADER, rid),))
         return answer
 
@@ -109,21 +119,61 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelStreamInfer(
         self, requests: AsyncIterator[pb.ModelInferRequest], context: Any
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
-        """Each request gets one response on the stream; an error answers that request alone."""
+        """Each request gets its responses on the stream, in turn: one per item of a model that
+        streams (Triton's decoupled mode), one otherwise; each carries `triton_final_response`,
+        false while more are to come. An error answers that request alone, and ends its responses."""
         async for request in requests:
-            try:
-                response = await self._infer(request, context)
-            except Exception as error:
-                # As Triton does: the error names the request, so a client can tell which failed.
-                failed = pb.ModelInferResponse(
-                    model_name=request.model_name,
-                    model_version=request.model_version,
-                    id=request.id,
-                )
-                message = str(typed(error, "ModelStreamInfer"))
-                yield pb.ModelStreamInferResponse(error_message=message, infer_response=failed)
+            answers = self._stream_answers(request, context)
+            async with contextlib.aclosing(answers):
+                async for answer in answers:
+                    yield answer
+
+    async def _stream_answers(
+        self, request: pb.ModelInferRequest, context: Any
+    ) -> AsyncGenerator[pb.ModelStreamInferResponse, None]:
+        try:
+            if self.service.streams(request.model_name, request.model_version or None):
+                decoupled = self._decoupled(request, context)
+                async with contextlib.aclosing(decoupled):
+                    async for response in decoupled:
+                        yield pb.ModelStreamInferResponse(infer_response=response)
             else:
+                response = await self._infer(request, context)
+                response.parameters[FINAL].bool_param = True
                 yield pb.ModelStreamInferResponse(infer_response=response)
+        except Exception as error:
+            # As Triton does: the error names the request, so a client can tell which failed.
+            failed = pb.ModelInferResponse(  # (a request that did not parse has no fields)
+                model_name=getattr(request, "model_name", ""),
+                model_version=getattr(request, "model_version", ""),
+                id=getattr(request, "id", ""),
+            )
+            message = str(typed(error, "ModelStreamInfer"))
+            yield pb.ModelStreamInferResponse(error_message=message, infer_response=failed)
+
+    async def _decoupled(
+        self, request: pb.ModelInferRequest, context: Any
+    ) -> AsyncGenerator[pb.ModelInferResponse, None]:
+        """A streaming model's responses, one per item as it comes; then, when the request asks for
+        it, an empty response that only says it was the last (the model cannot know which item is)."""
+        decoded = v2.decode_grpc_request(request)
+        name = request.model_name
+        options = options_of(context, decoded.parameters, "grpc_v2")
+        items = self.service.infer_stream(name, request.model_version or None, decoded.inputs, options)
+        version = request.model_version
+        async with contextlib.aclosing(items):
+            async for version, outputs in items:
+                response = v2.InferResponse(
+                    model_name=name,
+                    model_version=version,
+                    id=decoded.id,
+                    outputs=v2.select_outputs(outputs, decoded.outputs),
+                    parameters={FINAL: False},
+                )
+                yield v2.encode_grpc_response(response)
+        if decoded.parameters.get(EMPTY_FINAL) is True:
+            last = v2.InferResponse(name, {}, version, decoded.id, parameters={FINAL: True})
+            yield v2.encode_grpc_response(last)
 
     @guarded
     async def ModelConfig(self, request: pb.ModelConfigRequest, context: Any) -> pb.ModelConfigResponse:
@@ -213,8 +263,27 @@ class NativeServicer(native_pb2_grpc.ModelServiceServicer):
     async def CallStream(
         self, request: native_pb2.CallRequest, context: Any
     ) -> AsyncIterator[native_pb2.CallResponse]:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "no model method streams yet; use Call")
-        yield native_pb2.CallResponse()  # pragma: no cover  (makes this an async generator)
+        """`predict`'s items, one response each, as the model yields them (one for a model that does
+        not yield). An error, before the first item or midway, ends the call with its status."""
+        given = dict(context.invocation_metadata() or ()).get(logs.REQUEST_ID_HEADER)
+        rid = logs.new_request_id(given if isinstance(given, str) else None)
+        logs.request_id.set(rid)
+        try:
+            if request.method != "predict":
+                raise InvalidInput(f"only predict streams, not {request.method!r}: use Call")
+            items = self.service.stream(
+                request.model,
+                request.version or None,
+                native.unpack(request.payload) if request.payload else {},
+                query_params=dict(request.query_params),
+                options=options_of(context, protocol="grpc"),
+            )
+            async with contextlib.aclosing(items):
+                async for item in items:
+                    yield native_pb2.CallResponse(payload=_packed(item))
+        except Exception as error:
+            await abort(context, typed(error, "CallStream"), rid)
+        context.set_trailing_metadata(((logs.REQUEST_ID_HEADER, rid),))
 
 
 def options_of(context: Any, parameters: Mapping[str, Any] | None = None, protocol: str = "grpc") -> Options:
@@ -223,6 +292,15 @@ def options_of(context: Any, parameters: Mapping[str, Any] | None = None, protoc
     priority = metadata.get("x-priority", (parameters or {}).get("priority"))
     remaining = context.time_remaining()
     return request_options(priority, remaining, protocol)
+
+
+def _packed(item: Any) -> bytes:
+    try:
+        return native.pack(item)
+    except TypeError as error:
+        failure = ModelError(f"the model's item cannot be sent: {error}")
+        logger.error("error id %s: %s", failure.error_id, failure.message)
+        raise failure from None
 
 
 def _unwrap(response: types.Response) -> Any:
@@ -237,21 +315,32 @@ def _unwrap(response: types.Response) -> Any:
 
 
 async def start_grpc_server(
-    service: InferenceService, host: str, port: int, max_message_size: int | None
+    service: InferenceService,
+    host: str,
+    port: int,
+    max_message_size: int | None,
+    interceptors: Sequence[grpc.aio.ServerInterceptor[Any, Any]] = (),
+    credentials: grpc.ServerCredentials | None = None,
 ) -> tuple[grpc.aio.Server, int]:
-    """Bind and start both gRPC services; returns the server and the port it listens on."""
+    """Bind and start both gRPC services (over TLS with `credentials`); returns the server and its port."""
     limit = max_message_size if max_message_size is not None else -1
     server = grpc.aio.server(
+        interceptors=interceptors,
         options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
             ("grpc.so_reuseport", 0),
-        ]
+        ],
     )
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(service), server)
-    native_pb2_grpc.add_ModelServiceServicer_to_server(NativeServicer(service), server)
+    add_servicer(pb_grpc.add_GRPCInferenceServiceServicer_to_server, InferenceServicer(service), server)
+    add_servicer(native_pb2_grpc.add_ModelServiceServicer_to_server, NativeServicer(service), server)
     try:
-        bound = server.add_insecure_port(f"{host}:{port}")
+        address = f"{host}:{port}"
+        bound = (
+            server.add_insecure_port(address)
+            if credentials is None
+            else server.add_secure_port(address, credentials)
+        )
     except RuntimeError:
         bound = 0
     if bound == 0:

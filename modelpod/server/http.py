@@ -3,23 +3,30 @@
 from __future__ import annotations
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.routing import BaseRoute
 
-from modelpod.server import docs, routes_metrics, routes_native, routes_v2
+from modelpod.server import docs, routes_metrics, routes_native, routes_v2, status_page
+from modelpod.server.auth import AuthMiddleware, KeyTable
 from modelpod.server.endpoints import route_not_found
 from modelpod.service import InferenceService
 
 
-def create_app(service: InferenceService, max_body_bytes: int | None = None) -> Starlette:
-    """The whole HTTP API: native routes, the Open Inference Protocol, and the OpenAPI docs."""
+def create_app(
+    service: InferenceService, max_body_bytes: int | None = None, keys: KeyTable | None = None
+) -> Starlette:
+    """The whole HTTP API: native routes, the Open Inference Protocol, and the OpenAPI docs;
+    behind API keys when `keys` holds any."""
     routes: list[BaseRoute] = [
         *routes_native.routes(),
         *routes_v2.routes(),
         *routes_metrics.routes(),
         *docs.routes(),
+        *status_page.routes(),
     ]
     not_found = {404: route_not_found, 405: route_not_found}
-    app = Starlette(routes=routes, exception_handlers=not_found)
+    middleware = [Middleware(AuthMiddleware, keys=keys)] if keys else []
+    app = Starlette(routes=routes, exception_handlers=not_found, middleware=middleware)
     app.state.service = service
     app.state.max_body_bytes = max_body_bytes
     return app

@@ -64,10 +64,13 @@ async def ready(request: Request) -> Response:
 
 @handled
 async def model_metadata(request: Request) -> Response:
-    params = request.path_params
-    return json_response(
-        v2.model_metadata_json(*service_of(request).model_facts(params["name"], params.get("version")))
-    )
+    name, version = request.path_params["name"], request.path_params.get("version")
+    service = service_of(request)
+    document = v2.model_metadata_json(*service.model_facts(name, version))
+    load_error = service.load_error(name, version)
+    if load_error is not None:  # beside the protocol's fields: why the model is not ready
+        document["load_error"] = load_error
+    return json_response(document)
 
 
 @handled
