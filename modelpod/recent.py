@@ -107,7 +107,7 @@ class RecentActivity:
         now = self._clock()
         failed = outcome != "ok"
         with self._lock:
-            entry = self._versions.setdefault((model, version), _Version())
+            entry = self._entry(model, version)
             bucket = entry.second(int(now))
             bucket.requests += 1
             bucket.latency[latency_bin(seconds)] += 1
@@ -130,8 +130,14 @@ class RecentActivity:
         """One run of the model over `rows` rows."""
         now = self._clock()
         with self._lock:
-            entry = self._versions.setdefault((model, version), _Version())
-            entry.second(int(now)).batch_sizes[rows] += 1
+            self._entry(model, version).second(int(now)).batch_sizes[rows] += 1
+
+    def _entry(self, model: str, version: str) -> _Version:
+        """The version's record, made on its first event (lock held)."""
+        entry = self._versions.get((model, version))
+        if entry is None:
+            entry = self._versions[model, version] = _Version()
+        return entry
 
     def document(self) -> dict[str, Any]:
         """The window as JSON-ready data: server-wide and per version, plus the recent errors."""
