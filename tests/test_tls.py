@@ -228,3 +228,34 @@ def test_unusable_tls_files_stop_the_server(certificates: Certificates, tmp_path
         assert done.returncode == 2, done.stdout + done.stderr
         assert message in done.stderr
         assert "listening" not in done.stdout
+
+
+def test_a_remote_model_reaches_a_tls_server_it_found_in_the_store(
+    certificates: Certificates, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from modelpod import Store
+
+    from servable import Echo
+
+    store = Store(data_path=tmp_path, heartbeat_timeout=30)
+    echo = Echo(data_path=tmp_path / "work")
+    echo.initialize(colour="green")
+    store.apply(echo)
+    tls = ("--tls-cert", str(certificates.cert), "--tls-key", str(certificates.key))
+    server = launch(
+        (), tmp_path / "served", args=(*tls, "--store", store.url, "--model", "echo"),
+        env={"MODELPOD_API_KEYS": f"predict:{KEY}", "PYTHONPATH": str(ROOT / "tests")},
+    )  # fmt: skip
+    try:
+        monkeypatch.setenv("MODELPOD_API_KEY", KEY)
+        monkeypatch.setenv("MODELPOD_TLS_CA", str(certificates.ca))
+        proxy = store.load("echo")
+        assert proxy.predict(text="sealed")["config"] == {"colour": "green"}
+        assert proxy.route == f"remote grpcs://127.0.0.1:{server.grpc_port}"
+        recorded = {e.protocol: e.address for e in store.endpoints("echo", "1")}
+        assert recorded == {
+            "grpc": f"grpcs://127.0.0.1:{server.grpc_port}",
+            "http": f"https://127.0.0.1:{server.http_port}",
+        }
+    finally:
+        server.stop(timeout=15)

@@ -404,12 +404,12 @@ class AsyncClient(_ClientBase[AsyncTransport]):
 
 
 def _transport_of(address: str) -> tuple[bool, str, bool]:
-    """Whether an address is HTTP, the address as its transport wants it, and whether gRPC is over TLS."""
+    """Whether an address is HTTP, the address as its transport wants it, and whether it asks for TLS."""
     scheme, found, rest = address.partition("://")
     if not found:
         return False, address, False
     if scheme in ("http", "https"):
-        return True, address, False  # httpx reads TLS from the scheme itself
+        return True, address, scheme == "https"  # httpx reads TLS from the scheme itself
     if scheme in ("grpc", "grpcs"):
         return False, rest, scheme == "grpcs"
     raise ValueError(

@@ -4,7 +4,8 @@
     gRPC   grpcs://host:port, or host:port with `tls_ca` given, speaks TLS; host:port alone does not
 
 The key travels as `Authorization: Bearer KEY` (HTTP) or `authorization` metadata (gRPC); it
-defaults to the `MODELPOD_API_KEY` environment variable.
+defaults to the `MODELPOD_API_KEY` environment variable, and `tls_ca` to `MODELPOD_TLS_CA` (so that
+a `RemoteModel`, whose clients are made for it, reaches servers whose certificates that CA signed).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 import grpc
 
 API_KEY_VARIABLE = "MODELPOD_API_KEY"
+TLS_CA_VARIABLE = "MODELPOD_TLS_CA"
 
 
 @dataclass(frozen=True, repr=False)  # no repr: a key must not end up in a log by accident
@@ -29,8 +31,11 @@ class Security:
 
     @classmethod
     def of(cls, api_key: str | None, tls: bool, tls_ca: str | os.PathLike[str] | None) -> Security:
-        """The key given, else the environment's; TLS when asked for or when a CA is given."""
+        """The key and CA given, else the environment's; TLS when asked for or when a CA is given.
+        (A CA from the environment only serves addresses that ask for TLS themselves.)"""
         key = api_key if api_key is not None else os.environ.get(API_KEY_VARIABLE) or None
+        if tls_ca is None and tls:
+            tls_ca = os.environ.get(TLS_CA_VARIABLE) or None
         ca = Path(tls_ca) if tls_ca is not None else None
         if ca is not None and not ca.is_file():
             raise ValueError(f"tls_ca must be a PEM file of the certificate authority; {ca} is not a file")

@@ -89,7 +89,7 @@ class ModelServer:
         await self._load_defaults()
         self.service.set_ready(True)
         if self.announcer is not None:
-            await self.announcer.start(host, self.http_port, self.grpc_port)
+            await self.announcer.start(host, self.http_port, self.grpc_port, tls=self.tls is not None)
             _say(f"announced in the store {self.announcer.store}")
         _say("ready")
 

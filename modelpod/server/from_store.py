@@ -47,9 +47,11 @@ class Announcer:
         self.server_id = str(uuid.uuid4())
         self._task: asyncio.Task[None] | None = None
 
-    async def start(self, host: str, http_port: int, grpc_port: int) -> None:
+    async def start(self, host: str, http_port: int, grpc_port: int, tls: bool = False) -> None:
+        """Record both addresses, in the spelling a `Client` connects with (`https`, `grpcs` over TLS)."""
         name = socket.gethostname() if host in ("0.0.0.0", "::", "") else host
-        addresses = {"grpc": f"{name}:{grpc_port}", "http": f"http://{name}:{http_port}"}
+        grpc_address = f"grpcs://{name}:{grpc_port}" if tls else f"{name}:{grpc_port}"
+        addresses = {"grpc": grpc_address, "http": f"{'https' if tls else 'http'}://{name}:{http_port}"}
         for identifier, version in self.served:
             for protocol, address in addresses.items():
                 await asyncio.to_thread(
