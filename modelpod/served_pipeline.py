@@ -80,6 +80,10 @@ class ServedPipeline(Model):
         self._inputs = served[self.first_models()[0]].input_specs()
         self._outputs = served[self.last_models()[0]].output_specs()
 
+    def models(self) -> list[str]:
+        """Every served model a request may pass through, in step order."""
+        return [m for index, step in enumerate(self.steps) for m in _models_of(self.model_name, index, step)]
+
     def first_models(self) -> list[str]:
         return _models_of(self.model_name, 0, self.steps[0])
 

@@ -12,6 +12,7 @@ import functools
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -265,12 +266,16 @@ class InferenceService:
                 timing.model, timing.version, timing.answered = hosted.name, version, time.monotonic()
 
     def _queue_depths(self) -> dict[tuple[str, str], int]:
+        """Rows or requests waiting per version: in its batchers (plain and streaming) or for a thread."""
         with self._lock:
-            batchers, rooms = dict(self._batchers), dict(self._waiting_rooms)
-        return {
-            **{key: room.waiting for key, room in rooms.items()},
-            **{key: batcher.queued_rows for key, batcher in batchers.items()},
-        }
+            rooms = list(self._waiting_rooms.items())
+            batchers = [*self._batchers.items(), *self._stream_batchers.items()]
+        depths: Counter[tuple[str, str]] = Counter()
+        for key, room in rooms:
+            depths[key] += room.waiting
+        for key, batcher in batchers:
+            depths[key] += batcher.queued_rows
+        return dict(depths)
 
     def _waiting_room(self, hosted: HostedModel, version: str) -> WaitingRoom:
         """Where requests to a version that does not batch wait for a thread, at most `max_queue_size`."""
@@ -716,10 +721,13 @@ class InferenceService:
         return config
 
     def model_ready(self, name: str, version: str | None = None) -> bool:
+        """Loaded without error (or not tried yet); a pipeline when every model of its steps is ready."""
         try:
             hosted, resolved = self._hosted(name, version)
         except (NotFound, Unavailable):
             return False
+        if isinstance(hosted.probe, ServedPipeline):
+            return all(self.model_ready(step) for step in hosted.probe.models())
         return (hosted.name, resolved) not in self.pool.load_errors
 
     def load_error(self, name: str, version: str | None = None) -> str | None:
@@ -799,9 +807,13 @@ class InferenceService:
         }
 
     def _batch_sizes(self, name: str, version: str) -> dict[str, int]:
-        """Rows per batch run -> how many batches, for a batching version ({} otherwise)."""
-        batcher = self._batchers.get((name, version))
-        return {str(size): count for size, count in sorted(batcher.batch_sizes.items())} if batcher else {}
+        """Rows per batch run -> how many batches (streaming ones too), for a batching version."""
+        sizes: Counter[int] = Counter()
+        for batchers in (self._batchers, self._stream_batchers):
+            batcher = batchers.get((name, version))
+            if batcher is not None:
+                sizes.update(batcher.batch_sizes)
+        return {str(size): count for size, count in sorted(sizes.items())}
 
     # -- shutdown ------------------------------------------------------------------------------------
 

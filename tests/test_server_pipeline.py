@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from modelpod import Client, InvalidInput, ModelError, Timeout
 
-from conftest import ROOT, ServerProcess, example, launch
+from conftest import ROOT, ServerProcess, StartServer, example, launch, servable
 
 STEPS = ROOT / "tests" / "servable_pipeline.py"
 EXAMPLE = ("Scale", "Linear", "Tree", "Label", "IrisPipeline")
@@ -227,3 +227,15 @@ def test_a_step_that_is_not_served_stops_the_server_at_start_up(tmp_path: Path) 
                          check=False)  # fmt: skip
     assert bad.returncode == 2
     assert "--pipeline 'x=third,,y': invalid model name ''" in bad.stderr
+
+
+def test_a_pipeline_is_ready_when_every_model_of_its_steps_is(start_server: StartServer) -> None:
+    server = start_server(
+        f"{STEPS}:Third", servable("FailsToLoad"),
+        args=("--pipeline", "whole=third", "--pipeline", "half=third,failstoload"),
+    )  # fmt: skip
+    ready = {name: httpx.get(f"{server.http_url}/v2/models/{name}/ready") for name in ("whole", "half")}
+    assert (ready["whole"].status_code, ready["half"].status_code) == (200, 503)
+    with grpcclient.InferenceServerClient(server.grpc_address) as triton:
+        assert triton.is_model_ready("whole")
+        assert not triton.is_model_ready("half")

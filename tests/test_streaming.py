@@ -463,6 +463,8 @@ def test_requests_batched_together_each_get_their_own_stream(server: ServerProce
     assert results == [[f"t{i}" for i in range(n)] for n in (8, 1, 3, 2)]
     sizes = [int(line.rsplit(" ", 1)[1]) for line in events(server) if line.startswith("tokens batch of")]
     assert max(sizes) >= 2, sizes  # the three later requests came while the first batch ran
+    listed = httpx.get(f"{server.http_url}/models/tokens").json()["versions"][0]["batch_sizes"]
+    assert max(map(int, listed)) >= 2, listed  # streaming batches count among the version's batches
 
 
 def test_a_batch_whose_clients_all_leave_is_closed(server: ServerProcess) -> None:
