@@ -37,7 +37,8 @@ NO_VALUE = "\u2013"  # the en dash the page shows where there is no figure yet
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    models = (servable("Echo"), servable("BatchedWords"), servable("Slow"), servable("Broken"))
+    learner = f"{ROOT / 'tests' / 'servable_training.py'}:Learner"
+    models = (servable("Echo"), servable("BatchedWords"), servable("Slow"), servable("Broken"), learner)
     process = launch(models, tmp_path_factory.mktemp("status"))
     yield process
     assert process.stop() == 0
@@ -186,6 +187,16 @@ def test_the_page_shows_live_figures_under_load(server: ServerProcess, page: Pag
         page.wait_for_function(
             "() => !document.querySelector('#total-p50').textContent.includes('" + NO_VALUE + "')"
         )
+
+        job = {"steps": 1000, "seconds_per_step": (HISTORY_SECONDS + 20) / 1000}  # still running at the end
+        assert httpx.post(server.http_url + "/models/learner/train", json=job).status_code == 202
+        training = page.locator('#models tr[data-model="learner"] td.training')
+        page.wait_for_function(
+            """() => /step [1-9][0-9]* of 1000/.test(
+                document.querySelector('#models tr[data-model="learner"] td.training')?.textContent ?? '')"""
+        )  # the real job, from the server's own listing
+        assert "running" in training.inner_text()
+        assert "loss" in training.inner_text()
 
         time.sleep(HISTORY_SECONDS)
         assert load.sent > 0
