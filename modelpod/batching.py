@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from modelpod.errors import ModelError, ModelpodError, Timeout, Unavailable
+from modelpod.timing import call_deadline
 
 logger = logging.getLogger("modelpod.batching")
 
@@ -267,7 +268,10 @@ class Batcher:
             return
         rows = sum(r.rows for r in live)
         self.batch_sizes[rows] += 1
+        deadlines = [r.deadline for r in live]  # the batch may run until its last request's deadline
+        latest = None if None in deadlines else max(d for d in deadlines if d is not None)
         started = self._clock()
+        token = call_deadline.set(latest)
         try:
             results = self._run([r.inputs for r in live])
         except ModelpodError as error:
@@ -276,6 +280,8 @@ class Batcher:
             failure = ModelError(f"{self.name}: batch failed with {type(error).__name__}")
             logger.exception("error id %s: batch of %s failed", failure.error_id, self.name)
             results = [failure] * len(live)
+        finally:
+            call_deadline.reset(token)
         compute = self._clock() - started
         if self._observer is not None:
             self._observer(rows, compute, [started - r.arrived for r in live])

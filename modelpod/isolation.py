@@ -5,17 +5,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
 from modelpod.errors import InvalidInput, ModelpodError
 from modelpod.model import Model
+from modelpod.timing import call_deadline
 from modelpod.workers import WorkerPool
-
-call_deadline: ContextVar[float | None] = ContextVar("modelpod_call_deadline", default=None)
-"""When the request being run must be answered (`time.monotonic()`), if it has a deadline: a worker
-still computing it then is abandoned and replaced, like one past the model's own timeout."""
 
 
 class ProcessRunner:

@@ -22,7 +22,7 @@ from modelpod import __version__
 from modelpod import timing as timings
 from modelpod.batching import BatchConfig, Batcher
 from modelpod.errors import InvalidInput, ModelpodError, NotFound, Timeout, Unavailable
-from modelpod.isolation import ProcessRunner, call_deadline
+from modelpod.isolation import ProcessRunner
 from modelpod.metrics import ServerMetrics
 from modelpod.pool import ModelPool
 from modelpod.recent import RecentActivity
@@ -190,7 +190,7 @@ class InferenceService:
 
             def run(runner: Runner | ProcessRunner) -> list[Any]:
                 leave_waiting()
-                call_deadline.set(deadline)  # a worker process past it is replaced (this is a copied context)
+                timings.call_deadline.set(deadline)  # a worker past it is replaced (this is a copied context)
                 started = time.monotonic()
 
                 def observe() -> None:

@@ -1,4 +1,5 @@
-"""Where a request's time went (queue, compute, encode), for the slow-request log.
+"""Where a request's time went (queue, compute, encode), for the slow-request log, and by when
+the model call running it must end.
 
 An edge starts a `RequestTiming` for each request; it lives in a context variable, so the service
 and the model threads (which run in a copy of the request's context) fill in the same object, and
@@ -44,6 +45,11 @@ class RequestTiming:
 
 
 current: ContextVar[RequestTiming | None] = ContextVar("modelpod_request_timing", default=None)
+
+call_deadline: ContextVar[float | None] = ContextVar("modelpod_call_deadline", default=None)
+"""When the model call being run must be answered (`time.monotonic()`), if it has a deadline: a worker
+process still computing it then is abandoned and replaced, like one past the model's own timeout.
+Set by the service for a call of one request, and by a batcher for a batch (its latest deadline)."""
 
 
 def begin() -> RequestTiming:

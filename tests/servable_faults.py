@@ -166,3 +166,17 @@ class Hog(Model):
 
     def predict(self) -> str:
         return self.version
+
+
+class BatchedHang(Model):
+    """Batches in one worker process, and hangs when asked: a batch runs until its latest deadline."""
+
+    name = "batchedhang"
+    isolation = "process"
+    workers = 1
+    max_batch_size = 4
+
+    def predict(self, hang: bool = False) -> dict[str, Any]:
+        if hang:
+            time.sleep(3600)
+        return {"pid": os.getpid()}

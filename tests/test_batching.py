@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from modelpod import Model, ModelError, Runner, TensorSpec, Timeout, Unavailable
 from modelpod.batching import BatchConfig, Batcher
+from modelpod.timing import call_deadline
 
 
 class Recorder:
@@ -373,3 +374,32 @@ def test_deadlines_decide_exactly_which_requests_run(
         else:
             assert future.result() == i
     assert sorted(ran) == sorted(set(ran))  # nothing computed twice
+
+
+def test_a_batch_may_run_until_the_latest_deadline_of_its_requests() -> None:
+    seen: list[float | None] = []
+    release = threading.Event()
+
+    def run(items: list[Any]) -> list[Any]:
+        seen.append(call_deadline.get())
+        release.wait(10)
+        return items
+
+    batcher = Batcher(run, BatchConfig(max_batch_size=4, max_batch_delay_ms=0, max_queue_size=100))
+    try:
+        soon = time.monotonic() + 60
+        blocker = batcher.submit("first", deadline=soon)  # runs alone while the others queue
+        while not seen:
+            time.sleep(0.001)
+        later = [batcher.submit(i, deadline=soon + i) for i in (5, 9)]
+        release.set()
+        results([blocker, *later])
+        release.clear()
+        open_ended = [batcher.submit("a", deadline=soon), batcher.submit("b")]
+        release.set()
+        results(open_ended)
+    finally:
+        batcher.close(timeout=10)
+    assert seen[:2] == [soon, soon + 9]
+    assert seen[2:] in ([None], [soon, None])  # a request without a deadline: none for its batch
+    assert call_deadline.get() is None  # the caller's context is untouched

@@ -37,7 +37,7 @@ MODEL_TIMEOUT = 4  # seconds a call in a worker process may run (--model-timeout
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     models = tuple(
         f"{FAULTS}:{name}"
-        for name in ("Fragile", "Steady", "Stall", "NoWeights", "NoWeightsInWorkers", "Hog")
+        for name in ("Fragile", "Steady", "Stall", "NoWeights", "NoWeightsInWorkers", "Hog", "BatchedHang")
     )
     args = ("--model-timeout", str(MODEL_TIMEOUT), "--rpc-max-workers", "16", "--model-pool-size", "5")
     process = launch(models, tmp_path_factory.mktemp("faults") / "appdata", args)
@@ -202,6 +202,21 @@ def test_a_request_deadline_abandons_a_hung_worker_call_and_replaces_the_worker(
         healthy.assert_unaffected()
     after = two_ready_workers(server)
     assert len(before - after) == 1  # replaced long before --model-timeout
+
+
+def test_a_request_deadline_bounds_a_batch_in_worker_processes(server: ServerProcess) -> None:
+    """A batch runs in its worker until the latest deadline of its requests, not until --model-timeout."""
+    first = predict(server, "batchedhang").json()["pid"]
+    with HealthyTraffic(server) as healthy:
+        started = time.monotonic()
+        hung = predict(server, "batchedhang", headers={"request-timeout": "1"}, hang=True)
+        assert hung.status_code == 504, hung.text
+        server.wait_for_line(r"model batchedhang:1 did not answer within 0\.\d+ s; its worker was replaced")
+        assert time.monotonic() - started < MODEL_TIMEOUT  # the worker went at the deadline
+        healthy.assert_unaffected()
+    answer = predict(server, "batchedhang")
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["pid"] != first  # a new worker
 
 
 def test_a_grpc_deadline_abandons_a_hung_worker_call(server: ServerProcess) -> None:
