@@ -390,8 +390,8 @@ class InferenceService:
             self.pool.evict((hosted.name, version), "trained: reload the new weights")
             return result
 
-        self.training.start(job, self.repository.folder(hosted.name, version), train)
-        return job.as_dict(progress=None)
+        self.training.start(job, self.repository.folder(hosted.name, version), train, instance.log)
+        return job.as_dict()
 
     def training_ended(self, job: TrainingJob) -> None:
         """Called on the job's thread when a job ends (its state is saved by then)."""
@@ -399,18 +399,19 @@ class InferenceService:
 
     def training_job(self, name: str, version: str) -> dict[str, Any] | None:
         """The version's latest training job with its progress; None if it was never trained."""
-        return self.training_progress(name, version)[1]
+        job = self.training.get(name, version, self.repository.folder(name, version))
+        return None if job is None else job.as_dict()
 
     def training_progress(
         self, name: str, version: str, after: int = 0
     ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
         """What the version's latest job reported past its entry `after`, and the job's document."""
-        job = self.training.get(name, version, self.repository.folder(name, version))
+        job, reported = self.training.follow(name, version, self.repository.folder(name, version))
         if job is None:
             return [], None
-        hosted = self.repository.get(name)
-        reported = self.repository.instance(hosted, version).log()[job.log_start :]
-        return reported[after:], job.as_dict(progress=reported[-1] if reported else None)
+        if reported is None:  # a job that ended, or ran elsewhere: its reports are in the log on disk
+            reported = self.repository.instance(self.repository.get(name), version).log()[job.log_start :]
+        return reported[after:], job.as_dict()
 
     # -- pipelines of served models (modelpod.served_pipeline) -------------------------------------
 

@@ -32,6 +32,7 @@ JOB_FILE = "training.json"
 HEARTBEAT = 5.0  # seconds between writes of a running job's file
 STALE = 6 * HEARTBEAT  # a running job's file older than this, written on another host: interrupted
 Key = tuple[str, str]
+Reports = Callable[[], list[dict[str, Any]]]  # the training instance's log, as `Model.log` gives it
 _writing = threading.Lock()  # a running job's rewrites and its last write, one at a time
 
 
@@ -50,15 +51,22 @@ class TrainingJob:
     error_kind: str | None = None
     error_id: str | None = None
     log_start: int = 0  # log entries the version had before this job: its own progress comes after
+    progress: dict[str, Any] | None = None  # the job's last report
     host: str = field(default_factory=socket.gethostname)
     pid: int = field(default_factory=os.getpid)
     written_at: float = field(default_factory=time.time)
 
-    def as_dict(self, progress: dict[str, Any] | None = None) -> dict[str, Any]:
+    def as_dict(self) -> dict[str, Any]:
         document = dataclasses.asdict(self)
         for internal in ("pid", "written_at"):
             del document[internal]
-        return document | {"progress": progress}
+        return document
+
+    def follow(self, reports: Reports) -> list[dict[str, Any]]:
+        """This job's own reports, from its training instance's log; the last one is its progress."""
+        own = reports()[self.log_start :]
+        self.progress = own[-1] if own else None
+        return own
 
     def interrupted(self) -> bool:
         """Whether a job recorded as running has lost the process that ran it."""
@@ -85,12 +93,16 @@ class TrainingJobs:
         on_end: Callable[[TrainingJob], None] = lambda job: None,
     ) -> None:
         self._jobs: dict[Key, TrainingJob] = {}
+        self._reports: dict[Key, Reports] = {}  # of the jobs running here: their reports, in memory
         self._lock = threading.Lock()
         self._on_start = on_start
         self._on_end = on_end
 
-    def start(self, job: TrainingJob, folder: Path, train: Callable[[], Any]) -> TrainingJob:
-        """Run `train` in the background as `job`; Conflict if the version is training already."""
+    def start(
+        self, job: TrainingJob, folder: Path, train: Callable[[], Any], reports: Reports
+    ) -> TrainingJob:
+        """Run `train` in the background as `job`, its progress read from `reports`; Conflict if the
+        version is training already."""
         key = (job.model, job.version)
         with self._lock:
             current = self._jobs.get(key)
@@ -101,22 +113,23 @@ class TrainingJobs:
                     "job to end: GET its /train, or follow /train/events"
                 )
             self._jobs[key] = job
+            self._reports[key] = reports
         _save(job, folder)
         self._on_start(job)
         context = contextvars.copy_context()  # the job's log lines carry the request id that started it
         thread = threading.Thread(
             target=context.run,
-            args=(self._run, job, folder, train),
+            args=(self._run, job, folder, train, reports),
             name=f"modelpod-train-{job.model}:{job.version}",
             daemon=True,  # a job the server does not live to finish reads as interrupted afterwards
         )
         thread.start()
         return job
 
-    def _run(self, job: TrainingJob, folder: Path, train: Callable[[], Any]) -> None:
+    def _run(self, job: TrainingJob, folder: Path, train: Callable[[], Any], reports: Reports) -> None:
         logger.info("training %s version %s started", job.model, job.version)
         ended = threading.Event()
-        threading.Thread(target=_keep_written, args=(job, folder, ended), daemon=True).start()
+        threading.Thread(target=_keep_written, args=(job, folder, ended, reports), daemon=True).start()
         try:
             job.result = train()
             job.state, job.finished_at = SUCCEEDED, time.time()
@@ -131,25 +144,39 @@ class TrainingJobs:
         finally:
             with _writing:
                 ended.set()
+                job.follow(reports)
                 _save(job, folder)
+            with self._lock:
+                self._reports.pop((job.model, job.version), None)  # the instance need not stay in memory
             self._on_end(job)
 
     def get(self, model: str, version: str, folder: Path) -> TrainingJob | None:
         """The version's latest job: this server's, or the one recorded on disk; None if never trained."""
+        return self.follow(model, version, folder)[0]
+
+    def follow(
+        self, model: str, version: str, folder: Path
+    ) -> tuple[TrainingJob | None, list[dict[str, Any]] | None]:
+        """The version's latest job, and its reports when it runs here (read from memory, not disk);
+        its `progress` is then up to the moment."""
         with self._lock:
             job = self._jobs.get((model, version))
-        return job if job is not None else _load(folder)
+            reports = self._reports.get((model, version))
+        if job is None:
+            return _load(folder), None
+        return job, job.follow(reports) if reports is not None else None
 
     def running(self) -> list[TrainingJob]:
         with self._lock:
             return [job for job in self._jobs.values() if job.state == RUNNING]
 
 
-def _keep_written(job: TrainingJob, folder: Path, ended: threading.Event) -> None:
+def _keep_written(job: TrainingJob, folder: Path, ended: threading.Event, reports: Reports) -> None:
     """Rewrite a running job's file now and then: other hosts tell a live job by its freshness."""
     while not ended.wait(HEARTBEAT):
         with _writing:  # never after the last write, which says how the job ended
             if not ended.is_set():
+                job.follow(reports)
                 _save(job, folder)
 
 

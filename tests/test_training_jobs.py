@@ -52,10 +52,10 @@ def test_one_job_at_a_time_per_version_and_the_file_tells_how_it_ended(tmp_path:
     ended: list[TrainingJob] = []
     jobs = TrainingJobs(on_end=ended.append)
     release = threading.Event()
-    jobs.start(TrainingJob("m", "1", {}), tmp_path, lambda: release.wait(10) and {"ok": 1})
+    jobs.start(TrainingJob("m", "1", {}), tmp_path, lambda: release.wait(10) and {"ok": 1}, list)
     with pytest.raises(Conflict, match="already training"):
-        jobs.start(TrainingJob("m", "1", {}), tmp_path, dict)
-    jobs.start(TrainingJob("m", "2", {}), tmp_path / "2", dict)  # another version may train
+        jobs.start(TrainingJob("m", "1", {}), tmp_path, dict, list)
+    jobs.start(TrainingJob("m", "2", {}), tmp_path / "2", dict, list)  # another version may train
     assert json.loads((tmp_path / JOB_FILE).read_text())["state"] == RUNNING
     release.set()
     deadline = time.monotonic() + 10
@@ -77,15 +77,22 @@ def test_a_running_job_is_rewritten_so_other_hosts_see_it_alive(
         release.wait(10)
         raise InvalidInput("no data")
 
-    jobs.start(TrainingJob("m", "1", {}), tmp_path, refuse)
+    reported = [{"step": 0}]  # the version's log before the job: not this job's progress
+    jobs.start(TrainingJob("m", "1", {}, log_start=1), tmp_path, refuse, lambda: list(reported))
     first = json.loads((tmp_path / JOB_FILE).read_text())["written_at"]
+    assert jobs.get("m", "1", tmp_path).progress is None  # type: ignore[union-attr]
+    reported.append({"step": 1})
+    assert jobs.get("m", "1", tmp_path).progress == {"step": 1}  # type: ignore[union-attr]
     time.sleep(0.3)
-    assert json.loads((tmp_path / JOB_FILE).read_text())["written_at"] > first
+    rewritten = json.loads((tmp_path / JOB_FILE).read_text())
+    assert rewritten["written_at"] > first
+    assert rewritten["progress"] == {"step": 1}  # other hosts see it too
     release.set()
     assert ended.wait(10)
     time.sleep(0.2)  # no rewrite after the last one says how it ended
     final = json.loads((tmp_path / JOB_FILE).read_text())
     assert (final["state"], final["error_kind"], final["error"]) == (FAILED, "InvalidInput", "no data")
+    assert final["progress"] == {"step": 1}  # kept with the job that ended
 
 
 def test_an_unreadable_job_file_is_no_job(tmp_path: Path) -> None:
