@@ -23,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 from mlp_numpy import SIZES, NumpyMLP, sample_row
 
-from modelpod.model import Model
+from modelpod.runtime.model import Model
 from modelpod.types import TensorSpec
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -95,7 +95,7 @@ def _bad_request(message: str) -> Response:
 
 
 if __name__ == "__main__":
-    from modelpod.runner import Runner
+    from modelpod.runtime.runner import Runner
 
     with Runner(SentimentPredictor) as runner:
         print(runner.predict(payload={"text": "The service was great, not slow at all."}))

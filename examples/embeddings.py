@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from modelpod.errors import InvalidInput, ModelLoadError
-from modelpod.model import Model
+from modelpod.runtime.model import Model
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -117,7 +117,7 @@ def _text(value: Any, where: str) -> str:
 
 
 if __name__ == "__main__":
-    from modelpod.runner import Runner
+    from modelpod.runtime.runner import Runner
 
     with Runner(Embeddings) as runner:
         cat, kitten, stocks = runner.predict_batch(

@@ -12,7 +12,7 @@ def add(a: float, b: float) -> float:
 
 
 if __name__ == "__main__":
-    from modelpod.runner import Runner
+    from modelpod.runtime.runner import Runner
 
     with Runner(add) as runner:
         print(runner.predict(a=2.0, b=3.5))

@@ -33,7 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from modelpod.errors import InvalidInput
-from modelpod.model import Model
+from modelpod.runtime.model import Model
 from modelpod.types import TensorSpec
 
 ESTIMATOR_FILE = "estimator.pkl"
@@ -179,7 +179,7 @@ def _save(path: Path, value: Any) -> None:
 
 
 if __name__ == "__main__":
-    from modelpod.runner import Runner
+    from modelpod.runtime.runner import Runner
 
     with Runner(IrisClassifier) as runner:
         print(runner.predict(features=[6.7, 3.0, 5.2, 2.3]))

@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from modelpod.errors import InvalidInput
-from modelpod.model import Model
+from modelpod.runtime.model import Model
 from modelpod.types import TensorSpec
 
 IN_FEATURES = 16
@@ -105,7 +105,7 @@ def _batch(x: Any, where: str) -> Array:
 
 
 if __name__ == "__main__":
-    from modelpod.runner import Runner
+    from modelpod.runtime.runner import Runner
 
     with Runner(MLP) as runner:
         x = np.random.default_rng(1).standard_normal((3, IN_FEATURES)).astype(np.float32)

@@ -17,8 +17,8 @@ from typing import Any, ClassVar
 import numpy as np
 import numpy.typing as npt
 
-from modelpod.model import Model
-from modelpod.served_pipeline import ServedPipeline, Step
+from modelpod.runtime.model import Model
+from modelpod.serving.served_pipeline import ServedPipeline, Step
 from modelpod.types import TensorSpec
 
 Array = npt.NDArray[Any]

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from modelpod.errors import InvalidInput
-from modelpod.model import Model
+from modelpod.runtime.model import Model
 from modelpod.types import TensorSpec
 
 if TYPE_CHECKING:
@@ -136,7 +136,7 @@ def _numpy(tensor: torch.Tensor) -> Any:
 
 
 if __name__ == "__main__":
-    from modelpod.runner import Runner
+    from modelpod.runtime.runner import Runner
 
     with Runner(TinyTorch) as runner:
         print(runner.predict(x=np.ones((2, IN_FEATURES), dtype=np.float32)))

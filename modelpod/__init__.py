@@ -2,6 +2,7 @@
 
 from typing import TYPE_CHECKING, Any
 
+from modelpod._version import __version__
 from modelpod.errors import (
     Conflict,
     Forbidden,
@@ -15,27 +16,25 @@ from modelpod.errors import (
     Unauthenticated,
     Unavailable,
 )
-from modelpod.model import STREAM_END, Model, as_model
-from modelpod.pipeline import Pipeline
-from modelpod.router import Router
-from modelpod.runner import Runner
-from modelpod.served_pipeline import ServedPipeline
+from modelpod.runtime.adapters import as_model
+from modelpod.runtime.model import STREAM_END, Model, install_serve_hook
+from modelpod.runtime.pipeline import Pipeline
+from modelpod.runtime.runner import Runner
+from modelpod.serving.router import Router
+from modelpod.serving.served_pipeline import ServedPipeline
 from modelpod.types import Response, TensorSpec
-
-__version__ = "0.1.0"
-
 
 if TYPE_CHECKING:
     from modelpod.client import AsyncClient, Client
-    from modelpod.proxy import RemoteModel
-    from modelpod.store import Store
+    from modelpod.registry.remote import RemoteModel
+    from modelpod.registry.store import Store
 
 # Parts that need an extra are imported on first use: `import modelpod` needs numpy alone.
 _LAZY = {
     "Client": "modelpod.client",
     "AsyncClient": "modelpod.client",
-    "Store": "modelpod.store",
-    "RemoteModel": "modelpod.proxy",
+    "Store": "modelpod.registry.store",
+    "RemoteModel": "modelpod.registry.remote",
 }
 
 
@@ -45,6 +44,15 @@ def __getattr__(name: str) -> Any:
 
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'modelpod' has no attribute {name!r}")
+
+
+def _serve_remotely(cls: type, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    from modelpod.registry.remote import RemoteModel
+
+    return RemoteModel.from_constructor(cls, args, kwargs)
+
+
+install_serve_hook(_serve_remotely)
 
 
 def serve(*targets: Any, **settings: Any) -> None:

@@ -1,5 +1,5 @@
 import sys
 
-from modelpod.cli import main
+from modelpod.cli.main import main
 
 sys.exit(main())

@@ -1,4 +1,5 @@
-"""Shared vocabulary: tensor specs, Open Inference Protocol datatypes, and model responses."""
+"""Shared vocabulary: tensor specs, Open Inference Protocol datatypes, model responses, and how a model
+batches."""
 
 from __future__ import annotations
 
@@ -80,3 +81,37 @@ class Response:
     status: int = 200
     headers: dict[str, str] = field(default_factory=dict)
     media_type: str | None = None
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    """How one model version batches. `max_batch_size` 1 means no batching."""
+
+    max_batch_size: int = 1
+    max_batch_delay_ms: float = 0.0
+    max_queue_size: int = 1024
+    preferred_batch_sizes: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be at least 1, not {self.max_batch_size}")
+        if self.max_batch_delay_ms < 0:
+            raise ValueError(f"max_batch_delay_ms must not be negative, not {self.max_batch_delay_ms}")
+        if self.max_queue_size < 1:
+            raise ValueError(f"max_queue_size must be at least 1, not {self.max_queue_size}")
+        bad = [size for size in self.preferred_batch_sizes if not 1 <= size <= self.max_batch_size]
+        if bad:
+            raise ValueError(f"preferred_batch_sizes must lie in 1..max_batch_size: {bad}")
+        object.__setattr__(self, "preferred_batch_sizes", tuple(sorted(set(self.preferred_batch_sizes))))
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_batch_size > 1
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "max_batch_size": self.max_batch_size,
+            "max_batch_delay_ms": self.max_batch_delay_ms,
+            "max_queue_size": self.max_queue_size,
+            "preferred_batch_sizes": list(self.preferred_batch_sizes),
+        }

@@ -8,7 +8,7 @@ from fractions import Fraction
 from typing import Any, ClassVar
 
 from modelpod import Model, Response, ServedPipeline
-from modelpod.served_pipeline import Step
+from modelpod.serving.served_pipeline import Step
 
 
 class Third(Model):

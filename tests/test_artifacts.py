@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from modelpod import artifacts
+from modelpod.registry import artifacts
 
 
 def write(folder: Path, files: dict[str, bytes]) -> Path:

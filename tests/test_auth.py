@@ -24,13 +24,13 @@ from tritonclient.utils import InferenceServerException
 
 from modelpod import errors
 from modelpod.client import AsyncClient, Client
-from modelpod.config import Settings
 from modelpod.protocol import native
 from modelpod.protocol._generated import grpc_service_pb2 as pb
 from modelpod.protocol._generated import grpc_service_pb2_grpc as pb_grpc
 from modelpod.protocol._generated import native_pb2, native_pb2_grpc
 from modelpod.server import auth
 from modelpod.server.auth import Role
+from modelpod.server.settings import Settings
 
 from conftest import ROOT, ServerProcess, launch, servable
 

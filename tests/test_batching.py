@@ -15,8 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from modelpod import Model, ModelError, Runner, TensorSpec, Timeout, Unavailable
-from modelpod.batching import BatchConfig, Batcher
-from modelpod.timing import call_deadline
+from modelpod.runtime.batching import Batcher
+from modelpod.runtime.deadline import call_deadline
+from modelpod.types import BatchConfig
 
 
 class Recorder:

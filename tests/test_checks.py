@@ -12,9 +12,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from modelpod import checks, devices
-from modelpod.checks import check_memory_leak, check_nan, profile
-from modelpod.model import FunctionModel, Model
+from modelpod.runtime import devices, leaks, memory
+from modelpod.runtime.adapters import FunctionModel
+from modelpod.runtime.checks import check_nan
+from modelpod.runtime.leaks import check_memory_leak
+from modelpod.runtime.model import Model
+from modelpod.runtime.profiling import profile
 
 torch = pytest.importorskip("torch")
 
@@ -174,7 +177,7 @@ def test_growing_global_list_is_a_leak() -> None:
 
 
 def test_leaked_torch_tensors_show_in_the_c_heap() -> None:
-    if checks.malloc_in_use() is None:
+    if leaks.malloc_in_use() is None:
         pytest.skip("the C library does not report its heap (not glibc)")
     _LEAKED.clear()
     try:
@@ -209,7 +212,7 @@ def test_clean_function_in_a_fresh_process_does_not_leak() -> None:
     """The first measurement in a process (importing psutil, loading libc) is not counted."""
     code = (
         "import numpy as np\n"
-        "from modelpod.checks import check_memory_leak\n"
+        "from modelpod.runtime.leaks import check_memory_leak\n"
         "matrix = np.ones((50, 50))\n"
         "report = check_memory_leak(lambda: (matrix @ matrix).sum(), iterations=50)\n"
         "print(report.leaked, report.python_growth_bytes)\n"
@@ -237,7 +240,7 @@ def test_leak_check_arguments_are_checked() -> None:
 
 
 def test_rss_is_readable() -> None:
-    rss = checks.rss_bytes()
+    rss = memory.rss_bytes()
     assert rss is not None
     assert rss > 1 << 20
 

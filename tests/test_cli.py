@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from modelpod.store import Store
+from modelpod.registry.store import Store
 
 from conftest import ROOT
 from servable import Echo

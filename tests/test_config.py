@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from modelpod.cli import build_parser
-from modelpod.config import Settings, parse_size
+from modelpod.cli.main import build_parser
+from modelpod.server.settings import Settings, parse_size
 
 
 @pytest.fixture(autouse=True)

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 from modelpod import Model, ModelLoadError, Runner, TensorSpec
-from modelpod.devices import select_device
-from modelpod.memory import cuda_bytes, release_freed_memory
-from modelpod.pool import ModelPool
-from modelpod.tensors import run_tensors
+from modelpod.runtime.devices import select_device
+from modelpod.runtime.memory import cuda_bytes, release_freed_memory
+from modelpod.serving.pool import ModelPool
+from modelpod.serving.tensors import run_tensors
 
 from conftest import load_example
 

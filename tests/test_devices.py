@@ -12,8 +12,8 @@ import sys
 
 import pytest
 
-from modelpod import devices
-from modelpod.devices import select_device, torch_available
+from modelpod.runtime import devices
+from modelpod.runtime.devices import select_device, torch_available
 
 torch = pytest.importorskip("torch")
 
@@ -44,8 +44,8 @@ def three_gpus(monkeypatch: pytest.MonkeyPatch) -> dict[int, tuple[int, int]]:
 
 def test_torch_available_does_not_import_torch() -> None:
     code = (
-        "import sys, modelpod.devices, modelpod.stats, modelpod.checks\n"
-        "assert modelpod.devices.torch_available()\n"
+        "import sys, modelpod.runtime.devices, modelpod.runtime.latency, modelpod.runtime.checks\n"
+        "assert modelpod.runtime.devices.torch_available()\n"
         "print('torch' in sys.modules, 'psutil' in sys.modules)"
     )
     result = subprocess.run(

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from modelpod.errors import InvalidInput
-from modelpod.model import FunctionModel, PredictorAdapter, as_model
-from modelpod.runner import Runner
+from modelpod.runtime.adapters import FunctionModel, PredictorAdapter, as_model
+from modelpod.runtime.runner import Runner
 from modelpod.types import Response
 
 from conftest import load_example

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from modelpod import InvalidInput, Model, TensorSpec
-from modelpod.inputs import InputPreparer
+from modelpod.runtime.inputs import InputPreparer
 
 
 class Pair(Model):
@@ -94,7 +94,7 @@ def test_shapes_fit_the_spec_exactly_when_rank_and_fixed_sizes_match(shape: list
 
 
 def test_untyped_inputs_pass_through_and_tuples_become_lists(tmp_path: Path) -> None:
-    from modelpod.model import as_model
+    from modelpod.runtime.adapters import as_model
 
     preparer = InputPreparer(as_model(plain, data_path=tmp_path))
     values = preparer.prepare({"text": "hi", "values": (1.0, 2.0)}).values
@@ -106,7 +106,7 @@ def test_untyped_inputs_pass_through_and_tuples_become_lists(tmp_path: Path) -> 
 
 
 def test_binary_data_must_be_bytes(tmp_path: Path) -> None:
-    from modelpod.model import as_model
+    from modelpod.runtime.adapters import as_model
 
     preparer = InputPreparer(as_model(plain, data_path=tmp_path))
     for raw in (b"x", bytearray(b"x"), memoryview(b"x")):
@@ -140,7 +140,7 @@ def test_merge_positional(pair: Pair) -> None:
 
 
 def test_options_are_checked(pair: Pair, tmp_path: Path) -> None:
-    from modelpod.model import as_model
+    from modelpod.runtime.adapters import as_model
 
     with pytest.raises(ValueError, match="convert must be one of"):
         InputPreparer(pair, convert="tensorflow")

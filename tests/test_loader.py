@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from modelpod import errors
-from modelpod.loader import load_object, parse_reference
+from modelpod.runtime.loader import load_object, parse_reference
 
 SOURCE = """
 VALUE = 42

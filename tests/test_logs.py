@@ -44,7 +44,7 @@ def test_json_logs_are_one_object_per_line_with_the_request_id(start_server: Sta
     line = server.wait_for_line(r'"request_id":"json-1"')
     entry = json.loads(line)
     assert entry["level"] == "error"
-    assert entry["logger"] == "modelpod.runner"
+    assert entry["logger"] == "modelpod.runtime.runner"
     assert "error id" in entry["message"]
     assert "RuntimeError" in entry["exception"]
 

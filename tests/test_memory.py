@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from modelpod import memory
+from modelpod.runtime import memory
 
 SIZE = 256 * 2**20
 SLACK = 32 * 2**20  # what the interpreter may allocate or free on its own between two readings

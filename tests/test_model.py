@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from modelpod import InvalidInput, Model, ModelError, Response, Runner, TensorSpec, as_model
-from modelpod.model import FunctionModel, PredictorAdapter, check_name, derive_input_specs
+from modelpod.runtime.adapters import FunctionModel, PredictorAdapter
+from modelpod.runtime.model import check_name, derive_input_specs
 
 from conftest import load_example
 

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from modelpod import Model, ModelLoadError
-from modelpod.memory import rss_bytes
-from modelpod.pool import ModelPool
-from modelpod.runner import Runner
+from modelpod.runtime.memory import rss_bytes
+from modelpod.runtime.runner import Runner
+from modelpod.serving.pool import ModelPool
 
 
 class Recorder(Model):

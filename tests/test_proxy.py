@@ -51,7 +51,7 @@ def test_applied_and_served_the_proxy_predicts_remotely(
     assert proxy.encode() == record.reference
 
     server = serve_from(start_server, store, "echo")
-    caplog.set_level(logging.INFO, logger="modelpod.proxy")
+    caplog.set_level(logging.INFO, logger="modelpod.registry.remote")
     proxy.refresh_seconds = 0.0  # look for the new server now rather than within the refresh interval
     answer = proxy.predict(text="there")
     assert answer == {"text": "there", "version": "1", "config": {"colour": "red"}}

@@ -31,8 +31,8 @@ import psutil
 import pytest
 
 from modelpod import Client, NotFound, Store
-from modelpod.cli import main
-from modelpod.config import Settings
+from modelpod.cli.main import main
+from modelpod.server.settings import Settings
 
 ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'modelpod[ray]'")
 serve = pytest.importorskip("ray.serve", reason="Ray Serve is not installed: pip install 'modelpod[ray]'")

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from modelpod import logs
-from modelpod.recent import (
+from modelpod.observe import logs
+from modelpod.observe.activity import (
     ERRORS_KEPT,
     MESSAGE_CHARACTERS,
     RATE_SECONDS,

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from modelpod import InvalidInput, Model, NotFound
-from modelpod.repository import Repository
+from modelpod.serving.repository import Repository
 
 
 class Echo(Model):

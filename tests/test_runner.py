@@ -25,8 +25,10 @@ from modelpod import (
     Runner,
     TensorSpec,
 )
-from modelpod.checks import LeakReport, NanReport, ProfileReport
-from modelpod.devices import select_device
+from modelpod.runtime.checks import NanReport
+from modelpod.runtime.devices import select_device
+from modelpod.runtime.leaks import LeakReport
+from modelpod.runtime.profiling import ProfileReport
 
 from conftest import load_example
 
@@ -515,7 +517,7 @@ class Sleepy(Model):
 
 def test_slow_requests_are_logged_as_warnings(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     runner = Runner(Sleepy, data_path=tmp_path, slow_ms=20)
-    with caplog.at_level(logging.WARNING, logger="modelpod.runner"):
+    with caplog.at_level(logging.WARNING, logger="modelpod.runtime.runner"):
         runner.predict(seconds=0.0)
         assert not [r for r in caplog.records if r.levelno == logging.WARNING]
         runner.predict(seconds=0.03)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from modelpod import InvalidInput, Model, ModelError, Pipeline, Router, Runner, ServedPipeline, TensorSpec
-from modelpod.served_pipeline import name_step, parse_pipeline, pipeline_outputs, step_input
+from modelpod.serving.served_pipeline import name_step, parse_pipeline, pipeline_outputs, step_input
 
 from conftest import load_example
 

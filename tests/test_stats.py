@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from modelpod.stats import BUCKET_KEYS, LatencyStats, StatsSnapshot
+from modelpod.runtime.latency import BUCKET_KEYS, LatencyStats, StatsSnapshot
 
 latencies = st.lists(
     st.floats(min_value=0.0, max_value=100.0, allow_nan=False, allow_infinity=False),

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from modelpod import Conflict, InvalidInput, Model, ModelLoadError, NotFound
-from modelpod.proxy import RemoteModel
-from modelpod.store import Store
+from modelpod.registry.remote import RemoteModel
+from modelpod.registry.store import Store
 
 from servable import Echo
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from modelpod import InvalidInput, Model, ModelError, TensorSpec
-from modelpod.runner import Runner
-from modelpod.tensors import run_tensors
+from modelpod.runtime.runner import Runner
+from modelpod.serving.tensors import run_tensors
 
 
 def strings(*items: bytes) -> np.ndarray:

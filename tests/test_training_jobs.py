@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from modelpod import training
 from modelpod.errors import Conflict, InvalidInput
-from modelpod.training import FAILED, JOB_FILE, RUNNING, SUCCEEDED, TrainingJob, TrainingJobs
+from modelpod.serving import training
+from modelpod.serving.training import FAILED, JOB_FILE, RUNNING, SUCCEEDED, TrainingJob, TrainingJobs
 
 
 def recorded(folder: Path, **changes: object) -> TrainingJob:

@@ -17,10 +17,11 @@ import pytest
 
 from modelpod import InvalidInput, ModelError, ModelLoadError, Response, Runner, Timeout, Unavailable
 from modelpod.errors import ProcessorError
-from modelpod.loader import load_object
-from modelpod.model import as_model
-from modelpod.shm import BLOCK_PREFIX, DEFAULT_THRESHOLD, Encoder, decode
-from modelpod.workers import WorkerPool, reference_of
+from modelpod.runtime.adapters import as_model
+from modelpod.runtime.loader import load_object
+from modelpod.workers.handle import reference_of
+from modelpod.workers.pool import WorkerPool
+from modelpod.workers.shm import BLOCK_PREFIX, DEFAULT_THRESHOLD, Encoder, decode
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc and /dev/shm")
 

@@ -27,14 +27,14 @@ from typing import Any
 import ray
 from ray import cloudpickle, serve
 
-from modelpod.config import Settings
 from modelpod.ray._replica import Replica, ReplicaSpec, exclusive
 from modelpod.ray._sync import start_state, stop_state
-from modelpod.repository import Repository
+from modelpod.registry.store import Store
 from modelpod.server.app import build_repository
 from modelpod.server.auth import exposure_warning, load_keys
 from modelpod.server.from_store import add_store_models, open_store
-from modelpod.store import Store
+from modelpod.server.settings import Settings
+from modelpod.serving.repository import Repository
 
 __all__ = ["RayDeployment", "deploy", "serve_until_stopped", "undeploy"]
 

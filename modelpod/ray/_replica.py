@@ -21,15 +21,16 @@ from typing import Any
 from ray import cloudpickle, serve
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from modelpod.config import Settings
-from modelpod.pool import ModelPool
-from modelpod.ray._sync import SharedService
-from modelpod.repository import Repository
+from modelpod.ray._sync import SharedChanges
+from modelpod.registry.store import Store
 from modelpod.server.app import _tune_garbage_collection, build_repository
 from modelpod.server.auth import load_keys
 from modelpod.server.from_store import add_store_models, open_store
 from modelpod.server.http import create_app
-from modelpod.store import Store
+from modelpod.server.settings import Settings
+from modelpod.serving.pool import ModelPool
+from modelpod.serving.repository import Repository
+from modelpod.serving.service import InferenceService
 
 logger = logging.getLogger("modelpod.ray")
 
@@ -43,7 +44,7 @@ class ReplicaSpec:
     targets: bytes  # the served classes and functions, [(name or None, target)], cloudpickled
     import_paths: tuple[str, ...]  # folders their modules import from, put first on sys.path
     store_models: tuple[str, ...]  # `identifier[:version]` references into settings.store
-    settings: dict[str, Any]  # modelpod.config.Settings, its fields' values
+    settings: dict[str, Any]  # modelpod.server.settings.Settings, its fields' values
     state_name: str  # the deployment's SharedState actor
     url: str  # the address clients use (Ray's HTTP proxy), recorded in the store
     server_id: str  # one id for the whole deployment in the store's endpoint table
@@ -58,9 +59,15 @@ class ModelpodReplica:
         logging.getLogger("modelpod").setLevel(self.settings.log_level.upper())
         repository, self.store, self.served = _build_repository(spec, self.settings)
         pool = ModelPool(self.settings.model_pool_size, self.settings.model_pool_memory)
-        self.service = SharedService(
-            repository, pool, spec.state_name, self.settings.rpc_max_workers, self.settings.slow_ms
+        self.changes = SharedChanges(spec.state_name)
+        self.service = InferenceService(
+            repository,
+            pool,
+            self.settings.rpc_max_workers,
+            slow_ms=self.settings.slow_ms,
+            changes=self.changes,
         )
+        self.changes.attach(self.service)
         self.keys = load_keys(self.settings)
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
@@ -68,9 +75,9 @@ class ModelpodReplica:
     async def __serve_build_asgi_app__(self) -> ASGIApp:
         """Called by Ray Serve once the replica exists and before it gets requests: load, then serve."""
         self.service.set_ready(False)
-        await self.service.catch_up()  # a replica started later follows what the others changed
-        await self.service.load_defaults()
-        self._tasks.append(asyncio.create_task(self.service.follow()))
+        await self.changes.catch_up()  # a replica started later follows what the others changed
+        await self.changes.load_defaults()
+        self._tasks.append(asyncio.create_task(self.changes.follow()))
         if self.store is not None and self.served:
             self._tasks.append(asyncio.create_task(self._announce(self.store)))
         _tune_garbage_collection()

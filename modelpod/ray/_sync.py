@@ -15,18 +15,16 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import ray
 
 from modelpod.errors import Unavailable
-from modelpod.pool import ModelPool
-from modelpod.repository import Repository
-from modelpod.service import DEFAULT_OPTIONS, InferenceService, Options
-from modelpod.training import SUCCEEDED, TrainingJob
+from modelpod.serving.changes import CHANGED, Changes
+from modelpod.serving.service import InferenceService
 
 logger = logging.getLogger("modelpod.ray")
 
@@ -36,6 +34,7 @@ RETRY_SECONDS = 1.0  # after the actor could not be reached (it is being replace
 PUBLISH_ATTEMPTS = 5
 
 Version = tuple[str, str]  # (model, version)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -102,22 +101,29 @@ def stop_state(name: str) -> None:
         ray.kill(ray.get_actor(name, namespace=NAMESPACE))
 
 
-class SharedService(InferenceService):
-    """The inference service of one replica: it publishes its own changes and applies the others'.
+class SharedChanges(Changes):
+    """The changes of one replica's service: it publishes its own and applies the others'.
 
     One lock orders, within the replica, its own changes and the snapshots it applies: a snapshot
-    published before a change made here can never be applied after it and undo it."""
+    published before a change made here can never be applied after it and undo it. `attach` the
+    service before it takes requests."""
 
-    def __init__(
-        self, repository: Repository, pool: ModelPool, state_name: str, max_workers: int, slow_ms: float
-    ) -> None:
-        super().__init__(repository, pool, max_workers, slow_ms=slow_ms)
+    def __init__(self, state_name: str) -> None:
         self.state_name = state_name
+        self._service: InferenceService | None = None
         self._state: Any = None
         self._applied = ("", -1)  # (epoch, generation) of the last snapshot applied
         self._seen: dict[Version, int] = {}
         self._changing = asyncio.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None  # the replica's, where changes are shared
+
+    def attach(self, service: InferenceService) -> None:
+        self._service = service
+
+    @property
+    def service(self) -> InferenceService:
+        assert self._service is not None, "attach the service first"
+        return self._service
 
     def _actor(self) -> Any:
         if self._state is None:
@@ -126,27 +132,18 @@ class SharedService(InferenceService):
 
     # -- this replica's changes -----------------------------------------------------------------
 
-    async def call(
-        self,
-        name: str,
-        version: str | None,
-        method: str,
-        arguments: Mapping[str, Any],
-        query_params: Mapping[str, str] | None = None,
-        options: Options = DEFAULT_OPTIONS,
-    ) -> Any:
-        result = await super().call(name, version, method, arguments, query_params, options)
-        if method == "initialize":  # done on disk: the others only drop what they loaded
-            await self._share_change(name, version or self.repository.get(name).default_version)
+    async def make(self, kind: str, name: str, value: str, change: Callable[[], Awaitable[T]]) -> T:
+        async with self._changing:
+            result = await change()
+            await self._share(kind, name, value)
         return result
 
-    def training_ended(self, job: TrainingJob) -> None:
+    def trained(self, name: str, version: str) -> None:
         """A training job ends on a thread of its own, after the request that started it was answered:
         its success, not that request, is what the other replicas must hear of."""
-        super().training_ended(job)
-        if job.state != SUCCEEDED or self._loop is None:
+        if self._loop is None:
             return
-        sharing = self._share_change(job.model, job.version)
+        sharing = self._share_change(name, version)
         try:
             shared = asyncio.run_coroutine_threadsafe(sharing, self._loop)
         except RuntimeError:  # the replica has stopped: nobody left to tell
@@ -156,23 +153,7 @@ class SharedService(InferenceService):
 
     async def _share_change(self, name: str, version: str) -> None:
         async with self._changing:
-            await self._share("changed", name, version)
-
-    async def set_default(self, name: str, version: str) -> dict[str, Any]:
-        async with self._changing:
-            result = await super().set_default(name, version)
-            await self._share("default", name, result["default_version"])
-        return result
-
-    async def load_model(self, name: str) -> None:
-        async with self._changing:
-            await super().load_model(name)
-            await self._share("load", name)
-
-    async def unload_model(self, name: str) -> None:
-        async with self._changing:
-            await super().unload_model(name)
-            await self._share("unload", name)
+            await self._share(CHANGED, name, version)
 
     async def _share(self, kind: str, name: str, value: str = "") -> None:
         """Publish a change made here (lock held), then apply what others published before it."""
@@ -188,7 +169,7 @@ class SharedService(InferenceService):
                         f"({error}); repeat the request"
                     ) from None
                 await asyncio.sleep(RETRY_SECONDS)
-        if kind == "changed":
+        if kind == CHANGED:
             self._seen[(name, value)] = snapshot.changed[(name, value)]  # dropped here already
         await self._apply_snapshot(snapshot)
 
@@ -201,11 +182,12 @@ class SharedService(InferenceService):
 
     async def load_defaults(self) -> None:
         """Load each available model's default version (a new replica, before it takes requests)."""
-        for name in self.repository.names():
-            if self.repository.get(name).unloaded:
+        repository = self.service.repository
+        for name in repository.names():
+            if repository.get(name).unloaded:
                 continue
             try:
-                await InferenceService.load_model(self, name)  # this replica's own start: nothing to share
+                await self.service.versions.load(name)  # this replica's own start: nothing to share
             except Exception as error:  # one broken model must not stop the others
                 logger.error("%s", error)
 
@@ -229,24 +211,28 @@ class SharedService(InferenceService):
         epoch, generation = self._applied
         if snapshot.epoch == epoch and snapshot.generation <= generation:
             return  # applied already, or older than what this replica has (a restarted actor is a new epoch)
-        for name in self.repository.names():
+        for name in self.service.repository.names():
             await self._apply_model(name, snapshot)
         for key, changed_at in snapshot.changed.items():
             if self._seen.get(key) != changed_at:
                 self._seen[key] = changed_at
-                await asyncio.to_thread(self.pool.evict, key, "initialized or trained on another replica")
+                await asyncio.to_thread(
+                    self.service.pool.evict, key, "initialized or trained on another replica"
+                )
         self._applied = (snapshot.epoch, snapshot.generation)
 
     async def _apply_model(self, name: str, snapshot: Snapshot) -> None:
-        hosted = self.repository.get(name)
+        """Follow the others' changes to one model, made here without sharing them again."""
+        hosted = self.service.repository.get(name)
+        versions = self.service.versions
         try:
             wanted = snapshot.defaults.get(name, hosted.default_version)
             if wanted != hosted.default_version:
-                await InferenceService.set_default(self, name, wanted)
+                await versions.set_default(name, wanted)
             if name in snapshot.unloaded and not hosted.unloaded:
-                await InferenceService.unload_model(self, name)
+                await versions.unload(name)
             elif name not in snapshot.unloaded and hosted.unloaded:
-                await InferenceService.load_model(self, name)
+                await versions.load(name)
         except Exception as error:  # e.g. the version is not on this node's disk: say so, keep serving
             logger.error("could not follow the shared state of %s: %s", name, error)
 

@@ -15,16 +15,16 @@ from typing import Any
 import grpc
 import uvicorn
 
-from modelpod import logs
-from modelpod.config import Settings
-from modelpod.pool import ModelPool
-from modelpod.repository import Repository
+from modelpod.observe import logs
 from modelpod.server.auth import exposure_warning, grpc_interceptors, load_keys
 from modelpod.server.from_store import Announcer, add_store_models, open_store
 from modelpod.server.grpc import start_grpc_server
 from modelpod.server.http import create_app
+from modelpod.server.settings import Settings
 from modelpod.server.tls import load_tls
-from modelpod.service import InferenceService
+from modelpod.serving.pool import ModelPool
+from modelpod.serving.repository import Repository
+from modelpod.serving.service import InferenceService
 
 logger = logging.getLogger("modelpod.server")
 
@@ -106,7 +106,7 @@ class ModelServer:
         config = uvicorn.Config(
             create_app(self.service, self.settings.max_message_size, self.keys),
             log_level=self.settings.log_level,
-            log_config=None,  # logging is configured once, by modelpod.logs
+            log_config=None,  # logging is configured once, by modelpod.observe.logs
             access_log=False,
             lifespan="off",
             proxy_headers=False,  # listening on its own address, not behind a proxy it should trust

@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from modelpod import logs
-from modelpod.config import Settings
 from modelpod.errors import Forbidden, ModelpodError, Unauthenticated
+from modelpod.observe import logs
 from modelpod.server.endpoints import error_response
 from modelpod.server.grpc import abort
+from modelpod.server.settings import Settings
 
 
 class Role(enum.IntEnum):

@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from modelpod import __version__
+from modelpod._version import __version__
 from modelpod.server.endpoints import json_response, service_of
 
 _ERROR = {"$ref": "#/components/schemas/Error"}

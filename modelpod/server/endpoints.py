@@ -11,8 +11,6 @@ from typing import Any, TypeVar
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from modelpod import logs
-from modelpod import timing as timings
 from modelpod.errors import (
     ERROR_NAME_HEADER,
     InvalidInput,
@@ -22,9 +20,12 @@ from modelpod.errors import (
     Unavailable,
     http_status,
 )
+from modelpod.observe import logs
+from modelpod.observe import timing as timings
 from modelpod.protocol import jsoncodec
 from modelpod.protocol.body import BodyBuffer
-from modelpod.service import InferenceService, Options, request_options
+from modelpod.serving.options import Options, request_options
+from modelpod.serving.service import InferenceService
 
 logger = logging.getLogger("modelpod.http")
 

@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from modelpod.errors import NotFound
-from modelpod.repository import Repository
-from modelpod.store import Store
+from modelpod.registry.store import Store
+from modelpod.serving.repository import Repository
 
 logger = logging.getLogger("modelpod.server")
 

@@ -12,8 +12,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from modelpod import logs, types
-from modelpod import timing as timings
+from modelpod import types
 from modelpod.errors import (
     ERROR_NAME_HEADER,
     InvalidInput,
@@ -23,12 +22,15 @@ from modelpod.errors import (
     from_http_status,
     grpc_status_name,
 )
+from modelpod.observe import logs
+from modelpod.observe import timing as timings
 from modelpod.protocol import native, v2
 from modelpod.protocol._generated import grpc_service_pb2 as pb
 from modelpod.protocol._generated import grpc_service_pb2_grpc as pb_grpc
 from modelpod.protocol._generated import native_pb2, native_pb2_grpc
 from modelpod.server.grpc_wire import add_servicer
-from modelpod.service import InferenceService, Options, request_options
+from modelpod.serving.options import Options, request_options
+from modelpod.serving.service import InferenceService
 
 logger = logging.getLogger("modelpod.grpc")
 

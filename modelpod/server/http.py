@@ -9,7 +9,7 @@ from starlette.routing import BaseRoute
 from modelpod.server import docs, routes_metrics, routes_native, routes_v2, status_page
 from modelpod.server.auth import AuthMiddleware, KeyTable
 from modelpod.server.endpoints import route_not_found
-from modelpod.service import InferenceService
+from modelpod.serving.service import InferenceService
 
 
 def create_app(

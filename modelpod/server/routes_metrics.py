@@ -6,7 +6,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from modelpod.metrics import CONTENT_TYPE
+from modelpod.observe.prometheus import CONTENT_TYPE
 from modelpod.server.endpoints import handled, service_of
 
 

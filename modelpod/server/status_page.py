@@ -1,5 +1,5 @@
 """The status page: `GET /` and `GET /ui` serve one self-contained HTML file, which polls
-`GET /models` and `GET /ui/activity` (the last few minutes, from `modelpod.recent`) every second."""
+`GET /models` and `GET /ui/activity` (the last few minutes, from `modelpod.observe.activity`) every second."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import grpc
 
-from modelpod.config import Settings
+from modelpod.server.settings import Settings
 
 
 @dataclass(frozen=True)

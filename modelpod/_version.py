@@ -1,0 +1,3 @@
+"""The release, in one place: the package face, the server and the build read it here."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,181 @@
+"""The command line: `modelpod serve MODEL...`, `modelpod train ...`, `modelpod models ...`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from modelpod.cli import ray_backend as cli_ray
+from modelpod.cli import train as cli_train
+
+EPILOG = """Each MODEL is FILE.py:Class, package.module:Class, or NAME=... to serve it under another
+name. A model is a modelpod.Model subclass, a class with __init__(config) and
+predict(payload, query_params), or a function. Every option can also be set by its
+environment variable; a flag wins over the environment."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="modelpod", description="Serve Python models over HTTP and gRPC.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser(
+        "serve",
+        help="serve models over HTTP and gRPC",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    serve.add_argument("models", nargs="*", metavar="MODEL", help="what to serve")
+    serve.add_argument(
+        "--model",
+        dest="store_models",
+        action="append",
+        default=[],
+        metavar="IDENTIFIER[:VERSION]",
+        help="serve a model recorded in the store (--store); repeatable",
+    )
+    serve.add_argument(
+        "--pipeline",
+        dest="pipelines",
+        action="append",
+        default=[],
+        metavar="NAME=MODEL,MODEL,...",
+        help="serve the named models as one model NAME, each step's result the next one's input; "
+        "MODEL|MODEL branches (?branch=MODEL picks one, the first by default); repeatable",
+    )
+    _add_settings(serve)
+    cli_ray.add_options(serve)
+    _add_models_command(commands)
+    cli_train.add_command(commands)
+    return parser
+
+
+def _add_models_command(commands: Any) -> None:
+    models = commands.add_parser("models", help="the models recorded in a store")
+    models.add_argument("--store", default=None, help="the store's database URL [env MODELPOD_STORE; "
+                        "default: SQLite under the data path]")  # fmt: skip
+    models.add_argument("--data-path", default=None, help="[env MODELPOD_DATA_PATH; default appdata]")
+    models.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    actions = models.add_subparsers(dest="action", required=True)
+    actions.add_parser("list", help="every version of every model")
+    show = actions.add_parser("show", help="every version of one model")
+    show.add_argument("identifier")
+    remove = actions.add_parser("remove", help="forget a version, or every version of a model")
+    remove.add_argument("identifier")
+    remove.add_argument("version", nargs="?")
+
+
+def _add_settings(parser: argparse.ArgumentParser) -> None:
+    from modelpod.server.settings import Settings
+
+    for name, field in Settings.model_fields.items():
+        default = field.default if field.default is not None else "none"
+        if name.endswith("_memory"):
+            default = "no limit"
+        flag = "--" + name.replace("_", "-")
+        help_text = f"{field.description} [env MODELPOD_{name.upper()}; default {default}]"
+        if field.annotation is bool:
+            parser.add_argument(
+                flag, dest=name, action="store_const", const=True, default=None, help=help_text
+            )
+        else:
+            parser.add_argument(
+                flag, dest=name, default=None, metavar=name.split("_")[-1].upper(), help=help_text
+            )
+
+
+def run_serve(arguments: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from modelpod.errors import ModelpodError
+    from modelpod.runtime.loader import parse_reference
+    from modelpod.server.app import serve
+    from modelpod.server.settings import Settings
+    from modelpod.serving.served_pipeline import parse_pipeline
+
+    overrides: dict[str, Any] = {
+        key: value
+        for key, value in vars(arguments).items()
+        if key not in ("command", "models", "store_models", "pipelines", *cli_ray.OPTIONS)
+        and value is not None
+    }
+    try:
+        settings = Settings(**overrides)
+        targets = [_named(parse_reference(reference)) for reference in arguments.models]
+        targets += [parse_pipeline(text) for text in arguments.pipelines]
+    except (ValidationError, ValueError) as error:
+        print(f"modelpod: {error}", file=sys.stderr)
+        return 2
+    if not targets and not arguments.store_models:
+        print("modelpod: nothing to serve: give a MODEL, or --store URL --model IDENTIFIER", file=sys.stderr)
+        return 2
+    try:
+        if arguments.backend == "ray":
+            return cli_ray.run(arguments, targets, settings)
+        serve(*targets, settings=settings, store_models=arguments.store_models)
+    except (OSError, ModelpodError, ValueError) as error:
+        print(f"modelpod: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _named(pair: tuple[str | None, Any]) -> Any:
+    name, target = pair
+    return target if name is None else (name, target)
+
+
+def run_models(arguments: argparse.Namespace) -> int:
+    import json
+    import os
+
+    from modelpod.errors import ModelpodError
+    from modelpod.registry.store import Store
+
+    url = arguments.store or os.environ.get("MODELPOD_STORE")
+    store = Store(url, data_path=arguments.data_path)
+    try:
+        if arguments.action == "remove":
+            count = store.remove(arguments.identifier, arguments.version)
+            print(f"removed {count} version{'s' if count != 1 else ''} of {arguments.identifier}")
+            return 0
+        records = store.list() if arguments.action == "list" else store.show(arguments.identifier)
+        if arguments.action == "show" and not records:
+            raise ModelpodError(f"the store has no model {arguments.identifier!r}")
+    except ModelpodError as error:
+        print(f"modelpod: {error}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    if arguments.json:
+        print(json.dumps([r.as_dict() | {"reference": r.reference} for r in records], indent=2))
+    else:
+        print(_table(records))
+    return 0
+
+
+def _table(records: Sequence[Any]) -> str:
+    import datetime
+
+    rows = [("IDENTIFIER", "VERSION", "UUID", "CLASS", "APPLIED")]
+    for r in records:
+        applied = datetime.datetime.fromtimestamp(r.created_at).strftime("%Y-%m-%d %H:%M:%S")
+        rows.append(
+            (r.identifier, r.version, r.uuid, r.class_ref + (" (pickled)" if r.pickled else ""), applied)
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    arguments = build_parser().parse_args(argv)
+    if arguments.command == "serve":
+        return run_serve(arguments)
+    if arguments.command == "train":
+        return cli_train.run(arguments)
+    return run_models(arguments)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""What the server records: metrics, statistics, recent activity, timings and logs."""

@@ -1,0 +1,96 @@
+"""What the serving core tells whoever records it: a request answered, a batch run, a training job's
+state. The service publishes each event once, to its `Recorders`; each `Recorder` (Prometheus, the
+statistics extension, the status page's activity) keeps what it needs of it.
+
+A new recorder subclasses `Recorder`, overrides the hooks it cares about, and is handed to the
+service (`InferenceService(..., recorders=[...])`). Hooks run on the thread that saw the event (the
+event loop, a batcher's thread, a training job's thread): they must be quick and thread-safe.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+logger = logging.getLogger("modelpod.observe")
+
+
+@dataclass(frozen=True, slots=True)
+class RequestDone:
+    """A request answered, or a stream ended."""
+
+    model: str
+    version: str
+    protocol: str  # the edge it came through: http, grpc, v2..., pipeline, python
+    outcome: str  # "ok"; "cancelled" (a stream its client left); an error's snake name; "error"
+    seconds: float
+    message: str = ""  # what the client was told of its error, never more
+    items: int | None = None  # how many items a stream sent; None for a request with one answer
+
+    @property
+    def served(self) -> bool:
+        """Answered as asked: a client that stops reading a stream is no failure of the server."""
+        return self.outcome in ("ok", "cancelled")
+
+
+@dataclass(frozen=True, slots=True)
+class BatchDone:
+    """One run of a model: a batch of rows, or one request's call for a model that does not batch."""
+
+    model: str
+    version: str
+    rows: int
+    compute: float  # seconds the call took
+    waits: Sequence[float]  # seconds each request of it waited
+
+
+@dataclass(frozen=True, slots=True)
+class TrainingChanged:
+    """A training job started (state "running") or ended (its final state)."""
+
+    model: str
+    version: str
+    state: str
+
+
+class Recorder:
+    """Told of what the serving core does; every hook does nothing until a subclass overrides it."""
+
+    def on_request(self, event: RequestDone) -> None:
+        return None
+
+    def on_batch(self, event: BatchDone) -> None:
+        return None
+
+    def on_training(self, event: TrainingChanged) -> None:
+        return None
+
+
+class Recorders(Recorder):
+    """Every recorder of one service, told in turn. One that fails is logged, never the request's
+    failure: what the server records must not change what it answers."""
+
+    def __init__(self, recorders: Iterable[Recorder]) -> None:
+        self.all = tuple(recorders)
+
+    def on_request(self, event: RequestDone) -> None:
+        for recorder in self.all:
+            try:
+                recorder.on_request(event)
+            except Exception:
+                logger.exception("%s failed to record a request", type(recorder).__name__)
+
+    def on_batch(self, event: BatchDone) -> None:
+        for recorder in self.all:
+            try:
+                recorder.on_batch(event)
+            except Exception:
+                logger.exception("%s failed to record a batch", type(recorder).__name__)
+
+    def on_training(self, event: TrainingChanged) -> None:
+        for recorder in self.all:
+            try:
+                recorder.on_training(event)
+            except Exception:
+                logger.exception("%s failed to record a training job", type(recorder).__name__)

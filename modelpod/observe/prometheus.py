@@ -1,0 +1,173 @@
+"""Prometheus metrics of one server (`GET /metrics`), in a registry of its own.
+
+Recorded as things happen: requests by protocol and outcome, request latency, model compute time,
+time queued, batch sizes, training jobs, streamed items and streams cancelled. Read when scraped:
+queue depth, requests in flight, and the pool's loads, evictions and load time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Protocol
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from modelpod.observe.events import BatchDone, Recorder, RequestDone, TrainingChanged
+
+
+class PoolCounts(Protocol):
+    """What the model pool counts, read at scrape time."""
+
+    @property
+    def loads(self) -> int: ...
+    @property
+    def load_failures(self) -> int: ...
+    @property
+    def evictions(self) -> int: ...
+    @property
+    def load_seconds(self) -> float: ...
+    @property
+    def costs(self) -> Mapping[tuple[str, str], int]: ...
+
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_SECONDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_ROWS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+_MODEL = ["model", "version"]
+
+
+class ServerMetrics(Recorder):
+    """The metrics the service's events are recorded into, and their text exposition."""
+
+    def __init__(
+        self,
+        pool_counts: Callable[[], PoolCounts],
+        queue_depths: Callable[[], Mapping[tuple[str, str], int]],
+        in_flight: Callable[[], int],
+    ) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "modelpod_requests", "Requests answered, by protocol and outcome",
+            [*_MODEL, "protocol", "outcome"], registry=self.registry,
+        )  # fmt: skip
+        self.request_seconds = Histogram(
+            "modelpod_request_duration_seconds", "Time from a request's arrival in the service to its answer",
+            [*_MODEL, "protocol"], buckets=_SECONDS, registry=self.registry,
+        )  # fmt: skip
+        self.compute_seconds = Histogram(
+            "modelpod_compute_duration_seconds", "Time the model computed, per call or batch", _MODEL,
+            buckets=_SECONDS, registry=self.registry,
+        )  # fmt: skip
+        self.queue_seconds = Histogram(
+            "modelpod_queue_wait_seconds", "Time a request waited before its model call started", _MODEL,
+            buckets=_SECONDS, registry=self.registry,
+        )  # fmt: skip
+        self.batch_rows = Histogram(
+            "modelpod_batch_size_rows", "Rows per model call", _MODEL, buckets=_ROWS, registry=self.registry
+        )
+        self.training_running = Gauge(
+            "modelpod_training_jobs_running", "Training jobs running", _MODEL, registry=self.registry
+        )
+        self.training_jobs = Counter(
+            "modelpod_training_jobs", "Training jobs ended, by outcome (succeeded or failed)",
+            [*_MODEL, "outcome"], registry=self.registry,
+        )  # fmt: skip
+        self.streams_cancelled = Counter(
+            "modelpod_streams_cancelled", "Streams stopped early because their client went away",
+            [*_MODEL, "protocol"], registry=self.registry,
+        )  # fmt: skip
+        self.stream_items = Counter(
+            "modelpod_stream_items", "Items streamed to clients", _MODEL, registry=self.registry
+        )
+        self.registry.register(_LiveState(pool_counts, queue_depths, in_flight))
+
+    def on_request(self, event: RequestDone) -> None:
+        if event.items is None:
+            self.request(event.model, event.version, event.protocol, event.outcome, event.seconds)
+        else:
+            self.stream(event.model, event.version, event.protocol, event.outcome, event.seconds, event.items)
+
+    def on_batch(self, event: BatchDone) -> None:
+        self.batch(event.model, event.version, event.rows, event.compute, event.waits)
+
+    def on_training(self, event: TrainingChanged) -> None:
+        if event.state == "running":
+            self.training_started(event.model, event.version)
+        else:
+            self.training_ended(event.model, event.version, event.state)
+
+    def request(self, model: str, version: str, protocol: str, outcome: str, seconds: float) -> None:
+        self.requests.labels(model, version, protocol, outcome).inc()
+        self.request_seconds.labels(model, version, protocol).observe(seconds)
+
+    def batch(
+        self, model: str, version: str, rows: int, compute_seconds: float, waits: Sequence[float]
+    ) -> None:
+        self.compute_seconds.labels(model, version).observe(compute_seconds)
+        self.batch_rows.labels(model, version).observe(rows)
+        queue = self.queue_seconds.labels(model, version)
+        for wait in waits:
+            queue.observe(wait)
+
+    def training_started(self, model: str, version: str) -> None:
+        self.training_running.labels(model, version).inc()
+
+    def training_ended(self, model: str, version: str, outcome: str) -> None:
+        self.training_running.labels(model, version).dec()
+        self.training_jobs.labels(model, version, outcome).inc()
+
+    def stream(
+        self, model: str, version: str, protocol: str, outcome: str, seconds: float, items: int
+    ) -> None:
+        """A stream ended: a request (its latency the whole stream), its items, and whether its
+        client left before the end (outcome "cancelled")."""
+        self.request(model, version, protocol, outcome, seconds)
+        self.stream_items.labels(model, version).inc(items)
+        if outcome == "cancelled":
+            self.streams_cancelled.labels(model, version, protocol).inc()
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _LiveState(Collector):
+    """What is read at scrape time rather than counted as it happens."""
+
+    def __init__(
+        self,
+        pool_counts: Callable[[], PoolCounts],
+        queue_depths: Callable[[], Mapping[tuple[str, str], int]],
+        in_flight: Callable[[], int],
+    ) -> None:
+        self.pool_counts = pool_counts
+        self.queue_depths = queue_depths
+        self.in_flight = in_flight
+
+    def collect(self) -> Iterator[Metric]:
+        depth = GaugeMetricFamily(
+            "modelpod_queue_depth_rows",
+            "Rows waiting to be batched, or requests for a model thread",
+            labels=_MODEL,
+        )
+        for (model, version), rows in self.queue_depths().items():
+            depth.add_metric([model, version], rows)
+        yield depth
+        yield GaugeMetricFamily(
+            "modelpod_in_flight_requests", "Requests being answered", value=self.in_flight()
+        )
+        stats = self.pool_counts()
+        yield CounterMetricFamily("modelpod_model_loads", "Model versions loaded", value=stats.loads)
+        yield CounterMetricFamily(
+            "modelpod_model_load_failures", "Model loads that failed", value=stats.load_failures
+        )
+        yield CounterMetricFamily("modelpod_model_evictions", "Model versions evicted", value=stats.evictions)
+        yield CounterMetricFamily(
+            "modelpod_model_load_seconds", "Time spent loading model versions", value=stats.load_seconds
+        )
+        loaded = GaugeMetricFamily("modelpod_model_memory_bytes", "Measured memory of each loaded version",
+                                   labels=_MODEL)  # fmt: skip
+        for (model, version), cost in stats.costs.items():
+            loaded.add_metric([model, version], cost)
+        yield loaded

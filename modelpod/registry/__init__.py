@@ -1,0 +1,1 @@
+"""Where models are recorded and found: the store, its artifacts, and RemoteModel."""

@@ -1,0 +1,1 @@
+"""A model in this process: the contract, the runner and what it needs."""

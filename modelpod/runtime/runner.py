@@ -1,0 +1,325 @@
+"""Run a model in-process: load it on a device, prepare inputs, run processors, keep statistics.
+
+The runner is what the server uses, and what a user uses without a server:
+
+    runner = Runner(Sentiment)
+    runner.predict(text="great")
+    runner.predict_batch([{"text": "great"}, {"text": "awful"}], max_batch_size=32)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import threading
+import time
+from collections.abc import AsyncGenerator, Callable, Generator, Iterator, Mapping, Sequence
+from concurrent.futures import Future
+from typing import Any
+
+from modelpod.errors import InvalidInput, ModelLoadError, ModelpodError
+from modelpod.runtime import batch_calls, checks, item_streams, leaks, profiling
+from modelpod.runtime.adapters import as_model
+from modelpod.runtime.batchers import Batchers
+from modelpod.runtime.calls import (
+    ModelCalls,
+    Postprocessor,
+    Preprocessor,
+    check_train_options,
+    describe_error,
+)
+from modelpod.runtime.devices import select_device
+from modelpod.runtime.inputs import InputPreparer
+from modelpod.runtime.items import (
+    iterate_async,
+)
+from modelpod.runtime.latency import LatencyStats, StatsSnapshot
+from modelpod.runtime.model import DEFAULT_VERSION, Model
+from modelpod.runtime.stacking import rows_of
+from modelpod.types import BatchConfig
+
+logger = logging.getLogger("modelpod.runtime.runner")
+
+
+class Runner:
+    """Executes one model instance in-process.
+
+    Options:
+      device:          "cpu", "cuda", "cuda:N" or "mps"; None picks the best available
+      warmup:          run the model's `example` once when loading
+      convert:         None, "numpy" or "torch": turn list inputs into arrays or tensors on the device
+      add_batch_dim:   tensor models only: give unbatched inputs a batch dimension, and take it off again
+      mixed_precision: run torch models under `torch.autocast`
+      inference_mode:  run torch models under `torch.inference_mode` (on by default)
+      custom_ops:      compiled torch operator libraries to load before `setup`
+      slow_ms:         requests slower than this are logged as warnings
+      batching:        how `submit` batches concurrent requests (default: the model's own settings)
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        version: str = DEFAULT_VERSION,
+        device: str | None = None,
+        warmup: bool = True,
+        convert: str | None = None,
+        add_batch_dim: bool = False,
+        mixed_precision: bool = False,
+        inference_mode: bool = True,
+        custom_ops: Sequence[str] = (),
+        slow_ms: float = 1000.0,
+        batching: BatchConfig | None = None,
+        **model_options: Any,
+    ) -> None:
+        self.model: Model = as_model(model, version, **model_options)
+        self.requested_device = device
+        self.warmup = warmup
+        self.custom_ops = tuple(custom_ops)
+        self.slow_ms = slow_ms
+        self._inputs = InputPreparer(self.model, convert=convert, add_batch_dim=add_batch_dim)
+        self._calls = ModelCalls(self.model, self._inputs, mixed_precision, inference_mode)
+        self._stats = LatencyStats()
+        self._load_lock = threading.Lock()
+        self._loaded = False
+        self.batching = batching or self.model.batch_config()
+        self._batchers = Batchers()  # the one batcher of `submit`, made on first use
+
+    @property
+    def mixed_precision(self) -> bool:
+        return self._calls.mixed_precision
+
+    @property
+    def inference_mode(self) -> bool:
+        return self._calls.inference_mode
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    @property
+    def loaded(self) -> bool:
+        return self._loaded
+
+    def load(self) -> None:
+        """Load custom operators, choose the device, run `setup`, then warm up. Idempotent."""
+        if self._loaded:
+            return
+        with self._load_lock:
+            if self._loaded:
+                return
+            self._load_custom_ops()
+            try:
+                self.model.device = select_device(self.requested_device)
+            except ValueError as error:
+                raise ModelLoadError(f"model {self._label} cannot be loaded: {error}") from error
+            self._inputs.device = self.model.device
+            try:
+                self.model.setup()
+            except Exception as error:
+                raise ModelLoadError(
+                    f"model {self._label} failed to load: {describe_error(error)}"
+                ) from error
+            self._warm_up()
+            self._loaded = True
+            logger.info("loaded %r on %s", self.model, self.model.device)
+
+    def close(self) -> None:
+        """Finish submitted requests, then tear the model down; the next request loads it again."""
+        self._batchers.close()
+        with self._load_lock:
+            if self._loaded:
+                self._loaded = False
+                self.model.teardown()
+                logger.info("unloaded %r", self.model)
+
+    def __enter__(self) -> Runner:
+        self.load()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _load_custom_ops(self) -> None:
+        if not self.custom_ops:
+            return
+        try:
+            import torch
+        except ImportError as error:
+            raise ModelLoadError("custom_ops need torch: pip install 'modelpod[torch]'") from error
+        for path in self.custom_ops:
+            try:
+                torch.ops.load_library(path)
+            except (OSError, RuntimeError) as error:
+                raise ModelLoadError(f"cannot load custom operator library {path!r}: {error}") from error
+
+    def _warm_up(self) -> None:
+        example = self.model.example
+        if not self.warmup or example is None:
+            return
+        try:
+            self._run_one(dict(example))
+        except ModelpodError as error:
+            # not loaded, so close() will not tear it down: free what setup took now
+            with contextlib.suppress(Exception):
+                self.model.teardown()
+            raise ModelLoadError(f"model {self._label} failed its warm-up request: {error}") from error
+
+    # -- processors -------------------------------------------------------------------------
+
+    def register_preprocessor(
+        self, function: Preprocessor, priority: int = 0, name: str | None = None
+    ) -> None:
+        """Add a function `inputs dict -> inputs dict`; lower priority runs first."""
+        self._calls.add_preprocessor(function, priority, name)
+
+    def register_postprocessor(
+        self, function: Postprocessor, priority: int = 0, name: str | None = None
+    ) -> None:
+        """Add a function `output -> output`; lower priority runs first."""
+        self._calls.add_postprocessor(function, priority, name)
+
+    # -- the model's methods ----------------------------------------------------------------
+
+    def predict(self, *args: Any, **inputs: Any) -> Any:
+        """One request. Keyword arguments are its fields; one positional argument is the first field."""
+        inputs = self._inputs.merge_positional(args, inputs)
+        self.load()
+        started = time.perf_counter()
+        ok = False
+        try:
+            result = self._run_one(inputs)
+            ok = True
+            return result
+        finally:
+            self._record(started, ok, "predict")
+
+    def predict_batch(
+        self,
+        items: Sequence[Mapping[str, Any]],
+        max_batch_size: int | None = None,
+        skip_errors: bool = False,
+    ) -> list[Any]:
+        """Many requests, in chunks of `max_batch_size`, results in the same order.
+
+        With `skip_errors`, a failing item's place holds its error (a `ModelpodError`) and the
+        others still get results; without it, the first failure is raised.
+        """
+        if max_batch_size is not None and max_batch_size < 1:
+            raise InvalidInput(f"max_batch_size must be at least 1, not {max_batch_size}")
+        if not isinstance(items, Sequence) or isinstance(items, str | bytes | bytearray):
+            raise InvalidInput(f"predict_batch needs a list of requests, got {type(items).__name__}")
+        self.load()
+        size = max_batch_size or max(len(items), 1)
+        results: list[Any] = []
+        for start in range(0, len(items), size):
+            results.extend(self._run_chunk(items[start : start + size], start, skip_errors))
+        return results
+
+    def submit(self, priority: int = 0, deadline: float | None = None, **inputs: Any) -> Future[Any]:
+        """Queue one request for dynamic batching; the future holds its result.
+
+        Concurrent submitters are batched together by `self.batching`. `deadline` is a
+        `time.monotonic()` instant after which the request is dropped before compute.
+        """
+        run = functools.partial(self.predict_batch, skip_errors=True)
+        batcher = self._batchers.batcher((self.model.model_name, self.model.version), self.batching, run)
+        rows = rows_of(inputs) if self.model.is_tensor_model() else 1
+        return batcher.submit(inputs, rows=rows, priority=priority, deadline=deadline)
+
+    # -- streaming: a predict that yields ----------------------------------------------------------
+
+    def predict_stream(self, *args: Any, **inputs: Any) -> Iterator[Any]:
+        """One request's items as the model yields them, each post-processed; a model whose `predict`
+        does not yield gives its result as the only item. Closing the iterator (or leaving a loop over
+        it) closes the model's generator, so its `finally` runs. (`predict` gathers them in a list.)
+
+        An async generator model runs on a private event loop here; on an event loop, use `stream`.
+        A stream counts once in `stats()`, its latency the time to its first item."""
+        items = self.stream(self._inputs.merge_positional(args, inputs))
+        return iterate_async(items) if isinstance(items, AsyncGenerator) else items
+
+    def stream(self, inputs: dict[str, Any]) -> Generator[Any, None, None] | AsyncGenerator[Any, None]:
+        """`predict_stream` for a caller on an event loop (the server): an async generator model's
+        items come as an async generator, to be iterated there; anything else as a generator."""
+        self.load()
+        return item_streams.open_stream(self._calls, inputs, self._stats)
+
+    def stream_batch(self, items: Sequence[Mapping[str, Any]]) -> Generator[tuple[int, Any], None, None]:
+        """Requests run as one batch, their items as `(request index, item)` as the model yields them:
+        an item (post-processed), a `ModelpodError` that ends that request's stream, or STREAM_END."""
+        self.load()
+        yield from item_streams.stream_batch(self._calls, items)
+
+    def initialize(self, **config: Any) -> dict[str, Any]:
+        """Record a new config for this instance; it is set up again with it on next use."""
+        info = self.model.initialize(**config)
+        self.close()
+        return info
+
+    def train(self, **options: Any) -> Any:
+        """Run the model's `train`; its progress is in `log()`."""
+        check_train_options(self.model, options)
+        self.load()
+        train: Callable[..., Any] = self.model.train  # type: ignore[attr-defined]
+        return self._calls.call_model(train, (), options)
+
+    def log(self) -> list[dict[str, Any]]:
+        return self.model.log()
+
+    def stats(self) -> StatsSnapshot:
+        """Counts, latency percentiles and histogram of the requests this runner ran."""
+        return self._stats.snapshot()
+
+    # -- checks -----------------------------------------------------------------------------
+
+    def check_nan(self, **inputs: Any) -> checks.NanReport:
+        self.load()
+        return checks.check_nan(self.model, lambda: self._run_one(dict(inputs)))
+
+    def check_memory_leak(self, iterations: int = 100, **inputs: Any) -> leaks.LeakReport:
+        self.load()
+        return leaks.check_memory_leak(lambda: self._run_one(dict(inputs)), iterations=iterations)
+
+    def profile(self, iterations: int = 10, **inputs: Any) -> profiling.ProfileReport:
+        self.load()
+        return profiling.profile(lambda: self._run_one(dict(inputs)), iterations=iterations)
+
+    # -- execution --------------------------------------------------------------------------
+
+    def _run_one(self, inputs: dict[str, Any]) -> Any:
+        return self._calls.run_one(inputs)
+
+    def _run_chunk(self, chunk: Sequence[Mapping[str, Any]], offset: int, skip_errors: bool) -> list[Any]:
+        started = time.perf_counter()
+        results: list[Any] = []
+        try:
+            results = batch_calls.chunk_results(self._calls, chunk, offset, skip_errors)
+            return results
+        finally:
+            # every item is a request: a chunk that raised counts all its items as failed
+            failed = [isinstance(r, ModelpodError) for r in results] if results else [True] * len(chunk)
+            self._record_many(started, failed, f"predict_batch of {len(chunk)}")
+
+    def _record(self, started: float, ok: bool, what: str) -> None:
+        self._record_many(started, [not ok], what)
+
+    def _record_many(self, started: float, failed: Sequence[bool], what: str) -> None:
+        elapsed = time.perf_counter() - started
+        for item_failed in failed:
+            self._stats.record(elapsed, not item_failed)
+        if failed and elapsed * 1000 > self.slow_ms:
+            logger.warning(
+                "slow %s on %r: %.1f ms (threshold %.0f ms)",
+                what,
+                self.model,
+                elapsed * 1000,
+                self.slow_ms,
+            )
+
+    @property
+    def _label(self) -> str:
+        return f"{self.model.model_name}:{self.model.version}"
+
+    def __repr__(self) -> str:
+        state = "loaded" if self._loaded else "not loaded"
+        return f"<Runner {self.model!r} on {self.model.device} ({state})>"

@@ -1,0 +1,79 @@
+"""The gate in front of the model threads: every call into model code is counted in flight (a
+graceful drain waits for it), refused once the server drains, and bounded by its request's timeout."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from modelpod.errors import Timeout, Unavailable
+
+T = TypeVar("T")
+
+
+class Admission:
+    """The model threads, and the count of calls and streams in flight on them."""
+
+    def __init__(self, max_workers: int) -> None:
+        self.executor = ThreadPoolExecutor(max_workers, thread_name_prefix="modelpod-model")
+        self._in_flight = 0
+        self._lock = threading.Lock()
+        self.draining = False
+
+    async def run(self, function: Callable[..., T], *args: Any, timeout: float | None = None) -> T:
+        """Run blocking model code on the model threads, counted for a graceful drain."""
+        loop = asyncio.get_running_loop()
+        context = contextvars.copy_context()  # the request id follows the work onto the thread
+        call = functools.partial(context.run, function, *args)
+        return await self.wait(lambda: loop.run_in_executor(self.executor, call), timeout)
+
+    async def wait(self, start: Callable[[], asyncio.Future[T]], timeout: float | None) -> T:
+        """Wait for work started by `start`, counted in flight; past `timeout`, answer Timeout."""
+        self._refuse_if_draining()
+        if timeout is not None and timeout <= 0:
+            raise Timeout("the request's deadline had passed when it arrived")
+        with self._lock:
+            self._in_flight += 1
+        try:
+            return await asyncio.wait_for(start(), timeout)
+        except TimeoutError:
+            raise Timeout(f"no answer within the request's timeout of {timeout:g} s") from None
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+
+    def enter(self) -> None:
+        """A stream is in flight from its start until its model is closed (a drain waits for it)."""
+        self._refuse_if_draining()
+        with self._lock:
+            self._in_flight += 1
+
+    def leave(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
+
+    def _refuse_if_draining(self) -> None:
+        if self.draining:
+            raise Unavailable("the server is shutting down; retry on another replica", retry_after=1.0)
+
+    @property
+    def in_flight(self) -> int:
+        with self._lock:
+            return self._in_flight
+
+    async def drain(self, timeout: float) -> bool:
+        """Refuse new work, and wait for what is in flight; False if some still ran at `timeout`."""
+        self.draining = True
+        deadline = time.monotonic() + timeout
+        while self.in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        return self.in_flight == 0
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,189 @@
+"""Running requests on one model version: through its batcher, or on a model thread when it does
+not batch; each request's outcome and each run's batch published once to the recorders."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from modelpod.errors import InvalidInput, ModelpodError, Unavailable
+from modelpod.observe import timing as timings
+from modelpod.observe.events import BatchDone, Recorder, RequestDone
+from modelpod.runtime.batchers import Batchers
+from modelpod.runtime.batching import Batcher
+from modelpod.runtime.deadline import call_deadline
+from modelpod.runtime.runner import Runner
+from modelpod.runtime.stacking import rows_of
+from modelpod.serving.admission import Admission
+from modelpod.serving.options import Options
+from modelpod.serving.pool import ModelPool
+from modelpod.serving.repository import HostedModel, Repository
+from modelpod.workers.process_runner import ProcessRunner
+
+T = TypeVar("T")
+AnyRunner = Runner | ProcessRunner
+
+
+class Execution:
+    """Runs requests for the versions of a repository, loaded through its pool."""
+
+    def __init__(
+        self,
+        repository: Repository,
+        pool: ModelPool,
+        admission: Admission,
+        batchers: Batchers,
+        recorder: Recorder,
+    ) -> None:
+        self.repository = repository
+        self.pool = pool
+        self.admission = admission
+        self.batchers = batchers
+        self.recorder = recorder
+
+    def available(self, name: str, version: str | None) -> tuple[HostedModel, str]:
+        """The model and resolved version a request is for; Unavailable while the model is unloaded."""
+        hosted, version = self.repository.resolve(name, version)
+        if hosted.unloaded:
+            raise Unavailable(
+                f"model {name!r} is unloaded; load it with POST /v2/repository/models/{name}/load "
+                "(gRPC: RepositoryModelLoad)"
+            )
+        return hosted, version
+
+    def with_runner(self, hosted: HostedModel, version: str, use: Callable[[AnyRunner], T]) -> T:
+        """(On a model thread) `use` the version's runner, loaded if need be and held meanwhile."""
+        factory = functools.partial(self.repository.runner, hosted, version)
+        with self.pool.use((hosted.name, version), factory, hosted.memory_budget) as runner:
+            return use(runner)
+
+    def batcher(self, hosted: HostedModel, version: str) -> Batcher | None:
+        """The version's batcher, made on first use; None for a model that does not batch."""
+        if not hosted.batching.enabled:
+            return None
+        run = functools.partial(self._run_batch, hosted, version)
+        observer = functools.partial(self.observe_batch, hosted.name, version)
+        return self.batchers.batcher((hosted.name, version), hosted.batching, run, observer=observer)
+
+    def _run_batch(self, hosted: HostedModel, version: str, items: list[dict[str, Any]]) -> list[Any]:
+        return self.with_runner(hosted, version, lambda r: r.predict_batch(items, skip_errors=True))
+
+    async def predict_many(
+        self, hosted: HostedModel, version: str, requests: list[dict[str, Any]], options: Options
+    ) -> list[Any]:
+        """Run requests through the version's batcher, or as one call on a model thread."""
+        batcher = self.batcher(hosted, version)
+        if batcher is None:
+            return await self._on_thread(hosted, version, requests, options)
+        return await self._batched(batcher, hosted, requests, options)
+
+    async def _on_thread(
+        self, hosted: HostedModel, version: str, requests: list[dict[str, Any]], options: Options
+    ) -> list[Any]:
+        """A model that does not batch: one call per request on a model thread, its wait bounded."""
+        tensor = hosted.probe.is_tensor_model()
+        timing = timings.current.get()
+        deadline = _deadline(options)
+        rows = sum(rows_of(r) for r in requests) if tensor else len(requests)
+        submitted = time.monotonic()
+        room = self.batchers.waiting_room((hosted.name, version), hosted.batching.max_queue_size)
+        leave_waiting = room.enter()  # refused at once when full
+
+        def run(runner: AnyRunner) -> list[Any]:
+            leave_waiting()
+            call_deadline.set(deadline)  # a worker past it is replaced (this is a copied context)
+            started = time.monotonic()
+
+            def observe() -> None:
+                compute = time.monotonic() - started
+                self.observe_batch(hosted.name, version, rows, compute, [started - submitted])
+                if timing is not None:
+                    timing.ran(started - submitted, compute)
+
+            try:
+                if tensor or len(requests) == 1:
+                    answers = [runner.predict(**request) for request in requests]
+                else:
+                    answers = runner.predict_batch(requests)
+            except InvalidInput:
+                raise  # refused before the model ran: no compute to count
+            except ModelpodError:
+                observe()
+                raise
+            observe()
+            return answers
+
+        try:
+            return await self.admission.run(self.with_runner, hosted, version, run, timeout=options.timeout)
+        finally:
+            leave_waiting()  # given up before it ran (a timeout, a client gone): its place is free
+
+    async def _batched(
+        self, batcher: Batcher, hosted: HostedModel, requests: list[dict[str, Any]], options: Options
+    ) -> list[Any]:
+        tensor = hosted.probe.is_tensor_model()
+        timing = timings.current.get()
+        deadline = _deadline(options)
+        futures = [
+            batcher.submit_async(
+                r,
+                rows=rows_of(r) if tensor else 1,
+                priority=options.priority,
+                deadline=deadline,
+                timing=timing if len(requests) == 1 else None,  # several rows: their batches differ
+            )
+            for r in requests
+        ]
+
+        def gather() -> asyncio.Future[list[Any]]:
+            return futures[0] if len(futures) == 1 else asyncio.gather(*futures)
+
+        try:
+            outcome = await self.admission.wait(gather, options.timeout)
+        finally:
+            for future in futures:
+                future.cancel()  # a caller that gave up frees its place in the queue
+        return [outcome] if len(futures) == 1 else outcome
+
+    def observe_batch(self, model: str, version: str, rows: int, compute: float, waits: list[float]) -> None:
+        self.recorder.on_batch(BatchDone(model, version, rows, compute, waits))
+
+    async def observed(self, hosted: HostedModel, version: str, options: Options, work: Awaitable[T]) -> T:
+        """Publish a request's outcome and time once it is answered."""
+        started = time.monotonic()
+        outcome = "ok"
+        message = ""
+        try:
+            return await work
+        except ModelpodError as error:
+            outcome = snake(type(error).__name__)
+            message = str(error)  # what the client was told, never more
+            raise
+        except BaseException:
+            outcome = "error"
+            raise
+        finally:
+            seconds = time.monotonic() - started
+            self.recorder.on_request(
+                RequestDone(hosted.name, version, options.protocol, outcome, seconds, message)
+            )
+            timing = timings.current.get()
+            if timing is not None:
+                timing.model, timing.version, timing.answered = hosted.name, version, time.monotonic()
+
+
+def _deadline(options: Options) -> float | None:
+    return None if options.timeout is None else time.monotonic() + options.timeout
+
+
+def remaining(deadline: float | None) -> float | None:
+    """Seconds left until `deadline` (never negative); None without one."""
+    return None if deadline is None else max(deadline - time.monotonic(), 0.0)
+
+
+def snake(name: str) -> str:
+    """`ModelLoadError` -> `model_load_error`: an error class as a metric label value."""
+    return "".join(f"_{c.lower()}" if c.isupper() and i else c.lower() for i, c in enumerate(name))

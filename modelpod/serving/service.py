@@ -1,0 +1,245 @@
+"""The transport-free inference core: everything a transport can ask of the server, as plain calls.
+
+HTTP and gRPC are thin codecs around one `InferenceService`; nothing here knows about either. The
+service is a facade: each call goes to the collaborator whose one job it is.
+
+- `Admission`: the model threads, the in-flight count, the drain.
+- `Execution`: a request on one version, through its batcher or on a thread, recorded once.
+- `Composition`: routers and pipelines of served models.
+- `Streams`: answers that are streams of items.
+- `Trainer`: training jobs.
+- `Versions`: initialize, load, unload, switch the default (each passed through `Changes`).
+- `Catalog`: what the server says about what it serves.
+
+What happens is published as events (`modelpod.observe.events`) to the recorders: the statistics
+extension, Prometheus metrics and the status page's activity, plus any the caller adds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Mapping, Sequence
+from typing import Any
+
+from modelpod.errors import InvalidInput, NotFound
+from modelpod.observe.activity import RecentActivity
+from modelpod.observe.events import Recorder, Recorders
+from modelpod.observe.prometheus import ServerMetrics
+from modelpod.observe.statistics import Statistics
+from modelpod.runtime.batchers import Batchers
+from modelpod.serving.admission import Admission
+from modelpod.serving.catalog import Catalog, ModelFacts, ServerFacts
+from modelpod.serving.changes import CHANGED, DEFAULT, LOAD, UNLOAD, Changes
+from modelpod.serving.composition import Composition
+from modelpod.serving.execution import Execution
+from modelpod.serving.options import DEFAULT_OPTIONS, Options
+from modelpod.serving.pool import ModelPool
+from modelpod.serving.repository import Repository
+from modelpod.serving.served_pipeline import ServedPipeline
+from modelpod.serving.streams import Streams
+from modelpod.serving.tensors import Arrays, outputs_of, requests_of
+from modelpod.serving.trainer import Trainer
+from modelpod.serving.versions import Versions
+
+METHODS = ("predict", "initialize", "train", "training", "log")
+
+
+class InferenceService:
+    """Everything a transport can ask of the server, as plain Python calls."""
+
+    def __init__(
+        self,
+        repository: Repository,
+        pool: ModelPool,
+        max_workers: int = 12,
+        name: str = "modelpod",
+        slow_ms: float = 1000.0,
+        recorders: Sequence[Recorder] = (),
+        changes: Changes | None = None,
+    ) -> None:
+        self.repository = repository
+        self.pool = pool
+        self.name = name
+        self.slow_ms = slow_ms  # requests to a model that take longer are logged with their breakdown
+        self.changes = changes or Changes()
+        self._ready = True
+        self.admission = Admission(max_workers)
+        self.batchers = Batchers()
+        self.statistics = Statistics()
+        self.recent = RecentActivity()  # the status page's last few minutes
+        self.metrics = ServerMetrics(pool.stats, self.batchers.queue_depths, lambda: self.in_flight)
+        self.recorder = Recorders([self.statistics, self.metrics, self.recent, *recorders])
+        self.execution = Execution(repository, pool, self.admission, self.batchers, self.recorder)
+        self.composition = Composition(repository, self.execution)
+        self.streaming = Streams(self.execution, self.composition)
+        self.trainer = Trainer(repository, pool, self.recorder, self.changes)
+        self.versions = Versions(self.execution)
+        self.catalog = Catalog(name, self.execution, self.batchers, self.trainer, self.statistics)
+
+    # -- the model's own methods ----------------------------------------------------------------
+
+    async def call(
+        self,
+        name: str,
+        version: str | None,
+        method: str,
+        arguments: Mapping[str, Any],
+        query_params: Mapping[str, str] | None = None,
+        options: Options = DEFAULT_OPTIONS,
+    ) -> Any:
+        """`predict`, `initialize`, `train` (starts a job), `training` (that job) or `log` on one
+        version, with keyword arguments."""
+        if method not in METHODS:
+            raise NotFound(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
+        if not isinstance(arguments, Mapping) or not all(isinstance(key, str) for key in arguments):
+            raise InvalidInput("the arguments must be an object of keyword arguments, named by strings")
+        run = self.admission.run
+        if method == "initialize":
+            resolved = version or self.repository.get(name).default_version
+            initialize = self.versions.initialize
+            return await self.changes.make(
+                CHANGED, name, resolved, lambda: run(initialize, name, version, dict(arguments))
+            )
+        hosted, version = self.execution.available(name, version)
+        if method == "log":
+            return await run(lambda: self.repository.instance(hosted, version).log())
+        if method == "train":
+            return await run(self.trainer.start, hosted, version, dict(arguments))
+        if method == "training":
+            return await run(self.trainer.job, hosted.name, version)
+        target = self.composition.route(hosted, version, query_params, arguments)
+        if target is not None:
+            return await self.call(target, None, method, arguments, query_params, options)
+        if isinstance(hosted.probe, ServedPipeline):
+            return await self.composition.predict(hosted, version, arguments, query_params, options)
+        request = dict(arguments)
+        if query_params is not None and hosted.query_params:
+            request.setdefault("query_params", dict(query_params))
+        work = self.execution.predict_many(hosted, version, [request], options)
+        return (await self.execution.observed(hosted, version, options, work))[0]
+
+    def training_progress(
+        self, name: str, version: str, after: int = 0
+    ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+        """What the version's latest job reported past its entry `after`, and the job's document."""
+        return self.trainer.progress(name, version, after)
+
+    # -- streams: a predict that yields --------------------------------------------------------------
+
+    def streams(self, name: str, version: str | None = None) -> bool:
+        """Whether a model's answer is a stream of items (what Triton calls a decoupled model)."""
+        return self.streaming.streams(name, version)
+
+    def stream(
+        self,
+        name: str,
+        version: str | None,
+        arguments: Mapping[str, Any],
+        query_params: Mapping[str, str] | None = None,
+        options: Options = DEFAULT_OPTIONS,
+    ) -> AsyncGenerator[Any, None]:
+        """`predict`'s items as the model yields them; a model that does not yield gives one item.
+
+        Close it (`aclose`, or cancel the task iterating it) to stop early: the model's generator is
+        closed where it runs (its `finally` runs), its slot is freed, and the stream is counted as
+        cancelled. An error, before the first item or midway, raises from the iteration. A deadline
+        (`options.timeout`) bounds the whole stream."""
+        return self.streaming.stream(name, version, arguments, query_params, options)
+
+    def infer_stream(
+        self, name: str, version: str | None, inputs: Arrays, options: Options = DEFAULT_OPTIONS
+    ) -> AsyncGenerator[tuple[str, Arrays], None]:
+        """Tensors in; the version that ran, and output tensors for each item the model yields."""
+        return self.streaming.infer_stream(name, version, inputs, options)
+
+    # -- Open Inference Protocol ------------------------------------------------------------------
+
+    async def infer(
+        self,
+        name: str,
+        version: str | None,
+        inputs: Arrays,
+        query_params: Mapping[str, str] | None = None,
+        options: Options = DEFAULT_OPTIONS,
+    ) -> tuple[str, Arrays]:
+        """Run tensors through one version; returns the version that ran and its outputs."""
+        hosted, version = self.execution.available(name, version)
+        target = self.composition.route(hosted, version, query_params, inputs)
+        if target is not None:
+            return await self.infer(target, None, inputs, query_params, options)
+        if isinstance(hosted.probe, ServedPipeline):
+            return version, await self.composition.infer(hosted, version, inputs, query_params, options)
+        work = self.execution.predict_many(hosted, version, requests_of(hosted.probe, inputs), options)
+        results = await self.execution.observed(hosted, version, options, work)
+        return version, outputs_of(hosted.probe, results)
+
+    # -- what the server says about what it serves ------------------------------------------------
+
+    def server_facts(self) -> ServerFacts:
+        return self.catalog.server_facts()
+
+    def model_facts(self, name: str, version: str | None = None) -> ModelFacts:
+        return self.catalog.model_facts(name, version)
+
+    def model_config(self, name: str, version: str | None = None) -> dict[str, Any]:
+        return self.catalog.model_config(name, version)
+
+    def model_statistics(self, name: str, version: str | None = None) -> dict[str, Any]:
+        return self.catalog.model_statistics(name, version)
+
+    def model_ready(self, name: str, version: str | None = None) -> bool:
+        return self.catalog.model_ready(name, version)
+
+    def load_error(self, name: str, version: str | None = None) -> str | None:
+        return self.catalog.load_error(name, version)
+
+    def repository_index(self) -> list[dict[str, Any]]:
+        return self.catalog.repository_index()
+
+    def models(self) -> list[dict[str, Any]]:
+        return self.catalog.models()
+
+    def describe(self, name: str) -> dict[str, Any]:
+        return self.catalog.describe(name)
+
+    def ready(self) -> bool:
+        """Ready once the server has loaded its models, until it starts shutting down."""
+        return self._ready and not self.admission.draining
+
+    def set_ready(self, ready: bool) -> None:
+        self._ready = ready
+
+    # -- changing what is served ---------------------------------------------------------------------
+
+    async def load_model(self, name: str) -> None:
+        """Load the default version now, and accept requests for the model again."""
+        await self.changes.make(LOAD, name, "", lambda: self.versions.load(name))
+
+    async def unload_model(self, name: str) -> None:
+        """Unload every loaded version; requests are refused until the model is loaded again."""
+        await self.changes.make(UNLOAD, name, "", lambda: self.versions.unload(name))
+
+    async def set_default(self, name: str, version: str) -> dict[str, Any]:
+        """Load and warm `version`, then make it the default; in-flight requests finish on the old one."""
+        _, resolved = self.repository.resolve(name, version)
+        return await self.changes.make(
+            DEFAULT, name, resolved, lambda: self.versions.set_default(name, resolved)
+        )
+
+    # -- shutdown ------------------------------------------------------------------------------------
+
+    def start_draining(self) -> None:
+        """Refuse new work from now on; what is running goes on."""
+        self.admission.draining = True
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait for in-flight model calls to finish; False if some were still running at `timeout`."""
+        return await self.admission.drain(timeout)
+
+    @property
+    def in_flight(self) -> int:
+        return self.admission.in_flight
+
+    def close(self) -> None:
+        self.batchers.close()
+        self.admission.close()
+        self.pool.close()

@@ -1,0 +1,147 @@
+"""Run a model on Open Inference Protocol tensors.
+
+A tensor model (one that declares `inputs`) gets the arrays as they came, batch first. A model of
+keyword arguments gets one call per row: row i of every input tensor becomes one request, and the
+results are stacked back into output tensors.
+"""
+
+from __future__ import annotations
+
+import json
+import typing
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from modelpod.errors import InvalidInput, ModelError
+from modelpod.runtime.model import Model
+from modelpod.runtime.runner import Runner
+from modelpod.types import TensorSpec, datatype_of
+
+Arrays = dict[str, np.ndarray[Any, Any]]
+
+
+def run_tensors(runner: Runner, inputs: Arrays) -> Arrays:
+    """Inputs by name -> outputs by name, whichever kind of model the runner holds."""
+    model = runner.model
+    requests = requests_of(model, inputs)
+    results = [runner.predict(**requests[0])] if model.is_tensor_model() else runner.predict_batch(requests)
+    return outputs_of(model, results)
+
+
+def requests_of(model: Model, inputs: Arrays) -> list[dict[str, Any]]:
+    """The model calls a tensor request means: itself for a tensor model, one per row otherwise."""
+    if model.is_tensor_model():
+        check_declared(inputs, model.input_specs())
+        return [dict(inputs)]
+    hints = _hints(model.signature_target())
+    rows = _row_count(inputs)
+    return [
+        {name: _element(array[i], hints.get(name)) for name, array in inputs.items()} for i in range(rows)
+    ]
+
+
+def outputs_of(model: Model, results: Sequence[Any]) -> Arrays:
+    """The output tensors for the results of `requests_of`'s calls."""
+    if model.is_tensor_model():
+        return tensor_outputs(results[0], model.output_specs())
+    return stack_rows(results, model.output_specs())
+
+
+def check_declared(inputs: Arrays, specs: Sequence[TensorSpec]) -> None:
+    """Tensors must be the ones the model declares, in its datatypes (no silent conversion)."""
+    declared = {spec.name: spec for spec in specs}
+    for name, array in inputs.items():
+        spec = declared.get(name)
+        if spec is None:
+            raise InvalidInput(f"unknown input {name!r}; the model takes {sorted(declared)}")
+        datatype = datatype_of(array)
+        if datatype != spec.datatype:
+            raise InvalidInput(f"input {name!r} is {datatype}, but the model declares {spec.datatype}")
+
+
+def tensor_outputs(output: Any, specs: Sequence[TensorSpec]) -> Arrays:
+    """A tensor model's return value (array, tensor, tuple or mapping) as named arrays."""
+    if isinstance(output, Mapping):
+        return {str(name): _to_array(value) for name, value in output.items()}
+    if isinstance(output, tuple):
+        if len(output) > len(specs):
+            raise ModelError(f"the model returned {len(output)} outputs but declares {len(specs)}")
+        return {spec.name: _to_array(value) for spec, value in zip(specs, output, strict=False)}
+    return {specs[0].name: _to_array(output)}
+
+
+def stack_rows(results: Sequence[Any], specs: Sequence[TensorSpec]) -> Arrays:
+    """Per-row results as tensors: mappings give one output per key, anything else one output."""
+    if results and all(isinstance(r, Mapping) for r in results):
+        keys = list(results[0])
+        return {str(key): _stack([r.get(key) for r in results]) for key in keys}
+    return {specs[0].name: _stack(list(results))}
+
+
+def _row_count(inputs: Arrays) -> int:
+    if not inputs:
+        raise InvalidInput("the request has no inputs")
+    for name, array in inputs.items():
+        if array.ndim == 0:
+            raise InvalidInput(f"input {name!r} has shape []: give it a batch dimension, one row per request")
+    rows: dict[str, int] = {name: int(array.shape[0]) for name, array in inputs.items()}
+    if len(set(rows.values())) != 1:
+        raise InvalidInput(f"inputs must have the same first dimension (one row per request): {rows}")
+    return next(iter(rows.values()))
+
+
+def _element(row: Any, hint: Any) -> Any:
+    """One row of an input tensor as the Python value the model's type hint asks for."""
+    if isinstance(row, np.ndarray):
+        return row if hint is np.ndarray else [_element(x, None) for x in row]
+    if isinstance(row, bytes) and hint is not bytes:
+        try:
+            return row.decode()
+        except UnicodeDecodeError:
+            return row
+    return row.item() if isinstance(row, np.generic) else row
+
+
+def _stack(values: list[Any]) -> np.ndarray[Any, Any]:
+    if all(isinstance(v, str | bytes) for v in values):
+        return np.array([v.encode() if isinstance(v, str) else v for v in values], dtype=np.object_)
+    try:
+        array = np.asarray([_to_array(v) for v in values])
+    except ValueError:
+        array = None
+    if array is None or array.dtype == np.object_:  # ragged or mixed: one JSON document per row
+        return np.array([json.dumps(_jsonable(v)).encode() for v in values], dtype=np.object_)
+    return array
+
+
+def _to_array(value: Any) -> np.ndarray[Any, Any]:
+    if type(value).__module__.startswith("torch"):
+        value = value.detach().cpu()
+        if str(value.dtype) == "torch.bfloat16":  # numpy has no bfloat16 (CPU mixed precision gives it)
+            value = value.float()
+        value = value.numpy()
+    if isinstance(value, str):
+        return np.array([value.encode()], dtype=np.object_)
+    return np.asarray(value)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.ndarray | np.generic):
+        return value.tolist()
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _hints(target: Any) -> dict[str, Any]:
+    try:
+        hints = typing.get_type_hints(target)
+    except Exception:
+        return {}
+    return {name: typing.get_origin(hint) or hint for name, hint in hints.items()}

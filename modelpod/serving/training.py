@@ -1,0 +1,219 @@
+"""Training as background jobs: at most one per model version, its state kept beside the version.
+
+A job runs the model's `train` on a thread of its own, on an instance of its own, so the loaded
+instance keeps answering predictions until the job succeeds. Its state is written to
+`training.json` in the version's folder when it starts, every few seconds while it runs, and when
+it ends: a failed job keeps its error, and other processes sharing the folder (a restarted server,
+other replicas) read the job from there. A running job whose process is gone (on this host), or
+that has not been written for a while (on another), reads as failed: interrupted.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import dataclasses
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from modelpod.errors import Conflict, ModelError, ModelpodError
+
+logger = logging.getLogger("modelpod.serving.training")
+
+RUNNING, SUCCEEDED, FAILED = "running", "succeeded", "failed"
+JOB_FILE = "training.json"
+HEARTBEAT = 5.0  # seconds between writes of a running job's file
+STALE = 6 * HEARTBEAT  # a running job's file older than this, written on another host: interrupted
+Key = tuple[str, str]
+Reports = Callable[[], list[dict[str, Any]]]  # the training instance's log, as `Model.log` gives it
+_writing = threading.Lock()  # a running job's rewrites and its last write, one at a time
+
+
+@dataclass
+class TrainingJob:
+    """One run of a version's `train`; `as_dict` is what the server answers about it."""
+
+    model: str
+    version: str
+    arguments: dict[str, Any]
+    state: str = RUNNING
+    started_at: float = field(default_factory=time.time)
+    finished_at: float | None = None
+    result: Any = None
+    error: str | None = None
+    error_kind: str | None = None
+    error_id: str | None = None
+    log_start: int = 0  # log entries the version had before this job: its own progress comes after
+    progress: dict[str, Any] | None = None  # the job's last report
+    host: str = field(default_factory=socket.gethostname)
+    pid: int = field(default_factory=os.getpid)
+    written_at: float = field(default_factory=time.time)
+
+    def as_dict(self) -> dict[str, Any]:
+        document = dataclasses.asdict(self)
+        for internal in ("pid", "written_at"):
+            del document[internal]
+        return document
+
+    def follow(self, reports: Reports) -> list[dict[str, Any]]:
+        """This job's own reports, from its training instance's log; the last one is its progress."""
+        own = reports()[self.log_start :]
+        self.progress = own[-1] if own else None
+        return own
+
+    def interrupted(self) -> bool:
+        """Whether a job recorded as running has lost the process that ran it."""
+        if self.state != RUNNING or (self.host, self.pid) == (socket.gethostname(), os.getpid()):
+            return False
+        if self.host == socket.gethostname():
+            return not _alive(self.pid)
+        return time.time() - self.written_at > STALE
+
+    def fail(self, error: ModelpodError) -> None:
+        self.state, self.finished_at = FAILED, time.time()
+        self.error_kind = type(error).__name__
+        cause = error.__cause__
+        self.error = f"{error}: {cause}" if cause is not None and str(cause) else str(error)
+        self.error_id = getattr(error, "error_id", None)
+
+
+class TrainingJobs:
+    """The jobs of one server: start, look up, and be told when one ends."""
+
+    def __init__(
+        self,
+        on_start: Callable[[TrainingJob], None] = lambda job: None,
+        on_end: Callable[[TrainingJob], None] = lambda job: None,
+    ) -> None:
+        self._jobs: dict[Key, TrainingJob] = {}
+        self._reports: dict[Key, Reports] = {}  # of the jobs running here: their reports, in memory
+        self._lock = threading.Lock()
+        self._on_start = on_start
+        self._on_end = on_end
+
+    def start(
+        self, job: TrainingJob, folder: Path, train: Callable[[], Any], reports: Reports
+    ) -> TrainingJob:
+        """Run `train` in the background as `job`, its progress read from `reports`; Conflict if the
+        version is training already."""
+        key = (job.model, job.version)
+        with self._lock:
+            current = self._jobs.get(key)
+            if current is not None and current.state == RUNNING:
+                raise Conflict(
+                    f"model {job.model!r} version {job.version!r} is already training (since "
+                    f"{time.strftime('%H:%M:%S', time.localtime(current.started_at))}); wait for that "
+                    "job to end: GET its /train, or follow /train/events"
+                )
+            self._jobs[key] = job
+            self._reports[key] = reports
+        _save(job, folder)
+        self._on_start(job)
+        context = contextvars.copy_context()  # the job's log lines carry the request id that started it
+        thread = threading.Thread(
+            target=context.run,
+            args=(self._run, job, folder, train, reports),
+            name=f"modelpod-train-{job.model}:{job.version}",
+            daemon=True,  # a job the server does not live to finish reads as interrupted afterwards
+        )
+        thread.start()
+        return job
+
+    def _run(self, job: TrainingJob, folder: Path, train: Callable[[], Any], reports: Reports) -> None:
+        logger.info("training %s version %s started", job.model, job.version)
+        ended = threading.Event()
+        threading.Thread(target=_keep_written, args=(job, folder, ended, reports), daemon=True).start()
+        try:
+            job.result = train()
+            job.state, job.finished_at = SUCCEEDED, time.time()
+            logger.info("training %s version %s succeeded", job.model, job.version)
+        except ModelpodError as error:
+            job.fail(error)
+            logger.warning("training %s version %s failed: %s", job.model, job.version, job.error)
+        except Exception as error:  # a bug outside the model's code: still a failed job, never a dead thread
+            failure = ModelError(f"training failed with {type(error).__name__}")
+            logger.exception("error id %s: training %s version %s", failure.error_id, job.model, job.version)
+            job.fail(failure)
+        finally:
+            with _writing:
+                ended.set()
+                job.follow(reports)
+                _save(job, folder)
+            with self._lock:
+                self._reports.pop((job.model, job.version), None)  # the instance need not stay in memory
+            self._on_end(job)
+
+    def get(self, model: str, version: str, folder: Path) -> TrainingJob | None:
+        """The version's latest job: this server's, or the one recorded on disk; None if never trained."""
+        return self.follow(model, version, folder)[0]
+
+    def follow(
+        self, model: str, version: str, folder: Path
+    ) -> tuple[TrainingJob | None, list[dict[str, Any]] | None]:
+        """The version's latest job, and its reports when it runs here (read from memory, not disk);
+        its `progress` is then up to the moment."""
+        with self._lock:
+            job = self._jobs.get((model, version))
+            reports = self._reports.get((model, version))
+        if job is None:
+            return _load(folder), None
+        return job, job.follow(reports) if reports is not None else None
+
+    def running(self) -> list[TrainingJob]:
+        with self._lock:
+            return [job for job in self._jobs.values() if job.state == RUNNING]
+
+
+def _keep_written(job: TrainingJob, folder: Path, ended: threading.Event, reports: Reports) -> None:
+    """Rewrite a running job's file now and then: other hosts tell a live job by its freshness."""
+    while not ended.wait(HEARTBEAT):
+        with _writing:  # never after the last write, which says how the job ended
+            if not ended.is_set():
+                job.follow(reports)
+                _save(job, folder)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def _save(job: TrainingJob, folder: Path) -> None:
+    job.written_at = time.time()
+    folder.mkdir(parents=True, exist_ok=True)
+    temporary = folder / f".{JOB_FILE}.{os.getpid()}.{threading.get_ident()}"
+    temporary.write_text(json.dumps(dataclasses.asdict(job), default=_unwritable))
+    os.replace(temporary, folder / JOB_FILE)
+
+
+def _load(folder: Path) -> TrainingJob | None:
+    path = folder / JOB_FILE
+    try:
+        recorded = json.loads(path.read_text())
+        job = TrainingJob(**recorded)
+    except FileNotFoundError:
+        return None
+    except (ValueError, TypeError) as error:
+        logger.warning("ignoring %s: %s", path, error)
+        return None
+    if job.interrupted():
+        job.state, job.error_kind = FAILED, "Interrupted"
+        job.error = "interrupted: the server stopped while this job was running"
+    return job
+
+
+def _unwritable(value: object) -> str:
+    """What stands in the job file for a result JSON cannot hold (the live job keeps the value)."""
+    return f"<{type(value).__name__}>"

@@ -1,0 +1,1 @@
+"""A model in worker processes: real parallelism and crash isolation."""
