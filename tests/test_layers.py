@@ -169,3 +169,21 @@ def test_the_checks_can_fail() -> None:
     assert strongly_connected({"a": {"b"}, "b": {"a"}, "c": set()}) == [["a", "b"], ["c"]]
     assert part_of("modelpod.serving.service") == "serving"
     assert "serving" not in ALLOWED["runtime"]
+
+
+MODULE_LINES = 400
+CLASS_LINES = 300  # "about 250": a class past this is doing more than one job
+
+
+def test_modules_and_classes_stay_small() -> None:
+    too_big = []
+    for module, path in MODULES.items():
+        source = path.read_text()
+        if source.count("\n") > MODULE_LINES:
+            too_big.append(f"{module}: {source.count(chr(10))} lines")
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.ClassDef) and node.end_lineno is not None:
+                size = node.end_lineno - node.lineno + 1
+                if size > CLASS_LINES:
+                    too_big.append(f"{module}.{node.name}: {size} lines")
+    assert not too_big, f"split these: {too_big}"

@@ -9,7 +9,8 @@
 Needs the client extra: `pip install "modelpod[client]"`.
 """
 
-from modelpod.client._client import AsyncClient, Client
+from modelpod.client._async_client import AsyncClient
+from modelpod.client._client import Client
 from modelpod.client._operations import ModelInfo
 
 __all__ = ["AsyncClient", "Client", "ModelInfo"]

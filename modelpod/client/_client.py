@@ -1,6 +1,6 @@
-"""`Client` and `AsyncClient`: a served model, used as if it were the model itself.
+"""`Client`: a served model, used as if it were the model itself (`AsyncClient` is its asyncio twin).
 
-Both share everything but I/O: operations are built by `_ClientBase`, retry decisions are
+Both share everything but I/O: operations are built by `ClientBase`, retry decisions are
 `Backoff`'s, wire formats are the transports' pure codecs. What is left in each class is
 the sending, the sleeping between attempts and the closing.
 """
@@ -8,17 +8,16 @@ the sending, the sleeping between attempts and the closing.
 from __future__ import annotations
 
 import abc
-import asyncio
 import contextlib
 import copy
 import os
 import time
-from collections.abc import AsyncGenerator, Generator, Mapping, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
-from modelpod.client._grpc import AsyncGRPCTransport, GRPCTransport
-from modelpod.client._http import AsyncHTTPTransport, HTTPTransport
+from modelpod.client._grpc import GRPCTransport
+from modelpod.client._http import HTTPTransport
 from modelpod.client._operations import (
     Array,
     Call,
@@ -39,7 +38,7 @@ from modelpod.client._transport import AsyncTransport, Transport
 from modelpod.errors import ModelpodError
 
 T = TypeVar("T")
-C = TypeVar("C", bound="_ClientBase[Any]")
+C = TypeVar("C", bound="ClientBase[Any]")
 TransportT = TypeVar("TransportT", bound=Transport | AsyncTransport)
 
 
@@ -57,7 +56,7 @@ class _Family(Generic[TransportT]):
         return self.transport
 
 
-class _ClientBase(abc.ABC, Generic[TransportT]):
+class ClientBase(abc.ABC, Generic[TransportT]):
     """Configuration and the operations a client sends; no I/O."""
 
     def __init__(
@@ -70,9 +69,9 @@ class _ClientBase(abc.ABC, Generic[TransportT]):
         api_key: str | None = None,
         tls_ca: str | os.PathLike[str] | None = None,
     ) -> None:
-        self._timeout = _checked_timeout(timeout)
+        self._timeout = checked_timeout(timeout)
         self._backoff = Backoff(retries)
-        http, where, tls = _transport_of(address)
+        http, where, tls = transport_of(address)
         security = Security.of(api_key, tls, tls_ca)
         self._family: _Family[TransportT] = _Family(self._connect(http, where, security))
         self._owner = True
@@ -107,7 +106,7 @@ class _ClientBase(abc.ABC, Generic[TransportT]):
         Timeouts are set here, not per call: a `timeout=` keyword would collide with the
         model's own keyword arguments.
         """
-        return self._derive(_timeout=_checked_timeout(seconds))
+        return self._derive(_timeout=checked_timeout(seconds))
 
     def _derive(self: C, **changes: Any) -> C:
         child = copy.copy(self)
@@ -140,7 +139,7 @@ class _ClientBase(abc.ABC, Generic[TransportT]):
         return f"{type(self).__name__}({', '.join(where)})"
 
 
-class Client(_ClientBase[Transport]):
+class Client(ClientBase[Transport]):
     """A model served by modelpod, used as if it were here: `Client("localhost:50051").predict(x=1)`.
 
     `address` picks the transport: `http://host:port` or `https://…` speaks HTTP, `host:port`
@@ -288,122 +287,7 @@ class Client(_ClientBase[Transport]):
             attempt += 1
 
 
-class AsyncClient(_ClientBase[AsyncTransport]):
-    """`Client` for asyncio: the same constructor and methods, as coroutines; `async with` closes it."""
-
-    def _connect(self, http: bool, address: str, security: Security) -> AsyncTransport:
-        return AsyncHTTPTransport(address, security) if http else AsyncGRPCTransport(address, security)
-
-    async def initialize(self, **config: Any) -> Any:
-        """See `Client.initialize`."""
-        return await self._send(self._call(await self._name(), "initialize", config))
-
-    async def train(self, **options: Any) -> Any:
-        """See `Client.train`."""
-        job: dict[str, Any] | None = await self.start_training(**options)
-        pauses = training_pauses()
-        while job is not None and job["state"] == "running":
-            await asyncio.sleep(next(pauses))
-            job = await self.training()
-        return training_outcome(job)
-
-    async def start_training(self, **options: Any) -> dict[str, Any]:
-        """See `Client.start_training`."""
-        job: dict[str, Any] = await self._send(self._call(await self._name(), "train", options))
-        return job
-
-    async def training(self) -> dict[str, Any] | None:
-        """See `Client.training`."""
-        job: dict[str, Any] | None = await self._send(self._call(await self._name(), "training", {}))
-        return job
-
-    async def predict(self, **inputs: Any) -> Any:
-        """See `Client.predict`."""
-        return await self._send(self._call(await self._name(), "predict", inputs))
-
-    async def predict_stream(self, **inputs: Any) -> AsyncGenerator[Any, None]:
-        """See `Client.predict_stream`: `async for item in client.predict_stream(...)`."""
-        call = self._call(await self._name(), "predict", inputs)
-        transport, attempt = self._family.open(), 0
-        while True:
-            items = transport.stream(call, self._timeout)
-            async with contextlib.aclosing(items):
-                try:
-                    first = await anext(items)
-                except StopAsyncIteration:
-                    return
-                except ModelpodError as error:
-                    wait = self._backoff.delay(call.retry, attempt, error)
-                    if wait is None:
-                        raise
-                else:
-                    yield first
-                    async for item in items:
-                        yield item
-                    return
-            await asyncio.sleep(wait)
-            attempt += 1
-
-    async def log(self) -> Any:
-        """See `Client.log`."""
-        return await self._send(self._call(await self._name(), "log", {}))
-
-    async def infer(
-        self,
-        inputs: Mapping[str, Array],
-        outputs: Sequence[str] | None = None,
-        request_id: str | None = None,
-    ) -> dict[str, Array]:
-        """See `Client.infer`."""
-        return await self._send(self._infer(await self._name(), inputs, outputs, request_id))
-
-    async def metadata(self) -> dict[str, Any]:
-        """See `Client.metadata`."""
-        return await self._send(Metadata(await self._name(), self._version))
-
-    async def ready(self) -> bool:
-        """See `Client.ready`."""
-        return await self._send(Ready(await self._name(), self._version) if self._for_a_model else Ready())
-
-    async def live(self) -> bool:
-        """See `Client.live`."""
-        return await self._send(Live())
-
-    async def models(self) -> list[ModelInfo]:
-        """See `Client.models`."""
-        return await self._send(Models())
-
-    async def close(self) -> None:
-        """See `Client.close`."""
-        if self._owner and not self._family.closed:
-            self._family.closed = True
-            await self._family.transport.close()
-
-    async def __aenter__(self) -> AsyncClient:
-        return self
-
-    async def __aexit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
-    ) -> None:
-        await self.close()
-
-    async def _name(self) -> str:
-        return self._model or self._family.model or self._discovered(await self._send(Models()))
-
-    async def _send(self, operation: Operation[T]) -> T:
-        transport, attempt = self._family.open(), 0
-        while True:
-            try:
-                return await transport.send(operation, self._timeout)
-            except ModelpodError as error:
-                wait = self._backoff.delay(operation.retry, attempt, error)
-                if wait is None:
-                    raise
-            await asyncio.sleep(wait)
-            attempt += 1
-
-
-def _transport_of(address: str) -> tuple[bool, str, bool]:
+def transport_of(address: str) -> tuple[bool, str, bool]:
     """Whether an address is HTTP, the address as its transport wants it, and whether it asks for TLS."""
     scheme, found, rest = address.partition("://")
     if not found:
@@ -417,7 +301,7 @@ def _transport_of(address: str) -> tuple[bool, str, bool]:
     )
 
 
-def _checked_timeout(seconds: float | None) -> float | None:
+def checked_timeout(seconds: float | None) -> float | None:
     if seconds is not None and not seconds > 0:
         raise ValueError(f"timeout must be a positive number of seconds or None, not {seconds!r}")
     return seconds
