@@ -81,7 +81,9 @@ def imports_of(path: Path, typing_too: bool = True) -> Iterator[tuple[str, int]]
 def _walk(node: ast.AST, typing_too: bool) -> Iterator[ast.AST]:
     for child in ast.iter_child_nodes(node):
         if not typing_too and isinstance(child, ast.If) and ast.unparse(child.test) == "TYPE_CHECKING":
-            yield from (n for other in child.orelse for n in _walk(other, typing_too))
+            for other in child.orelse:  # `else:` of `if TYPE_CHECKING:` does run
+                yield other
+                yield from _walk(other, typing_too)
             continue
         yield child
         yield from _walk(child, typing_too)
