@@ -816,7 +816,9 @@ class InferenceService:
         error = self.repository.version_error(name, version)
         if error is None:
             entry["training"] = self.training_job(name, version)
-        else:
+            if entry["training"] is None:
+                error = self.training.problem(name, version, self.repository.folder(name, version))
+        if error is not None:
             entry["error"] = error
         return entry
 

@@ -64,7 +64,10 @@ class TrainingJob:
     # What tells the process that runs the job from a later one given the same PID (a restarted
     # server that is PID 1 of its container): a token of its own, and when the process started.
     process: str | None = field(default_factory=lambda: PROCESS_TOKEN)
-    process_started: int | None = field(default_factory=lambda: _start_time(os.getpid()))
+    process_started: int | None = field(init=False, default=None)  # that of `pid`, read when made
+
+    def __post_init__(self) -> None:
+        self.process_started = _start_time(self.pid)
 
     def as_dict(self) -> dict[str, Any]:
         document = dataclasses.asdict(self)
@@ -189,6 +192,17 @@ class TrainingJobs:
             return _load(folder), None
         return job, job.follow(reports) if reports is not None else None
 
+    def problem(self, model: str, version: str, folder: Path) -> str | None:
+        """Why the version's job record cannot be read, if it cannot (a listing shows it)."""
+        with self._lock:
+            if (model, version) in self._jobs:
+                return None
+        try:
+            _read(folder)
+        except DamagedState as error:
+            return str(error)
+        return None
+
     def running(self) -> list[TrainingJob]:
         with self._lock:
             return [job for job in self._jobs.values() if job.state == RUNNING]
@@ -230,32 +244,34 @@ def _save(job: TrainingJob, folder: Path) -> None:
 
 
 def _load(folder: Path) -> TrainingJob | None:
-    """The job recorded in the folder; a damaged record reads as a failed job that says so."""
-    path = folder / JOB_FILE
+    """The job recorded in the folder; None if none is, or if its record is damaged (logged; see
+    `TrainingJobs.problem`)."""
     try:
-        recorded = read_json(path)
-        if recorded is None:
-            return None
-        if not isinstance(recorded, dict):
-            raise DamagedState(f"{path} is damaged: it holds no JSON object")
-        recorded = {"process": None, "process_started": None, **recorded}  # older files had neither
-        job = TrainingJob(**recorded)
-        if not isinstance(job.state, str) or not isinstance(job.pid, int):
-            raise DamagedState(f"{path} is damaged: no state or process recorded")
+        return _read(folder)
     except DamagedState as error:
-        return _damaged(folder, str(error))
+        logger.warning("%s", error)
+        return None
+
+
+def _read(folder: Path) -> TrainingJob | None:
+    """The job recorded in the folder, None if none is; `DamagedState` if its record is damaged."""
+    path = folder / JOB_FILE
+    recorded = read_json(path)
+    if recorded is None:
+        return None
+    if not isinstance(recorded, dict):
+        raise DamagedState(f"{path} is damaged: it holds no JSON object")
+    started = recorded.pop("process_started", None)
+    try:
+        job = TrainingJob(**{"process": None, **recorded})  # older files had no process token
     except TypeError as error:
-        return _damaged(folder, f"{path} is damaged: {error}")
+        raise DamagedState(f"{path} is damaged: {error}") from None
+    if not isinstance(job.state, str) or not isinstance(job.pid, int) or not isinstance(job.host, str):
+        raise DamagedState(f"{path} is damaged: no state or process recorded")
+    job.process_started = started if isinstance(started, int) else None
     if job.interrupted():
         job.state, job.error_kind = FAILED, "Interrupted"
         job.error = "interrupted: the server stopped while this job was running"
-    return job
-
-
-def _damaged(folder: Path, why: str) -> TrainingJob:
-    logger.warning("%s", why)
-    job = TrainingJob(folder.parent.name, folder.name, {}, state=FAILED, started_at=0.0, finished_at=0.0)
-    job.error_kind, job.error = "DamagedState", f"the record of this version's last job is lost: {why}"
     return job
 
 
