@@ -370,6 +370,7 @@ class InferenceService:
     def _initialize(self, name: str, version: str | None, config: dict[str, Any]) -> dict[str, Any]:
         hosted = self.repository.get(name)
         version = version or hosted.default_version
+        check_arguments(config, "initialize() arguments")  # before the call: `self` cannot even reach it
         info = self.repository.instance(hosted, version).initialize(**config)
         self.pool.evict((hosted.name, version), "initialized with a new config")
         return info
