@@ -214,7 +214,7 @@ class Model:
         if self._log is None:
             path = self._folder / "log.jsonl"
             lines = path.read_text().splitlines() if path.exists() else []
-            self._log = [json.loads(line) for line in lines if line.strip()]
+            self._log = [entry for entry in map(_log_entry, lines) if entry is not None]
         return self._log
 
     # -- introspection the runner and the server use -------------------------------------------
@@ -417,6 +417,16 @@ def class_path(target: Any) -> str:
 
 def _yields(function: Any) -> bool:
     return inspect.isgeneratorfunction(function) or inspect.isasyncgenfunction(function)
+
+
+def _log_entry(line: str) -> dict[str, Any] | None:
+    """One line of log.jsonl; None for a blank one, or one a killed process left half-written
+    (the entries before and after it are still the log)."""
+    try:
+        entry = json.loads(line) if line.strip() else None
+    except ValueError:
+        return None
+    return entry if isinstance(entry, dict) else None
 
 
 def _plain(value: Any) -> Any:

@@ -217,6 +217,8 @@ def test_one_damaged_file_leaves_the_listings_working(
     (data_path / "echo" / "2" / "training.json").write_text('{"model": "echo", "state": ')  # cut short
     (data_path / "echo" / "3" / "model_info.json").write_text("")
     (data_path / "echo" / "default.json").write_bytes(b"\xff not json")
+    with (data_path / "echo" / "2" / "log.jsonl").open("a") as log:
+        log.write('{"time": 1, "st')  # the last line of a process killed while writing it
     again = start_server(servable("Echo"), data_path=data_path)
     with httpx.Client(base_url=again.http_url, timeout=30) as http:
         everything = http.get("/models")
@@ -231,6 +233,7 @@ def test_one_damaged_file_leaves_the_listings_working(
         assert "error" not in versions["1"]
         assert "error" not in versions["4"]
         assert http.post("/models/echo/versions/2/predict", json={"text": "x"}).status_code == 200
+        assert [entry["step"] for entry in http.get("/models/echo/versions/2/log").json()] == [1]
         broken = http.post("/models/echo/versions/3/predict", json={"text": "x"})
         assert broken.status_code == 503, broken.text  # the server's own file, named, not a crash
         assert "model_info.json" in broken.json()["error"]
@@ -318,6 +321,7 @@ def test_a_version_linked_out_of_the_data_path_is_refused_and_the_rest_listed(
         assert http.get("/models").status_code == 200
         assert http.post("/models/echo/versions/evil/predict", json={"text": "x"}).status_code == 400
         assert http.post("/models/echo/versions/2/predict", json={"text": "x"}).status_code == 200
+        assert [entry["step"] for entry in http.get("/models/echo/versions/2/log").json()] == [1]
     index = repository_index(echo)
     assert index["evil"][0] == "UNAVAILABLE"
     assert "link out" in index["evil"][1]
