@@ -32,6 +32,7 @@ from modelpod.runner import Runner, check_train_options
 from modelpod.served_pipeline import ServedPipeline, name_step, pipeline_outputs, step_input
 from modelpod.stacking import rows_of
 from modelpod.statistics import Statistics
+from modelpod.storable import check_arguments
 from modelpod.stream_serving import BatchedStream, Channel, ItemPump, feed
 from modelpod.streaming import DONE
 from modelpod.tensors import Arrays, outputs_of, requests_of
@@ -369,6 +370,7 @@ class InferenceService:
     def _initialize(self, name: str, version: str | None, config: dict[str, Any]) -> dict[str, Any]:
         hosted = self.repository.get(name)
         version = version or hosted.default_version
+        check_arguments(config, "initialize() arguments")  # before the call: `self` cannot even reach it
         info = self.repository.instance(hosted, version).initialize(**config)
         self.pool.evict((hosted.name, version), "initialized with a new config")
         return info
@@ -380,6 +382,7 @@ class InferenceService:
 
         The job trains an instance of its own: the loaded one keeps serving until the job
         succeeds, then the pool reloads the version with what `train` saved."""
+        check_arguments(options, "training arguments")  # before any state changes: they are stored
         instance = self.repository.instance(hosted, version)
         check_train_options(instance, options)
         job = TrainingJob(hosted.name, version, options, log_start=len(instance.log()))
@@ -763,8 +766,9 @@ class InferenceService:
             hosted = self.repository.get(name)
             for version in self.repository.versions(name):
                 key = (name, version)
-                state = "UNAVAILABLE" if hosted.unloaded or key in self.pool.load_errors else "READY"
-                reason = "unloaded" if hosted.unloaded else self.pool.load_errors.get(key, "")
+                broken = self.pool.load_errors.get(key) or self.repository.version_error(name, version)
+                state = "UNAVAILABLE" if hosted.unloaded or broken else "READY"
+                reason = "unloaded" if hosted.unloaded else broken or ""
                 index.append({"name": name, "version": version, "state": state, "reason": reason})
         return index
 
@@ -789,23 +793,35 @@ class InferenceService:
     def describe(self, name: str) -> dict[str, Any]:
         hosted = self.repository.get(name)
         loaded = set(self.pool.loaded())
-        versions = self.repository.versions(name)
-        return {
+        document = {
             "name": name,
             "default_version": hosted.default_version,
-            "versions": [
-                {
-                    "version": v,
-                    "loaded": (name, v) in loaded,
-                    "batch_sizes": self._batch_sizes(name, v),
-                    "training": self.training_job(name, v),
-                    "load_error": self.pool.load_errors.get((name, v)),
-                }
-                for v in versions
-            ],
+            "versions": [self._describe_version(name, v, loaded) for v in self.repository.versions(name)],
             "available": not hosted.unloaded,
             "batching": hosted.batching.as_dict(),
         }
+        if hosted.default_error is not None:
+            document["default_error"] = hosted.default_error
+        return document
+
+    def _describe_version(self, name: str, version: str, loaded: set[tuple[str, str]]) -> dict[str, Any]:
+        """One version's entry in a listing. What is wrong with its files (a damaged file, a link out
+        of the data path) is its `error`: one bad version never fails the listing of the others."""
+        entry: dict[str, Any] = {
+            "version": version,
+            "loaded": (name, version) in loaded,
+            "batch_sizes": self._batch_sizes(name, version),
+            "training": None,
+            "load_error": self.pool.load_errors.get((name, version)),
+        }
+        error = self.repository.version_error(name, version)
+        if error is None:
+            entry["training"] = self.training_job(name, version)
+            if entry["training"] is None:
+                error = self.training.problem(name, version, self.repository.folder(name, version))
+        if error is not None:
+            entry["error"] = error
+        return entry
 
     def _batch_sizes(self, name: str, version: str) -> dict[str, int]:
         """Rows per batch run -> how many batches (streaming ones too), for a batching version."""
