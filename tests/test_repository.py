@@ -100,9 +100,10 @@ def test_set_default(repository: Repository) -> None:
     make_version(repository, "echo", "2")
     repository.set_default("echo", "2")
     assert repository.resolve("echo", None) == (repository.get("echo"), "2")
-    assert repository.versions("echo") == ["2"]  # "1" was only ever the default
+    assert repository.versions("echo") == ["1", "2"]  # "1" was only ever the default, and stays
+    assert repository.resolve("echo", "1") == (repository.get("echo"), "1")  # so rollback can work
     repository.set_default("add", "next")  # a default that is not on disk yet
-    assert repository.versions("add") == ["next"]
+    assert repository.versions("add") == ["1", "next"]
     with pytest.raises(NotFound):
         repository.set_default("nope", "1")
 

@@ -32,6 +32,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from modelpod.errors import InvalidInput
+from modelpod.runtime.state_files import DamagedState, read_json, write_json
+from modelpod.runtime.storable import check_arguments
 from modelpod.types import BatchConfig, TensorSpec, tensor_specs
 
 DATA_PATH_ENV = "MODELPOD_DATA_PATH"
@@ -130,7 +132,11 @@ class Model:
         self.device = "cpu"
         self._log_lock = threading.Lock()
         self._log: list[dict[str, Any]] | None = None
-        stored = self.model_info.get("config", {})
+        self.info_error: str | None = None  # why model_info.json could not be read, if it could not
+        try:
+            stored = self.model_info.get("config", {})
+        except DamagedState as error:  # the instance still exists: initialize() can rewrite the file
+            self.info_error, stored = str(error), {}
         self.config: dict[str, Any] = {**stored, **config}
 
     @classmethod
@@ -168,29 +174,31 @@ class Model:
     @property
     def model_info(self) -> dict[str, Any]:
         """What `initialize` recorded: the config, the class, and when; {} before the first call."""
-        try:
-            info: dict[str, Any] = json.loads(self._info_file.read_text())
-        except FileNotFoundError:
+        info = read_json(self._info_file)
+        if info is None:
             return {}
+        if not isinstance(info, dict):
+            raise DamagedState(f"{self._info_file} is damaged: it holds no JSON object")
         return info
 
     def initialize(self, **config: Any) -> dict[str, Any]:
         """Record `config` as this instance's configuration, on disk, and return the model info."""
-        try:
-            json.dumps(config)
-        except (TypeError, ValueError) as error:
-            raise InvalidInput(f"initialize() arguments must be JSON values: {error}") from None
+        check_arguments(config, "initialize() arguments")
         now = time.time()
+        try:
+            created = self.model_info.get("created_at", now)
+        except DamagedState:  # initialize is how a damaged file is mended
+            created = now
         info = {
             "name": self.model_name,
             "version": self.version,
             "class": class_path(self.source()),
             "config": config,
-            "created_at": self.model_info.get("created_at", now),
+            "created_at": created,
             "updated_at": now,
         }
-        _write_json_atomically(self._info_file, info)
-        self.config = dict(config)
+        write_json(self._info_file, info)
+        self.config, self.info_error = dict(config), None
         return info
 
     def report(
@@ -220,7 +228,7 @@ class Model:
         if self._log is None:
             path = self._folder / "log.jsonl"
             lines = path.read_text().splitlines() if path.exists() else []
-            self._log = [json.loads(line) for line in lines if line.strip()]
+            self._log = [entry for entry in map(_log_entry, lines) if entry is not None]
         return self._log
 
     # -- introspection the runner and the server use -------------------------------------------
@@ -329,15 +337,18 @@ def yields(function: Any) -> bool:
     return inspect.isgeneratorfunction(function) or inspect.isasyncgenfunction(function)
 
 
+def _log_entry(line: str) -> dict[str, Any] | None:
+    """One line of log.jsonl; None for a blank one, or one a killed process left half-written
+    (the entries before and after it are still the log)."""
+    try:
+        entry = json.loads(line) if line.strip() else None
+    except ValueError:
+        return None
+    return entry if isinstance(entry, dict) else None
+
+
 def _plain(value: Any) -> Any:
     """Metrics reach JSON: numpy scalars become Python numbers."""
     if isinstance(value, np.generic):
         return value.item()
     return value
-
-
-def _write_json_atomically(path: Path, value: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}.{threading.get_ident()}")
-    tmp.write_text(json.dumps(value, indent=2))
-    os.replace(tmp, path)

@@ -105,8 +105,9 @@ class Catalog:
             hosted = self.repository.get(name)
             for version in self.repository.versions(name):
                 key = (name, version)
-                state = "UNAVAILABLE" if hosted.unloaded or key in self.pool.load_errors else "READY"
-                reason = "unloaded" if hosted.unloaded else self.pool.load_errors.get(key, "")
+                broken = self.pool.load_errors.get(key) or self.repository.version_error(name, version)
+                state = "UNAVAILABLE" if hosted.unloaded or broken else "READY"
+                reason = "unloaded" if hosted.unloaded else broken or ""
                 index.append({"name": name, "version": version, "state": state, "reason": reason})
         return index
 
@@ -117,22 +118,35 @@ class Catalog:
     def describe(self, name: str) -> dict[str, Any]:
         hosted = self.repository.get(name)
         loaded = set(self.pool.loaded())
-        return {
+        document = {
             "name": name,
             "default_version": hosted.default_version,
-            "versions": [
-                {
-                    "version": v,
-                    "loaded": (name, v) in loaded,
-                    "batch_sizes": self.batchers.batch_sizes((name, v)),
-                    "training": self.trainer.job(name, v),
-                    "load_error": self.pool.load_errors.get((name, v)),
-                }
-                for v in self.repository.versions(name)
-            ],
+            "versions": [self._describe_version(name, v, loaded) for v in self.repository.versions(name)],
             "available": not hosted.unloaded,
             "batching": hosted.batching.as_dict(),
         }
+        if hosted.default_error is not None:
+            document["default_error"] = hosted.default_error
+        return document
+
+    def _describe_version(self, name: str, version: str, loaded: set[tuple[str, str]]) -> dict[str, Any]:
+        """One version's entry in a listing. What is wrong with its files (a damaged file, a link out
+        of the data path) is its `error`: one bad version never fails the listing of the others."""
+        entry: dict[str, Any] = {
+            "version": version,
+            "loaded": (name, version) in loaded,
+            "batch_sizes": self.batchers.batch_sizes((name, version)),
+            "training": None,
+            "load_error": self.pool.load_errors.get((name, version)),
+        }
+        error = self.repository.version_error(name, version)
+        if error is None:
+            entry["training"] = self.trainer.job(name, version)
+            if entry["training"] is None:
+                error = self.trainer.problem(name, version)
+        if error is not None:
+            entry["error"] = error
+        return entry
 
 
 def _config_tensor(spec: TensorSpec) -> dict[str, Any]:

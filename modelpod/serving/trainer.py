@@ -8,6 +8,7 @@ from typing import Any
 from modelpod.observe.events import Recorder, TrainingChanged
 from modelpod.runtime.calls import check_train_options
 from modelpod.runtime.runner import Runner
+from modelpod.runtime.storable import check_arguments
 from modelpod.serving.changes import Changes
 from modelpod.serving.pool import ModelPool
 from modelpod.serving.repository import HostedModel, Repository
@@ -29,6 +30,7 @@ class Trainer:
 
         The job trains an instance of its own: the loaded one keeps serving until the job
         succeeds, then the pool reloads the version with what `train` saved."""
+        check_arguments(options, "training arguments")  # before any state changes: they are stored
         instance = self.repository.instance(hosted, version)
         check_train_options(instance, options)
         job = TrainingJob(hosted.name, version, options, log_start=len(instance.log()))
@@ -55,6 +57,10 @@ class Trainer:
         """The version's latest training job with its progress; None if it was never trained."""
         job = self.jobs.get(name, version, self.repository.folder(name, version))
         return None if job is None else job.as_dict()
+
+    def problem(self, name: str, version: str) -> str | None:
+        """What is wrong with the version's stored job, if anything (a damaged file)."""
+        return self.jobs.problem(name, version, self.repository.folder(name, version))
 
     def progress(
         self, name: str, version: str, after: int = 0

@@ -12,18 +12,23 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
-import json
 import logging
 import os
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from modelpod.errors import Conflict, ModelError, ModelpodError
+import orjson
+
+from modelpod.errors import Conflict, InvalidInput, ModelError, ModelpodError
+from modelpod.protocol import jsoncodec
+from modelpod.runtime.state_files import DamagedState, read_json, write_json
+from modelpod.runtime.storable import check_storable
 
 logger = logging.getLogger("modelpod.serving.training")
 
@@ -33,6 +38,7 @@ HEARTBEAT = 5.0  # seconds between writes of a running job's file
 STALE = 6 * HEARTBEAT  # a running job's file older than this, written on another host: interrupted
 Key = tuple[str, str]
 Reports = Callable[[], list[dict[str, Any]]]  # the training instance's log, as `Model.log` gives it
+PROCESS_TOKEN = uuid.uuid4().hex  # this process, as no later process with its PID can claim to be
 _writing = threading.Lock()  # a running job's rewrites and its last write, one at a time
 
 
@@ -55,10 +61,17 @@ class TrainingJob:
     host: str = field(default_factory=socket.gethostname)
     pid: int = field(default_factory=os.getpid)
     written_at: float = field(default_factory=time.time)
+    # What tells the process that runs the job from a later one given the same PID (a restarted
+    # server that is PID 1 of its container): a token of its own, and when the process started.
+    process: str | None = field(default_factory=lambda: PROCESS_TOKEN)
+    process_started: int | None = field(init=False, default=None)  # that of `pid`, read when made
+
+    def __post_init__(self) -> None:
+        self.process_started = _start_time(self.pid)
 
     def as_dict(self) -> dict[str, Any]:
         document = dataclasses.asdict(self)
-        for internal in ("pid", "written_at"):
+        for internal in ("pid", "written_at", "process", "process_started"):
             del document[internal]
         return document
 
@@ -70,11 +83,15 @@ class TrainingJob:
 
     def interrupted(self) -> bool:
         """Whether a job recorded as running has lost the process that ran it."""
-        if self.state != RUNNING or (self.host, self.pid) == (socket.gethostname(), os.getpid()):
+        if self.state != RUNNING:
             return False
-        if self.host == socket.gethostname():
-            return not _alive(self.pid)
-        return time.time() - self.written_at > STALE
+        if self.host != socket.gethostname():
+            return time.time() - self.written_at > STALE
+        if self.pid == os.getpid():  # this process's own job, or one of a process before it
+            return self.process != PROCESS_TOKEN
+        if self.process_started is not None and _start_time(self.pid) not in (None, self.process_started):
+            return True  # that PID is another process now
+        return not _alive(self.pid)
 
     def fail(self, error: ModelpodError) -> None:
         self.state, self.finished_at = FAILED, time.time()
@@ -114,7 +131,16 @@ class TrainingJobs:
                 )
             self._jobs[key] = job
             self._reports[key] = reports
-        _save(job, folder)
+        try:
+            _save(job, folder)
+        except BaseException:  # not started: the version must not be left "running"
+            with self._lock:
+                self._reports.pop(key, None)
+                if current is None:
+                    self._jobs.pop(key, None)
+                else:
+                    self._jobs[key] = current
+            raise
         self._on_start(job)
         context = contextvars.copy_context()  # the job's log lines carry the request id that started it
         thread = threading.Thread(
@@ -131,7 +157,7 @@ class TrainingJobs:
         ended = threading.Event()
         threading.Thread(target=_keep_written, args=(job, folder, ended, reports), daemon=True).start()
         try:
-            job.result = train()
+            job.result = kept(train())
             job.state, job.finished_at = SUCCEEDED, time.time()
             logger.info("training %s version %s succeeded", job.model, job.version)
         except ModelpodError as error:
@@ -166,6 +192,17 @@ class TrainingJobs:
             return _load(folder), None
         return job, job.follow(reports) if reports is not None else None
 
+    def problem(self, model: str, version: str, folder: Path) -> str | None:
+        """Why the version's job record cannot be read, if it cannot (a listing shows it)."""
+        with self._lock:
+            if (model, version) in self._jobs:
+                return None
+        try:
+            _read(folder)
+        except DamagedState as error:
+            return str(error)
+        return None
+
     def running(self) -> list[TrainingJob]:
         with self._lock:
             return [job for job in self._jobs.values() if job.state == RUNNING]
@@ -190,28 +227,68 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _start_time(pid: int) -> int | None:
+    """When process `pid` started, in clock ticks since boot (field 22 of /proc/PID/stat, Linux);
+    None where that cannot be read (another system, or no such process)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        # the command name, field 2, is in parentheses and may hold spaces: count after its end
+        return int(stat[stat.rindex(")") + 2 :].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def _save(job: TrainingJob, folder: Path) -> None:
     job.written_at = time.time()
-    folder.mkdir(parents=True, exist_ok=True)
-    temporary = folder / f".{JOB_FILE}.{os.getpid()}.{threading.get_ident()}"
-    temporary.write_text(json.dumps(dataclasses.asdict(job), default=_unwritable))
-    os.replace(temporary, folder / JOB_FILE)
+    write_json(folder / JOB_FILE, dataclasses.asdict(job), default=_unwritable)
 
 
 def _load(folder: Path) -> TrainingJob | None:
-    path = folder / JOB_FILE
+    """The job recorded in the folder; None if none is, or if its record is damaged (logged; see
+    `TrainingJobs.problem`)."""
     try:
-        recorded = json.loads(path.read_text())
-        job = TrainingJob(**recorded)
-    except FileNotFoundError:
+        return _read(folder)
+    except DamagedState as error:
+        logger.warning("%s", error)
         return None
-    except (ValueError, TypeError) as error:
-        logger.warning("ignoring %s: %s", path, error)
+
+
+def _read(folder: Path) -> TrainingJob | None:
+    """The job recorded in the folder, None if none is; `DamagedState` if its record is damaged."""
+    path = folder / JOB_FILE
+    recorded = read_json(path)
+    if recorded is None:
         return None
+    if not isinstance(recorded, dict):
+        raise DamagedState(f"{path} is damaged: it holds no JSON object")
+    started = recorded.pop("process_started", None)
+    try:
+        job = TrainingJob(**{"process": None, **recorded})  # older files had no process token
+    except TypeError as error:
+        raise DamagedState(f"{path} is damaged: {error}") from None
+    if not isinstance(job.state, str) or not isinstance(job.pid, int) or not isinstance(job.host, str):
+        raise DamagedState(f"{path} is damaged: no state or process recorded")
+    job.process_started = started if isinstance(started, int) else None
     if job.interrupted():
         job.state, job.error_kind = FAILED, "Interrupted"
         job.error = "interrupted: the server stopped while this job was running"
     return job
+
+
+def kept(result: Any) -> Any:
+    """A job's result as it is kept and listed: unchanged when JSON holds it, else a note of why not
+    (a result nested too deep, say, would otherwise fail every listing that shows the job)."""
+    try:
+        check_storable(result, "the result")
+        return result
+    except InvalidInput:
+        pass
+    try:  # numpy numbers, tuples, bytes: kept as a listing sends them
+        plain = orjson.loads(jsoncodec.dumps(result))
+        check_storable(plain, "the result")
+    except (TypeError, InvalidInput) as error:  # orjson's JSONEncodeError is a TypeError
+        return f"<not kept: {error}>"
+    return plain
 
 
 def _unwritable(value: object) -> str:

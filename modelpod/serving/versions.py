@@ -8,6 +8,7 @@ import asyncio
 import logging
 from typing import Any
 
+from modelpod.runtime.storable import check_arguments
 from modelpod.serving.execution import Execution
 
 logger = logging.getLogger("modelpod.serving.versions")
@@ -25,6 +26,7 @@ class Versions:
         """(On a model thread) record a version's config; a loaded instance reloads with it."""
         hosted = self.repository.get(name)
         version = version or hosted.default_version
+        check_arguments(config, "initialize() arguments")  # before the call: `self` cannot even reach it
         info = self.repository.instance(hosted, version).initialize(**config)
         self.pool.evict((hosted.name, version), "initialized with a new config")
         return info
