@@ -10,6 +10,8 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from modelpod.extras import needs_extra
+
 if TYPE_CHECKING:
     from modelpod.client import Client
 
@@ -28,8 +30,13 @@ def add_command(commands: Any) -> None:
 
 
 def run(arguments: argparse.Namespace) -> int:
-    from modelpod.client import Client
     from modelpod.errors import ModelpodError
+
+    with needs_extra("client", "modelpod train"):
+        from modelpod.client import Client
+    if arguments.follow:  # checked before the job starts, not after
+        with needs_extra("client", "modelpod train --follow"):
+            import rich.progress  # noqa: F401
 
     model, _, version = arguments.model.partition(":")
     try:
