@@ -71,7 +71,8 @@ def parse_options(pairs: Sequence[str]) -> dict[str, Any]:
 
 def follow(client: Client) -> dict[str, Any] | None:
     """A progress bar of the job's reported steps and metrics, until the job ends; its last document."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    with needs_extra("client", "modelpod train --follow"):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("{task.fields[metrics]}"))  # fmt: skip

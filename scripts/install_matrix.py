@@ -1,0 +1,136 @@
+"""The install matrix: every install the README and pyproject promise, each in a fresh virtual
+environment built from the wheel (not an editable install, so that missing package data shows),
+checked by tests/install/check.py. `.ci/run` runs it; by hand:
+
+    python scripts/install_matrix.py                 # every environment
+    python scripts/install_matrix.py core server     # some (server also builds client)
+
+Environments live in a temporary folder and are removed afterwards; pip's cache (PIP_CACHE_DIR,
+default ~/.cache/pip) is kept, so a rerun installs from it. Exits 1 when any check fails.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CHECK = Path("tests/install/check.py")
+TORCH = "torch==2.13.0"  # unpinned, torch (and sentence-transformers') pull a multi-GB CUDA build
+
+
+@dataclass
+class Environment:
+    name: str
+    extras: str  # what goes in the brackets: modelpod[extras]
+    pins: tuple[str, ...] = ()
+    needs: tuple[str, ...] = ()  # environments the check uses as well
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+ENVIRONMENTS = [
+    Environment("core", ""),
+    Environment("client", "client"),
+    Environment("server", "server,examples", needs=("client",)),
+    Environment("store", "store"),
+    Environment("postgres", "postgres"),
+    Environment("ray", "ray"),
+    Environment("torch", "torch", pins=(TORCH,)),
+    Environment("embeddings", "embeddings", pins=(TORCH,)),
+]
+
+
+def run(command: list[str], cwd: Path | None = None) -> None:
+    subprocess.run(command, cwd=cwd, check=True)
+
+
+def fresh_clone(into: Path) -> Path:
+    """The checkout's files as a fresh clone has them: tracked and new, none that git ignores."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                            cwd=ROOT, capture_output=True, check=True).stdout  # fmt: skip
+    for name in filter(None, listed.decode().split("\0")):
+        source = ROOT / name
+        if source.is_file():
+            (into / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, into / name)
+    return into
+
+
+def build_wheel(clone: Path, into: Path) -> Path:
+    run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(into), str(clone)])
+    (wheel,) = into.glob("modelpod-*.whl")
+    return wheel
+
+
+def check_wheel_contents(clone: Path, wheel: Path) -> None:
+    """Every file of the package in the checkout is in the wheel: .proto, static files, py.typed."""
+    packaged = set(zipfile.ZipFile(wheel).namelist())
+    wanted = {p.relative_to(clone).as_posix() for p in (clone / "modelpod").rglob("*") if p.is_file()}
+    missing = sorted(wanted - packaged)
+    if missing:
+        raise SystemExit(f"the wheel lacks {len(missing)} files of the package: {missing}")
+    print(f"the wheel has all {len(wanted)} files of the package")
+
+
+def create(environment: Environment, wheel: Path, base: Path) -> Path:
+    started = time.perf_counter()
+    folder = base / environment.name
+    run([sys.executable, "-m", "venv", str(folder)])
+    python = folder / "bin" / "python"
+    requirement = f"{wheel}[{environment.extras}]" if environment.extras else str(wheel)
+    run([str(python), "-m", "pip", "install", "--quiet", requirement, *environment.pins])
+    environment.seconds["install"] = time.perf_counter() - started
+    return python
+
+
+def check(environment: Environment, python: Path, clone: Path, pythons: dict[str, Path]) -> None:
+    started = time.perf_counter()
+    arguments = [str(pythons[name]) for name in environment.needs]
+    run([str(python), str(CHECK), environment.name, *arguments], cwd=clone)
+    environment.seconds["check"] = time.perf_counter() - started
+
+
+def main(names: list[str]) -> int:
+    chosen = [e for e in ENVIRONMENTS if not names or e.name in names or any(
+        e.name in other.needs for other in ENVIRONMENTS if other.name in names)]  # fmt: skip
+    os.environ.setdefault("PIP_CACHE_DIR", str(Path.home() / ".cache" / "pip"))
+    print(f"python {sys.version.split()[0]} ({sys.executable}); pip cache {os.environ['PIP_CACHE_DIR']}")
+    failed: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="modelpod-matrix-") as temporary:
+        base = Path(temporary)
+        clone = fresh_clone(base / "clone")
+        wheel = build_wheel(clone, base / "dist")
+        check_wheel_contents(clone, wheel)
+        pythons: dict[str, Path] = {}
+        for environment in chosen:
+            print(f"--- {environment.name}: modelpod[{environment.extras}] {' '.join(environment.pins)}",
+                  flush=True)  # fmt: skip
+            try:
+                pythons[environment.name] = create(environment, wheel, base)
+                check(environment, pythons[environment.name], clone, pythons)
+            except subprocess.CalledProcessError as error:
+                print(f"FAILED {environment.name}: {error}", flush=True)
+                failed.append(environment.name)
+    print("environment   install s   check s")
+    for environment in chosen:
+        install, checked = (environment.seconds.get(k) for k in ("install", "check"))
+        print(f"{environment.name:<13} {_seconds(install):>9} {_seconds(checked):>9}")
+    if failed:
+        print(f"the install matrix failed: {', '.join(failed)}")
+        return 1
+    return 0
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
