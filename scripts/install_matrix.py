@@ -32,12 +32,13 @@ class Environment:
     extras: str  # what goes in the brackets: modelpod[extras]
     pins: tuple[str, ...] = ()
     needs: tuple[str, ...] = ()  # environments the check uses as well
+    checked_by: str | None = None  # another environment's check uses this one
     seconds: dict[str, float] = field(default_factory=dict)
 
 
 ENVIRONMENTS = [
     Environment("core", ""),
-    Environment("client", "client"),
+    Environment("client", "client", checked_by="server"),
     Environment("server", "server,examples", needs=("client",)),
     Environment("store", "store"),
     Environment("postgres", "postgres"),
@@ -91,6 +92,8 @@ def create(environment: Environment, wheel: Path, base: Path) -> Path:
 
 
 def check(environment: Environment, python: Path, clone: Path, pythons: dict[str, Path]) -> None:
+    if environment.checked_by is not None:
+        return
     started = time.perf_counter()
     arguments = [str(pythons[name]) for name in environment.needs]
     run([str(python), str(CHECK), environment.name, *arguments], cwd=clone)
