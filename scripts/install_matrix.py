@@ -2,8 +2,13 @@
 environment built from the wheel (not an editable install, so that missing package data shows),
 checked by tests/install/check.py. `.ci/run` runs it; by hand:
 
-    python scripts/install_matrix.py                 # every environment
+    python scripts/install_matrix.py                 # every environment but the heavy ones (CI's)
+    python scripts/install_matrix.py --all           # and ray and embeddings
     python scripts/install_matrix.py core server     # some (server also builds client)
+
+Heavy: ray (Ray's wheels, then a local Ray cluster to deploy to) and embeddings (torch, transformers,
+scipy, scikit-learn...) take 3 to 4 minutes each on 2 cores: more than CI's budget allows. Their
+imports are still checked against their extras on every run, statically, by tests/test_dependencies.py.
 
 Environments live in a temporary folder and are removed afterwards; pip's cache (PIP_CACHE_DIR,
 default ~/.cache/pip) is kept, so a rerun installs from it. Exits 1 when any check fails.
@@ -33,6 +38,7 @@ class Environment:
     pins: tuple[str, ...] = ()
     needs: tuple[str, ...] = ()  # environments the check uses as well
     checked_by: str | None = None  # another environment's check uses this one
+    heavy: bool = False  # left out unless asked for: see the docstring
     seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -42,9 +48,9 @@ ENVIRONMENTS = [
     Environment("server", "server,examples", needs=("client",)),
     Environment("store", "store"),
     Environment("postgres", "postgres"),
-    Environment("ray", "ray"),
+    Environment("ray", "ray", heavy=True),
     Environment("torch", "torch", pins=(TORCH,)),
-    Environment("embeddings", "embeddings", pins=(TORCH,)),
+    Environment("embeddings", "embeddings", pins=(TORCH,), heavy=True),
 ]
 
 
@@ -86,7 +92,9 @@ def create(environment: Environment, wheel: Path, base: Path) -> Path:
     run([sys.executable, "-m", "venv", str(folder)])
     python = folder / "bin" / "python"
     requirement = f"{wheel}[{environment.extras}]" if environment.extras else str(wheel)
-    run([str(python), "-m", "pip", "install", "--quiet", requirement, *environment.pins])
+    # --no-compile: byte-compiling every installed file (scipy, torch...) is most of an install's CPU
+    # time on 2 cores; Python compiles what a check imports, on import.
+    run([str(python), "-m", "pip", "install", "--quiet", "--no-compile", requirement, *environment.pins])
     environment.seconds["install"] = time.perf_counter() - started
     return python
 
@@ -96,13 +104,29 @@ def check(environment: Environment, python: Path, clone: Path, pythons: dict[str
         return
     started = time.perf_counter()
     arguments = [str(pythons[name]) for name in environment.needs]
-    run([str(python), str(CHECK), environment.name, *arguments], cwd=clone)
+    scratch = clone.parent / "scratch"  # the checks' data folders, removed with the rest
+    scratch.mkdir(exist_ok=True)
+    # Not for Ray: its socket paths under a long temporary folder would pass the 107-byte limit.
+    env = None if environment.name == "ray" else dict(os.environ, TMPDIR=str(scratch))
+    subprocess.run([str(python), str(CHECK), environment.name, *arguments], cwd=clone, env=env, check=True)
     environment.seconds["check"] = time.perf_counter() - started
 
 
+def chosen(names: list[str]) -> list[Environment]:
+    if "--all" in names:
+        return ENVIRONMENTS
+    if not names:
+        return [e for e in ENVIRONMENTS if not e.heavy]
+    unknown = set(names) - {e.name for e in ENVIRONMENTS}
+    if unknown:
+        raise SystemExit(f"no environment {sorted(unknown)}: choose from {[e.name for e in ENVIRONMENTS]}")
+    wanted = set(names) | {needed for e in ENVIRONMENTS if e.name in names for needed in e.needs}
+    wanted |= {e.checked_by for e in ENVIRONMENTS if e.name in names and e.checked_by}
+    return [e for e in ENVIRONMENTS if e.name in wanted]
+
+
 def main(names: list[str]) -> int:
-    chosen = [e for e in ENVIRONMENTS if not names or e.name in names or any(
-        e.name in other.needs for other in ENVIRONMENTS if other.name in names)]  # fmt: skip
+    environments = chosen(names)
     os.environ.setdefault("PIP_CACHE_DIR", str(Path.home() / ".cache" / "pip"))
     print(f"python {sys.version.split()[0]} ({sys.executable}); pip cache {os.environ['PIP_CACHE_DIR']}")
     failed: list[str] = []
@@ -112,7 +136,7 @@ def main(names: list[str]) -> int:
         wheel = build_wheel(clone, base / "dist")
         check_wheel_contents(clone, wheel)
         pythons: dict[str, Path] = {}
-        for environment in chosen:
+        for environment in environments:
             print(f"--- {environment.name}: modelpod[{environment.extras}] {' '.join(environment.pins)}",
                   flush=True)  # fmt: skip
             try:
@@ -122,9 +146,10 @@ def main(names: list[str]) -> int:
                 print(f"FAILED {environment.name}: {error}", flush=True)
                 failed.append(environment.name)
     print("environment   install s   check s")
-    for environment in chosen:
+    for environment in environments:
         install, checked = (environment.seconds.get(k) for k in ("install", "check"))
-        print(f"{environment.name:<13} {_seconds(install):>9} {_seconds(checked):>9}")
+        by = f"  (checked by {environment.checked_by})" if environment.checked_by else ""
+        print(f"{environment.name:<13} {_seconds(install):>9} {_seconds(checked):>9}{by}")
     if failed:
         print(f"the install matrix failed: {', '.join(failed)}")
         return 1
