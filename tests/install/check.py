@@ -53,6 +53,9 @@ def check_core() -> None:
                              cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
     assert missing.returncode == 2, missing
     (line,) = missing.stderr.strip().splitlines()  # one line, no traceback
+    doctor = subprocess.run([sys.executable, "-m", "modelpod", "doctor"], capture_output=True, text=True,
+                            timeout=60, check=True).stdout  # fmt: skip
+    assert re.search(r"^  server +no +starlette \(missing\)", doctor, flags=re.MULTILINE), doctor
     assert line.startswith(
         'modelpod: modelpod serve needs the server extra: pip install "modelpod[server]"'
     ), line
