@@ -30,11 +30,11 @@ if TYPE_CHECKING:
     from modelpod.registry.store import Store
 
 # Parts that need an extra are imported on first use: `import modelpod` needs numpy alone.
-_LAZY = {
-    "Client": "modelpod.client",
-    "AsyncClient": "modelpod.client",
-    "Store": "modelpod.registry.store",
-    "RemoteModel": "modelpod.registry.remote",
+_LAZY = {  # name: (module, the extra it needs)
+    "Client": ("modelpod.client", "client"),
+    "AsyncClient": ("modelpod.client", "client"),
+    "Store": ("modelpod.registry.store", "store"),
+    "RemoteModel": ("modelpod.registry.remote", "client"),
 }
 
 
@@ -42,7 +42,11 @@ def __getattr__(name: str) -> Any:
     if name in _LAZY:
         import importlib
 
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        from modelpod.extras import needs_extra
+
+        module, extra = _LAZY[name]
+        with needs_extra(extra, f"modelpod.{name}"):
+            return getattr(importlib.import_module(module), name)
     raise AttributeError(f"module 'modelpod' has no attribute {name!r}")
 
 
@@ -60,7 +64,10 @@ def serve(*targets: Any, **settings: Any) -> None:
 
     Needs the server extra: `pip install "modelpod[server]"`. Settings are those of `modelpod serve`.
     """
-    from modelpod.server.app import serve as serve_forever
+    from modelpod.extras import needs_extra
+
+    with needs_extra("server", "modelpod.serve()"):
+        from modelpod.server.app import serve as serve_forever
 
     serve_forever(*targets, **settings)
 

@@ -7,8 +7,10 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from modelpod._version import __version__
 from modelpod.cli import ray_backend as cli_ray
 from modelpod.cli import train as cli_train
+from modelpod.extras import MissingExtra, needs_extra
 
 EPILOG = """Each MODEL is FILE.py:Class, package.module:Class, or NAME=... to serve it under another
 name. A model is a modelpod.Model subclass, a class with __init__(config) and
@@ -18,6 +20,7 @@ environment variable; a flag wins over the environment."""
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="modelpod", description="Serve Python models over HTTP and gRPC.")
+    parser.add_argument("--version", action="version", version=f"modelpod {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser(
         "serve",
@@ -47,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_ray.add_options(serve)
     _add_models_command(commands)
     cli_train.add_command(commands)
+    commands.add_parser("doctor", help="what is installed, for a bug report: Python, extras, devices")
     return parser
 
 
@@ -66,8 +70,10 @@ def _add_models_command(commands: Any) -> None:
 
 
 def _add_settings(parser: argparse.ArgumentParser) -> None:
-    from modelpod.server.settings import Settings
-
+    try:
+        from modelpod.server.settings import Settings
+    except ImportError:  # no server extra: `modelpod serve` says so when it is run, not before
+        return
     for name, field in Settings.model_fields.items():
         default = field.default if field.default is not None else "none"
         if name.endswith("_memory"):
@@ -85,13 +91,15 @@ def _add_settings(parser: argparse.ArgumentParser) -> None:
 
 
 def run_serve(arguments: argparse.Namespace) -> int:
-    from pydantic import ValidationError
-
     from modelpod.errors import ModelpodError
     from modelpod.runtime.loader import parse_reference
-    from modelpod.server.app import serve
-    from modelpod.server.settings import Settings
     from modelpod.serving.served_pipeline import parse_pipeline
+
+    with needs_extra("server", "modelpod serve"):
+        from pydantic import ValidationError
+
+        from modelpod.server.app import serve
+        from modelpod.server.settings import Settings
 
     overrides: dict[str, Any] = {
         key: value
@@ -129,7 +137,9 @@ def run_models(arguments: argparse.Namespace) -> int:
     import os
 
     from modelpod.errors import ModelpodError
-    from modelpod.registry.store import Store
+
+    with needs_extra("store", "modelpod models"):
+        from modelpod.registry.store import Store
 
     url = arguments.store or os.environ.get("MODELPOD_STORE")
     store = Store(url, data_path=arguments.data_path)
@@ -169,11 +179,30 @@ def _table(records: Sequence[Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    arguments = build_parser().parse_args(argv)
+    parser = build_parser()
+    arguments, unknown = parser.parse_known_args(argv)
+    try:
+        if unknown:
+            if arguments.command == "serve":  # its settings' flags are unknown without the server extra
+                with needs_extra("server", "modelpod serve"):
+                    import modelpod.server.settings  # noqa: F401
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        return _run(arguments)
+    except MissingExtra as error:
+        print(f"modelpod: {error}", file=sys.stderr)
+        return 2
+
+
+def _run(arguments: argparse.Namespace) -> int:
     if arguments.command == "serve":
         return run_serve(arguments)
     if arguments.command == "train":
         return cli_train.run(arguments)
+    if arguments.command == "doctor":
+        from modelpod.cli.doctor import report
+
+        print(report())
+        return 0
     return run_models(arguments)
 
 

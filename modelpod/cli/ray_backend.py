@@ -6,6 +6,8 @@ import argparse
 import sys
 from typing import Any
 
+from modelpod.extras import needs_extra
+
 OPTIONS = ("backend", "ray_address", "ray_app", "ray_route_prefix", "ray_replicas", "ray_max_replicas",
            "ray_replica_cpus")  # fmt: skip
 
@@ -41,14 +43,9 @@ def run(arguments: argparse.Namespace, targets: list[Any], settings: Any) -> int
         print("modelpod: --ray-replicas must be at least 1, and --ray-max-replicas at least that",
               file=sys.stderr)  # fmt: skip
         return 2
-    try:
+    with needs_extra("ray", "--backend ray"):
         from modelpod.ray import serve_until_stopped
-    except ImportError as error:
-        print(
-            f"modelpod: the Ray backend needs Ray Serve: pip install 'modelpod[ray]' ({error})",
-            file=sys.stderr,
-        )
-        return 2
+
     serve_until_stopped(
         targets,
         settings,

@@ -10,6 +10,8 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from modelpod.extras import needs_extra
+
 if TYPE_CHECKING:
     from modelpod.client import Client
 
@@ -28,8 +30,13 @@ def add_command(commands: Any) -> None:
 
 
 def run(arguments: argparse.Namespace) -> int:
-    from modelpod.client import Client
     from modelpod.errors import ModelpodError
+
+    with needs_extra("client", "modelpod train"):
+        from modelpod.client import Client
+    if arguments.follow:  # checked before the job starts, not after
+        with needs_extra("client", "modelpod train --follow"):
+            import rich.progress  # noqa: F401
 
     model, _, version = arguments.model.partition(":")
     try:
@@ -64,7 +71,8 @@ def parse_options(pairs: Sequence[str]) -> dict[str, Any]:
 
 def follow(client: Client) -> dict[str, Any] | None:
     """A progress bar of the job's reported steps and metrics, until the job ends; its last document."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    with needs_extra("client", "modelpod train --follow"):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("{task.fields[metrics]}"))  # fmt: skip

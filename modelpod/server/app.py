@@ -10,14 +10,14 @@ import signal
 import socket
 import time
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import uvicorn
 
+from modelpod.extras import needs_extra
 from modelpod.observe import logs
 from modelpod.server.auth import exposure_warning, grpc_interceptors, load_keys
-from modelpod.server.from_store import Announcer, add_store_models, open_store
 from modelpod.server.grpc import start_grpc_server
 from modelpod.server.http import create_app
 from modelpod.server.settings import Settings
@@ -25,6 +25,9 @@ from modelpod.server.tls import load_tls
 from modelpod.serving.pool import ModelPool
 from modelpod.serving.repository import Repository
 from modelpod.serving.service import InferenceService
+
+if TYPE_CHECKING:
+    from modelpod.server.from_store import Announcer
 
 logger = logging.getLogger("modelpod.server")
 
@@ -176,16 +179,7 @@ def serve(
     settings = settings or Settings(**overrides)
     logs.configure(settings.log_level, settings.log_format)
     repository = build_repository(targets, settings)
-    announcer = None
-    if store_models:
-        if settings.store is None:
-            raise ValueError("serving models from a store needs its URL: --store / MODELPOD_STORE")
-        store = open_store(
-            settings.store, settings.data_path, settings.heartbeat_seconds, settings.allow_pickle
-        )
-        announcer = Announcer(
-            store, add_store_models(repository, store, store_models), settings.heartbeat_seconds
-        )
+    announcer = _announcer(repository, settings, store_models) if store_models else None
     if not repository.names():
         raise ValueError("nothing to serve: give at least one model")
     try:
@@ -196,6 +190,17 @@ def serve(
         runner = asyncio.Runner()
     with runner:
         runner.run(run_server(repository, settings, announcer))
+
+
+def _announcer(repository: Repository, settings: Settings, store_models: Sequence[str]) -> Announcer:
+    """Adds the store's models to the repository; what announces, while serving, where they are."""
+    if settings.store is None:
+        raise ValueError("serving models from a store needs its URL: --store / MODELPOD_STORE")
+    with needs_extra("store", "--store"):  # the store is optional: imported only when it is used
+        from modelpod.server.from_store import Announcer, add_store_models, open_store
+
+    store = open_store(settings.store, settings.data_path, settings.heartbeat_seconds, settings.allow_pickle)
+    return Announcer(store, add_store_models(repository, store, store_models), settings.heartbeat_seconds)
 
 
 def build_repository(targets: Iterable[Any], settings: Settings) -> Repository:

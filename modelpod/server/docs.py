@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, Response
+from starlette.responses import FileResponse, HTMLResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from modelpod._version import __version__
@@ -217,13 +218,22 @@ def openapi_document(models: Sequence[str] = ()) -> dict[str, Any]:
     }
 
 
+# Swagger UI's own files come from the swagger-ui-py package and are served here: the page works on
+# a machine that cannot reach a CDN, the usual case for a model server behind a firewall.
+SWAGGER_UI_FILES = {"swagger-ui.css": "text/css", "swagger-ui-bundle.js": "text/javascript"}
 _PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>modelpod API</title>
-<link rel="stylesheet" href="https://unpkg.com/swagger-ui-dist@5/swagger-ui.css"></head>
+<link rel="stylesheet" href="/docs/swagger-ui.css"></head>
 <body><div id="ui"><p>The API description is at <a href="/openapi.json">/openapi.json</a>.</p></div>
-<script src="https://unpkg.com/swagger-ui-dist@5/swagger-ui-bundle.js"></script>
+<script src="/docs/swagger-ui-bundle.js"></script>
 <script>if (window.SwaggerUIBundle) SwaggerUIBundle({url: "/openapi.json", dom_id: "#ui"});</script>
 </body></html>"""
+
+
+def swagger_ui_folder() -> Path:
+    import swagger_ui
+
+    return Path(swagger_ui.__file__).parent / "static"
 
 
 async def openapi(request: Request) -> Response:
@@ -234,8 +244,22 @@ async def docs_page(request: Request) -> Response:
     return HTMLResponse(_PAGE)
 
 
+def _asset_route(name: str, media_type: str) -> Route:
+    path = swagger_ui_folder() / name
+    if not path.is_file():  # checked at start, not at the first visit to /docs
+        raise FileNotFoundError(
+            f"{path} is missing: reinstall swagger-ui-py (pip install 'modelpod[server]')"
+        )
+
+    async def asset(request: Request) -> Response:
+        return FileResponse(path, media_type=media_type, headers={"Cache-Control": "public, max-age=86400"})
+
+    return Route(f"/docs/{name}", asset, methods=["GET"])
+
+
 def routes() -> list[BaseRoute]:
     return [
         Route("/openapi.json", openapi, methods=["GET"]),
         Route("/docs", docs_page, methods=["GET"]),
+        *(_asset_route(name, media_type) for name, media_type in SWAGGER_UI_FILES.items()),
     ]

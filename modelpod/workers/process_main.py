@@ -17,7 +17,7 @@ from modelpod.errors import ModelError, ModelLoadError, ModelpodError
 from modelpod.protocol import native
 from modelpod.workers import shm
 
-logger = logging.getLogger("modelpod.workers.process")
+logger = logging.getLogger("modelpod.workers.process_main")
 
 
 def worker_main(
