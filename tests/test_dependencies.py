@@ -37,6 +37,7 @@ MODULE_EXTRAS: dict[str, tuple[str, ...]] = {
     "modelpod.logs": ("server",),
     "modelpod.metrics": ("server",),
     "modelpod.shm": ("server",),
+    "modelpod.training": ("server",),  # training jobs are the server's
 }
 
 # (module, import): the extra the import needs; it runs only after a check that torch is there
