@@ -1,29 +1,30 @@
-"""Collect a body that arrives in chunks into one buffer, copied once.
+"""Collect a body that arrives in chunks into one buffer, as it arrives.
 
-When its length is declared the buffer is allocated once and filled in place; arrays decoded from
-it can then be writable views of it rather than copies.
+The buffer grows with the bytes that have arrived, never from a declared length: a client that
+declares 500 MB and sends one byte holds one byte of the server's memory, not 500 MB. Arrays
+decoded from the finished buffer are writable views of it, with no further copy.
 """
 
 from __future__ import annotations
 
 
 class BodyBuffer:
-    """`add` each chunk as it arrives, then take the whole body with `finish`."""
+    """`add` each chunk as it arrives, then take the whole body with `finish`.
 
-    def __init__(self, declared: int | None = None) -> None:
-        self._data = bytearray(declared) if declared is not None else bytearray()
-        self._declared = declared
-        self.size = 0
+    A bytearray appended in place: it over-allocates as it grows (and large ones are grown by
+    the allocator remapping pages, not copying them), so a 64 MiB body costs about one copy of
+    its bytes, like a buffer allocated up front, without trusting the sender's word for its size.
+    """
+
+    def __init__(self) -> None:
+        self._data = bytearray()
+
+    @property
+    def size(self) -> int:
+        return len(self._data)
 
     def add(self, chunk: bytes) -> None:
-        end = self.size + len(chunk)
-        if self._declared is not None and end <= self._declared:
-            self._data[self.size : end] = chunk
-        else:  # longer than declared, or not declared: grow as it comes
-            del self._data[self.size :]
-            self._data += chunk
-        self.size = end
+        self._data += chunk
 
     def finish(self) -> bytearray:
-        del self._data[self.size :]  # shorter than declared
         return self._data
