@@ -85,6 +85,17 @@ class PartsResponse(Response):
 
 
 LARGE_BODY = 1 << 20  # bytes: decoding more than this goes to a thread, off the event loop
+
+
+async def decoded(decode: Callable[..., T], body: bytearray, *args: Any) -> T:
+    """`decode(body, *args)`, on a thread when the body is large, so that the event loop keeps
+    reading other requests meanwhile. (A decoder that holds the GIL throughout, as orjson does,
+    still delays the loop by its whole run: that is bounded by what the body may cost, not here.)"""
+    if len(body) > LARGE_BODY:
+        return await asyncio.to_thread(decode, body, *args)
+    return decode(body, *args)
+
+
 WATCH_AFTER = 0.05  # seconds a request may wait before the server watches for its client hanging up
 PRIORITY_HEADER = "x-priority"
 TIMEOUT_HEADER = "request-timeout"  # seconds

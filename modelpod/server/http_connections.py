@@ -8,10 +8,11 @@ refuses health probes too. This protocol adds, per connection:
 - a limit on the request head: past `max_header_bytes` before the head is complete, 431 and close;
 - a deadline for the head: a new connection, or one idle after an answer, that has not sent a
   complete head within `head_timeout` seconds is closed (with 408 if it had started one);
-- a cap on open connections: beyond `max_connections`, each request gets 503 and its connection is
-  closed, except the health probes (an orchestrator must still see the server alive and ready
-  when it is busy); beyond twice the cap, new connections are closed as soon as they are accepted,
-  so that even refusing cannot use up the file descriptors.
+- a cap on open connections: a connection accepted while `max_connections` are open is refused,
+  each of its requests answered 503 and the connection then closed, except the health probes (an
+  orchestrator must still see the server alive and ready when it is busy); connections opened
+  earlier are served as before. Beyond twice the cap, new connections are closed as soon as they
+  are accepted, so that even refusing cannot use up the file descriptors.
 """
 
 from __future__ import annotations
@@ -56,13 +57,18 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._head_bytes = 0  # bytes received since the current head began, until it is complete
         self._awaiting_head = True
         self._head_deadline: asyncio.TimerHandle | None = None
+        self._refused_at = 0  # connections open when this one came, if over the cap; else 0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        if len(self.connections) > 2 * self.limits.max_connections:
-            self._warn(f"{len(self.connections) - 1} connections open: closed a new one unanswered")
+        open_now = len(self.connections)
+        if open_now > 2 * self.limits.max_connections:
+            self._warn(f"{open_now - 1} connections open: closed a new one unanswered")
             transport.abort()
             return
+        if open_now > self.limits.max_connections:
+            self._refused_at = open_now
+            self._warn(f"{open_now} connections open, over MODELPOD_MAX_CONNECTIONS: answering 503")
         self._arm_head_deadline()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -82,15 +88,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._awaiting_head = False
         self._head_bytes = 0
         self._disarm_head_deadline()
-        open_now = len(self.connections)
-        over = open_now > self.limits.max_connections and not self._is_probe()
-        self.app = (
-            functools.partial(_over_capacity, open_now, self.limits.max_connections)
-            if over
-            else self._own_app
-        )
-        if over:
-            self._warn(f"{open_now} connections open, over MODELPOD_MAX_CONNECTIONS: answering 503")
+        refuse = self._refused_at > 0 and not self._is_probe()
+        limit = self.limits.max_connections
+        self.app = functools.partial(_over_capacity, self._refused_at, limit) if refuse else self._own_app
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
@@ -149,8 +149,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
 async def _over_capacity(open_now: int, limit: int, scope: Any, receive: Any, send: Any) -> None:
     message = (
-        f"the server has {open_now} open connections, over its limit of {limit} "
-        "(MODELPOD_MAX_CONNECTIONS); retry on a connection later"
+        f"the server had {open_now} open connections when this one came, over its limit of {limit} "
+        "(MODELPOD_MAX_CONNECTIONS); retry on a new connection later"
     )
     body = jsoncodec.dumps({"error": message})
     headers = [
