@@ -12,9 +12,13 @@ import socket
 import time
 from collections.abc import Iterator
 
+import grpc
 import httpx
 import psutil
 import pytest
+
+from modelpod.protocol._generated import grpc_service_pb2 as pb
+from modelpod.protocol._generated import grpc_service_pb2_grpc as pb_grpc
 
 from conftest import ServerProcess, StartServer, launch, servable
 
@@ -195,3 +199,28 @@ def test_connections_over_the_cap_are_refused_clearly_and_health_still_answers(
             break
         time.sleep(0.1)
     assert response.status_code == 200
+
+
+def test_grpc_connections_over_the_cap_are_refused_and_earlier_ones_served(
+    start_server: StartServer,
+) -> None:
+    server = start_server(ECHO, args=("--max-connections", "3"))
+    channels: list[grpc.Channel] = []
+
+    def ready(channel: grpc.Channel) -> bool:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        return bool(stub.ServerReady(pb.ServerReadyRequest(), timeout=5).ready)
+
+    try:
+        for _ in range(5):  # each channel its own connection
+            options = [("grpc.use_local_subchannel_pool", 1)]
+            channels.append(grpc.insecure_channel(server.grpc_address, options=options))
+        assert all(ready(channel) for channel in channels[:3])
+        for channel in channels[3:]:
+            with pytest.raises(grpc.RpcError) as refused:
+                ready(channel)
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert ready(channels[0])  # the earlier connections are still served
+    finally:
+        for channel in channels:
+            channel.close()
