@@ -26,6 +26,7 @@ BODY_TIMEOUT = 2.0  # seconds: set low so that the tests see it
 KEEP_ALIVE = 1.0
 HEADER_LIMIT = 16 * 1024
 ECHO = servable("Echo")
+SLOW = servable("Slow")
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +36,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
         "--keep-alive-timeout", str(KEEP_ALIVE),
         "--max-header-size", str(HEADER_LIMIT),
     )  # fmt: skip
-    process = launch((ECHO,), tmp_path_factory.mktemp("connections") / "appdata", args)
+    process = launch((ECHO, SLOW), tmp_path_factory.mktemp("connections") / "appdata", args)
     yield process
     assert process.stop() == 0, process.output
     assert "Traceback" not in process.output
@@ -158,6 +159,19 @@ def test_a_head_sent_a_byte_at_a_time_is_cut_off_with_408(server: ServerProcess)
         assert b"MODELPOD_KEEP_ALIVE_TIMEOUT" in cut_off
     finally:
         dawdler.close()
+
+
+def test_a_pipelined_request_slower_than_the_keep_alive_timeout_is_answered(server: ServerProcess) -> None:
+    body = b'{"seconds": %.1f}' % (KEEP_ALIVE * 2)
+    slow = b"POST /models/slow/predict HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+    slow += b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+    sock = connect(server)
+    try:  # two requests in one write: the second waits for the first, then runs past the timeout
+        sock.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: localhost\r\n\r\n" + slow)
+        answers = read_until_closed(sock, KEEP_ALIVE * 2 + 20)
+        assert answers.count(b"HTTP/1.1 200") == 2, answers[:300]
+    finally:
+        sock.close()
 
 
 def test_redirects_are_never_built_from_the_host_header(server: ServerProcess) -> None:

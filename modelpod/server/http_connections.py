@@ -99,8 +99,12 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if self._awaiting_head and not self.transport.is_closing():
+        if self._awaiting_head and not self._answering() and not self.transport.is_closing():
             self._arm_head_deadline()
+
+    def _answering(self) -> bool:
+        """A request is being answered (a pipelined one, started as the last answer completed)."""
+        return self.cycle is not None and not self.cycle.response_complete
 
     def _is_probe(self) -> bool:
         return self.parser.get_method() == b"GET" and httptools.parse_url(self.url).path in PROBES
@@ -116,7 +120,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def _head_too_late(self) -> None:
         self._head_deadline = None
-        if self.transport.is_closing():
+        if self.transport.is_closing() or self._answering():
             return
         if self._head_bytes == 0:  # idle: close quietly, as any keep-alive timeout does
             self.transport.close()
