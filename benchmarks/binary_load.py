@@ -21,8 +21,7 @@ MIB = 1 << 20
 
 def read_into(response: httpx.Response) -> bytearray:
     """The body, copied once into one buffer (the decoded arrays are views of it)."""
-    declared = response.headers.get("content-length")
-    body = BodyBuffer(int(declared) if declared and declared.isdigit() else None)
+    body = BodyBuffer()
     for chunk in response.iter_raw():
         body.add(chunk)
     return body.finish()

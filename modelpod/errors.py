@@ -12,7 +12,8 @@
      ├── ModelLoadError      503  UNAVAILABLE         the model could not be loaded
      ├── Unavailable         503  UNAVAILABLE         overloaded or shutting down; may carry retry_after
      │    └── Interrupted                             (client side) the connection broke mid-request
-     └── Timeout             504  DEADLINE_EXCEEDED   the request's deadline passed
+     ├── Timeout             504  DEADLINE_EXCEEDED   the request's deadline passed
+     └── BodyTimeout         408  DEADLINE_EXCEEDED   the request body did not arrive in time (HTTP)
 
 Transports never decide a status themselves: they ask `http_status` and `grpc_status_name`.
 """
@@ -104,6 +105,10 @@ class Timeout(ModelpodError):
     """The request's deadline passed before it was answered."""
 
 
+class BodyTimeout(ModelpodError):
+    """The request body did not arrive within the server's body timeout; the connection is closed."""
+
+
 # The one table: error class -> (HTTP status, gRPC status code name). Most specific first.
 _STATUS: tuple[tuple[type[ModelpodError], int, str], ...] = (
     (InvalidInput, 400, "INVALID_ARGUMENT"),
@@ -116,6 +121,7 @@ _STATUS: tuple[tuple[type[ModelpodError], int, str], ...] = (
     (Unavailable, 503, "UNAVAILABLE"),
     (ModelLoadError, 503, "UNAVAILABLE"),
     (Timeout, 504, "DEADLINE_EXCEEDED"),
+    (BodyTimeout, 408, "DEADLINE_EXCEEDED"),  # after Timeout: a gRPC deadline is read back as Timeout
 )
 
 
@@ -156,6 +162,7 @@ _BY_NAME: dict[str, type[ModelpodError]] = {
         NotFound,
         Conflict,
         PayloadTooLarge,
+        BodyTimeout,
         ModelLoadError,
         Unavailable,
         Timeout,

@@ -183,7 +183,7 @@ def test_every_import_is_declared_by_its_extra() -> None:
         ("modelpod.runtime.memory", "try:\n    import psutil\nexcept ImportError:\n    pass", []),
         ("modelpod.runtime.memory", "try:\n    import psutil\nexcept OSError:\n    pass", ["core extra"]),
         ("modelpod.runtime.devices", "import torch", []),
-        ("modelpod.runtime.stacking", "import torch", ["the core extra does not declare"]),
+        ("modelpod.runtime.latency", "import torch", ["the core extra does not declare"]),
         ("modelpod.ray", "import ray, starlette, sqlalchemy", []),  # [ray] includes server and store
         ("modelpod.x", "import no_such_distribution_anywhere", ["no installed distribution provides"]),
     ],

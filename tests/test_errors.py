@@ -8,6 +8,7 @@ import pytest
 
 from modelpod import errors
 from modelpod.errors import (
+    BodyTimeout,
     Conflict,
     Forbidden,
     Interrupted,
@@ -37,6 +38,7 @@ EXPECTED = [
     (Unavailable, 503, "UNAVAILABLE"),
     (Interrupted, 503, "UNAVAILABLE"),
     (Timeout, 504, "DEADLINE_EXCEEDED"),
+    (BodyTimeout, 408, "DEADLINE_EXCEEDED"),
 ]
 
 
@@ -118,6 +120,7 @@ def test_unknown_grpc_status_gives_the_base_error() -> None:
         NotFound,
         Conflict,
         PayloadTooLarge,
+        BodyTimeout,
         ModelLoadError,
         Unavailable,
         Timeout,

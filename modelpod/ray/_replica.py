@@ -82,7 +82,9 @@ class ModelpodReplica:
             self._tasks.append(asyncio.create_task(self._announce(self.store)))
         _tune_garbage_collection()
         self.service.set_ready(True)
-        return _for_ray_proxy(create_app(self.service, self.settings.max_message_size, self.keys))
+        return _for_ray_proxy(
+            create_app(self.service, self.settings.max_message_size, self.keys, self.settings.body_timeout)
+        )
 
     async def _announce(self, store: Store) -> None:
         """Record the deployment's address for each served version, and keep it fresh.

@@ -10,6 +10,7 @@ crash of whoever happened to read it.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -17,8 +18,6 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import orjson
 
 from modelpod.errors import ModelLoadError
 
@@ -34,7 +33,11 @@ class DamagedState(ModelLoadError):
 
 def write_json(path: Path, value: Any, default: Callable[[Any], Any] | None = None) -> None:
     """Replace `path` with `value` as JSON in one step; raises TypeError for what JSON cannot hold."""
-    data = orjson.dumps(value, default=default, option=orjson.OPT_INDENT_2)
+    # the standard library's json: these files are written by the core package, which needs numpy alone
+    try:
+        data = json.dumps(value, default=default, indent=2, allow_nan=False).encode()
+    except ValueError as error:  # NaN or infinity: not JSON
+        raise TypeError(str(error)) from None
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}{TEMPORARY_SUFFIX}"
     try:
@@ -56,8 +59,8 @@ def read_json(path: Path) -> Any:
     except OSError as error:
         raise DamagedState(f"{path} cannot be read: {error.strerror or error}") from None
     try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError as error:
+        return json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise DamagedState(f"{path} is damaged (not JSON: {error})") from None
 
 

@@ -6,6 +6,7 @@ import asyncio
 import gc
 import logging
 import math
+import resource
 import signal
 import socket
 import time
@@ -20,6 +21,7 @@ from modelpod.observe import logs
 from modelpod.server.auth import exposure_warning, grpc_interceptors, load_keys
 from modelpod.server.grpc import start_grpc_server
 from modelpod.server.http import create_app
+from modelpod.server.http_connections import ConnectionLimits, guarded_protocol
 from modelpod.server.settings import Settings
 from modelpod.server.tls import load_tls
 from modelpod.serving.pool import ModelPool
@@ -76,6 +78,7 @@ class ModelServer:
                 self.settings.max_message_size,
                 grpc_interceptors(self.keys),
                 self.tls.grpc_credentials() if self.tls is not None else None,
+                self.settings.max_connections,
             )
         except OSError:
             await self.stop(quiet=True)
@@ -106,8 +109,15 @@ class ModelServer:
             where = f"{self.settings.host}:{self.settings.http_port}"
             raise OSError(f"cannot listen on {where} for HTTP: {error.strerror}") from None
         self.http_port = sock.getsockname()[1]
+        settings = self.settings
+        limits = ConnectionLimits(
+            settings.max_header_size, settings.keep_alive_timeout, settings.max_connections
+        )
+        _allow_open_files(4 * settings.max_connections + 256)  # HTTP to twice the cap, gRPC, files
         config = uvicorn.Config(
-            create_app(self.service, self.settings.max_message_size, self.keys),
+            create_app(self.service, settings.max_message_size, self.keys, settings.body_timeout),
+            http=guarded_protocol(limits),
+            timeout_keep_alive=settings.keep_alive_timeout,  # type: ignore[arg-type]  # a float works
             log_level=self.settings.log_level,
             log_config=None,  # logging is configured once, by modelpod.observe.logs
             access_log=False,
@@ -227,6 +237,26 @@ def _tune_garbage_collection() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(20_000, 50, 100)
+
+
+def _allow_open_files(needed: int) -> None:
+    """Raise this process's soft limit on open files towards `needed` (as far as the hard limit
+    allows), so that the connection cap, not the descriptor limit, is what refuses clients."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError):
+        target = soft
+    if target < needed:
+        logger.warning(
+            "open files are limited to %d; MODELPOD_MAX_CONNECTIONS wants about %d: lower it, or raise "
+            "the limit (ulimit -n)",
+            target,
+            needed,
+        )
 
 
 def _say(message: str) -> None:

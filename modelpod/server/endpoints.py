@@ -13,6 +13,7 @@ from starlette.responses import JSONResponse, Response
 
 from modelpod.errors import (
     ERROR_NAME_HEADER,
+    BodyTimeout,
     InvalidInput,
     ModelError,
     ModelpodError,
@@ -39,21 +40,33 @@ def service_of(request: Request) -> InferenceService:
 
 
 async def read_body(request: Request) -> bytearray:
-    """The request body, refused with 413 as soon as it grows past the server's limit.
+    """The request body, refused with 413 as soon as it grows past the server's limit, and with
+    408 (and the connection closed) when it does not arrive within the server's body timeout.
 
-    A bytearray, filled in place when the length is declared: the arrays decoded from it are
-    views of it, writable, with no further copy.
+    A bytearray that grows with the bytes that arrive, whatever length was declared: the arrays
+    decoded from it are views of it, writable, with no further copy.
     """
     limit: int | None = request.app.state.max_body_bytes
     declared = request.headers.get("content-length", "")
     size = int(declared) if declared.isdigit() else None
     if limit is not None and size is not None and size > limit:
         raise PayloadTooLarge(f"the request body is {size} bytes; this server accepts at most {limit}")
-    body = BodyBuffer(size)
-    async for chunk in request.stream():
-        if limit is not None and body.size + len(chunk) > limit:
-            raise PayloadTooLarge(f"the request body is over {limit} bytes, the most this server accepts")
-        body.add(chunk)
+    body = BodyBuffer()
+    timeout: float | None = request.app.state.body_timeout
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                if limit is not None and body.size + len(chunk) > limit:
+                    raise PayloadTooLarge(
+                        f"the request body is over {limit} bytes, the most this server accepts"
+                    )
+                body.add(chunk)
+    except TimeoutError:
+        expected = f"of {size} " if size is not None else ""
+        raise BodyTimeout(
+            f"the request body did not arrive within {timeout:g} s ({body.size} bytes {expected}came); "
+            "the server's limit is MODELPOD_BODY_TIMEOUT"
+        ) from None
     return body.finish()
 
 
@@ -73,6 +86,17 @@ class PartsResponse(Response):
 
 
 LARGE_BODY = 1 << 20  # bytes: decoding more than this goes to a thread, off the event loop
+
+
+async def decoded(decode: Callable[..., T], body: bytearray, *args: Any) -> T:
+    """`decode(body, *args)`, on a thread when the body is large, so that the event loop keeps
+    reading other requests meanwhile. (A decoder that holds the GIL throughout, as orjson does,
+    still delays the loop by its whole run: that is bounded by what the body may cost, not here.)"""
+    if len(body) > LARGE_BODY:
+        return await asyncio.to_thread(decode, body, *args)
+    return decode(body, *args)
+
+
 WATCH_AFTER = 0.05  # seconds a request may wait before the server watches for its client hanging up
 PRIORITY_HEADER = "x-priority"
 TIMEOUT_HEADER = "request-timeout"  # seconds
@@ -181,10 +205,16 @@ def error_response(error: ModelpodError) -> Response:
         headers["Retry-After"] = str(max(1, round(error.retry_after)))
     if isinstance(error, ModelError):
         headers["X-Error-Id"] = error.error_id
+    if isinstance(error, BodyTimeout):  # the rest of the body may still come: nothing else can follow
+        headers["Connection"] = "close"
     return json_response({"error": str(error)}, http_status(error), headers)
 
 
 async def route_not_found(request: Request, error: Exception) -> Response:
     status = getattr(error, "status_code", 404)
     message = "method not allowed" if status == 405 else "no such route"
-    return JSONResponse({"error": f"{message}: {request.method} {request.url.path}"}, status_code=status)
+    path = request.url.path
+    hint = (
+        f" (without the trailing slash: {path.rstrip('/')})" if len(path) > 1 and path.endswith("/") else ""
+    )
+    return JSONResponse({"error": f"{message}: {request.method} {path}{hint}"}, status_code=status)

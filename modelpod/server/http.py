@@ -13,10 +13,13 @@ from modelpod.serving.service import InferenceService
 
 
 def create_app(
-    service: InferenceService, max_body_bytes: int | None = None, keys: KeyTable | None = None
+    service: InferenceService,
+    max_body_bytes: int | None = None,
+    keys: KeyTable | None = None,
+    body_timeout: float | None = None,
 ) -> Starlette:
     """The whole HTTP API: native routes, the Open Inference Protocol, and the OpenAPI docs;
-    behind API keys when `keys` holds any."""
+    behind API keys when `keys` holds any. Bodies may take `body_timeout` seconds to arrive."""
     routes: list[BaseRoute] = [
         *routes_native.routes(),
         *routes_v2.routes(),
@@ -27,6 +30,10 @@ def create_app(
     not_found = {404: route_not_found, 405: route_not_found}
     middleware = [Middleware(AuthMiddleware, keys=keys)] if keys else []
     app = Starlette(routes=routes, exception_handlers=not_found, middleware=middleware)
+    # Starlette would answer `/models/` with a redirect to an absolute URL built from the Host
+    # header, which a client chooses: a 404 naming the path without the slash instead.
+    app.router.redirect_slashes = False
     app.state.service = service
     app.state.max_body_bytes = max_body_bytes
+    app.state.body_timeout = body_timeout
     return app

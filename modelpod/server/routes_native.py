@@ -28,7 +28,7 @@ from modelpod.errors import InvalidInput, ModelError, NotFound
 from modelpod.protocol import jsoncodec, native
 from modelpod.protocol.stream import negotiate
 from modelpod.server.endpoints import (
-    LARGE_BODY,
+    decoded,
     handled,
     json_response,
     options_of,
@@ -70,7 +70,7 @@ async def show_model(request: Request) -> Response:
 
 @handled
 async def set_default(request: Request) -> Response:
-    body = jsoncodec.loads(await read_body(request))
+    body = await decoded(jsoncodec.loads, await read_body(request))
     version = body.get("version") if isinstance(body, dict) else None
     if not isinstance(version, str | int) or isinstance(version, bool):
         raise InvalidInput('the body must be {"version": "<version>"}')
@@ -153,10 +153,7 @@ async def _arguments(request: Request) -> Any:
     content_type = request.headers.get("content-type", "application/json").split(";")[0].strip()
     if content_type == "application/octet-stream":
         return {"binary_data": body}
-    decode = native.unpack if content_type in _MSGPACK_TYPES else jsoncodec.loads
-    if len(body) > LARGE_BODY:  # parse big bodies on a thread: the loop keeps serving others
-        return await asyncio.to_thread(decode, body)
-    return decode(body)
+    return await decoded(native.unpack if content_type in _MSGPACK_TYPES else jsoncodec.loads, body)
 
 
 def _result(result: Any, request: Request, status: int = 200) -> Response:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
@@ -11,8 +9,8 @@ from starlette.routing import BaseRoute, Route
 from modelpod.errors import Unavailable
 from modelpod.protocol import v2
 from modelpod.server.endpoints import (
-    LARGE_BODY,
     PartsResponse,
+    decoded,
     handled,
     json_response,
     options_of,
@@ -99,25 +97,22 @@ async def infer(request: Request) -> Response:
     name = request.path_params["name"]
     header_length = v2.parse_header_length(request.headers.get(v2.HEADER_LENGTH))
     body = await read_body(request)
-    if len(body) > LARGE_BODY:  # parse big bodies on a thread: the loop keeps serving others
-        decoded = await asyncio.to_thread(v2.decode_http_request, body, header_length)
-    else:
-        decoded = v2.decode_http_request(body, header_length)
+    request_body = await decoded(v2.decode_http_request, body, header_length)
     work = service_of(request).infer(
         name,
         request.path_params.get("version"),
-        decoded.inputs,
+        request_body.inputs,
         dict(request.query_params),
-        options_of(request, decoded.parameters, "http_v2"),
+        options_of(request, request_body.parameters, "http_v2"),
     )
     version, outputs = await unless_disconnected(request, work)
     response = v2.InferResponse(
         model_name=name,
         model_version=version,
-        id=decoded.id,
-        outputs=v2.select_outputs(outputs, decoded.outputs),
+        id=request_body.id,
+        outputs=v2.select_outputs(outputs, request_body.outputs),
     )
-    parts, length = v2.encode_http_response_parts(response, decoded)
+    parts, length = v2.encode_http_response_parts(response, request_body)
     if length is None:
         return Response(b"".join(parts), media_type="application/json")
     return PartsResponse(parts, {v2.HEADER_LENGTH: str(length)}, "application/octet-stream")

@@ -64,6 +64,24 @@ class Settings(BaseSettings):
     rpc_max_workers: int = Field(12, ge=1, description="threads that run model code")
     drain_timeout: float = Field(30.0, ge=0, description="seconds to finish in-flight requests on shutdown")
     max_message_size: ByteSize = Field(512 * 1024**2, description="largest request or response, e.g. 512MiB")
+    body_timeout: float = Field(
+        60.0, gt=0, description="seconds a request body may take to arrive; slower: 408, connection closed"
+    )
+    max_header_size: ByteSize = Field(
+        64 * 1024, description="largest HTTP request head (request line and headers); larger: 431, closed"
+    )
+    keep_alive_timeout: float = Field(
+        5.0,
+        gt=0,
+        description="seconds an HTTP connection may wait for a request's complete head, when new or "
+        "idle between requests, before it is closed",
+    )
+    max_connections: int = Field(
+        1000,
+        ge=1,
+        description="open connections served on each of HTTP and gRPC; over it, HTTP requests get 503 "
+        "(health probes still answered) and gRPC refuses new connections",
+    )
     slow_ms: float = Field(1000.0, ge=0, description="requests slower than this are logged as warnings")
     log_level: str = Field("info", description="debug, info, warning or error")
     log_format: Literal["text", "json"] = Field("text", description="text, or json: one object per line")
