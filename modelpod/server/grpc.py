@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import logging
@@ -35,6 +36,7 @@ logger = logging.getLogger("modelpod.grpc")
 FINAL = "triton_final_response"  # on every streamed response: whether it is its request's last
 EMPTY_FINAL = "triton_enable_empty_final_response"  # a request's ask for an empty last response
 
+LARGE_REQUEST = 1 << 20  # bytes: a request larger than this is decoded off the event loop
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 Handler = Callable[[Any, Req, grpc.aio.ServicerContext[Any, Any]], Awaitable[Resp]]
@@ -156,7 +158,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> AsyncGenerator[pb.ModelInferResponse, None]:
         """A streaming model's responses, one per item as it comes; then, when the request asks for
         it, an empty response that only says it was the last (the model cannot know which item is)."""
-        decoded = v2.decode_grpc_request(request)
+        decoded = await _decoded(request)
         name = request.model_name
         options = options_of(context, decoded.parameters, "grpc_v2")
         items = self.service.infer_stream(name, request.model_version or None, decoded.inputs, options)
@@ -200,7 +202,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         )
 
     async def _infer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
-        decoded = v2.decode_grpc_request(request)
+        decoded = await _decoded(request)
         name = request.model_name
         options = options_of(context, decoded.parameters, "grpc_v2")
         version, outputs = await self.service.infer(
@@ -284,6 +286,13 @@ class NativeServicer(native_pb2_grpc.ModelServiceServicer):
         except Exception as error:
             await abort(context, typed(error, "CallStream"), rid)
         context.set_trailing_metadata(((logs.REQUEST_ID_HEADER, rid),))
+
+
+async def _decoded(request: pb.ModelInferRequest) -> v2.InferRequest:
+    """A request's tensors; a big request is decoded on a thread, so the event loop keeps serving."""
+    if request.ByteSize() > LARGE_REQUEST:
+        return await asyncio.to_thread(v2.decode_grpc_request, request)
+    return v2.decode_grpc_request(request)
 
 
 def options_of(context: Any, parameters: Mapping[str, Any] | None = None, protocol: str = "grpc") -> Options:
