@@ -69,9 +69,9 @@ def cost_of(inputs: Mapping[str, np.ndarray[Any, Any]], rows: int, boxed: Collec
     values (a keyword model's lists and numbers), the others as arrays."""
     elements = decoded = 0
     for name, array in inputs.items():
-        claimed = math.prod(max(dim, 1) for dim in array.shape)
+        claimed = array.size or math.prod([max(dim, 1) for dim in array.shape])  # size 0: count the rest
         elements += claimed
-        if array.dtype == np.object_:
+        if array.dtype.hasobject:
             decoded += claimed * BYTES_ELEMENT_BYTES
         else:
             decoded += claimed * (PYTHON_VALUE_BYTES if name in boxed else array.dtype.itemsize)

@@ -36,15 +36,7 @@ from modelpod.stacking import rows_of
 from modelpod.statistics import Statistics
 from modelpod.stream_serving import BatchedStream, Channel, ItemPump, feed
 from modelpod.streaming import DONE
-from modelpod.tensors import (
-    Arrays,
-    advertised_specs,
-    batches,
-    boxed_inputs,
-    call_count,
-    outputs_of,
-    requests_of,
-)
+from modelpod.tensors import Arrays, advertised_specs, batches, call_plan, outputs_of, requests_of
 from modelpod.training import TrainingJob, TrainingJobs
 from modelpod.types import Response, TensorSpec
 from modelpod.waiting import WaitingRoom
@@ -714,8 +706,8 @@ class InferenceService:
         expansion runs on a thread, so that the event loop keeps answering."""
         model = hosted.probe
         batching = hosted.batching.enabled or batches(model)
-        calls = call_count(model, inputs, batching)
-        cost = cost_of(inputs, calls, boxed_inputs(model, inputs))
+        calls, boxed = call_plan(model, inputs, batching)
+        cost = cost_of(inputs, calls, boxed)
         check_cost(cost, self.limits, hosted.batching, hosted.name)
         if calls + cost.elements <= SMALL_REQUEST:
             return requests_of(model, inputs, batching)

@@ -11,7 +11,9 @@ HTTP JSON, HTTP binary and gRPC, since they all come here.
 
 from __future__ import annotations
 
+import functools
 import json
+import types
 import typing
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -43,20 +45,15 @@ def batches(model: Model) -> bool:
     return model.has_batch() or model.batch_config().enabled
 
 
-def call_count(model: Model, inputs: Arrays, batching: bool) -> int:
-    """How many model calls `requests_of` would make, from the shapes alone (checked as it checks)."""
+def call_plan(model: Model, inputs: Arrays, batching: bool) -> tuple[int, frozenset[str]]:
+    """How many model calls `requests_of` would make (from the shapes alone, checked as it checks
+    them), and which inputs reach the model as Python values (lists, numbers, strings), not arrays."""
     if model.is_tensor_model():
-        return 1
+        return 1, frozenset()
     rows = _row_count(inputs)
-    return 1 if _whole(inputs, _hints(model.signature_target()), batching) else rows
-
-
-def boxed_inputs(model: Model, inputs: Arrays) -> set[str]:
-    """The inputs a model gets as Python values (lists, numbers, strings), not as arrays."""
-    if model.is_tensor_model():
-        return set()
     hints = _hints(model.signature_target())
-    return {name for name in inputs if hints.get(name) is not np.ndarray}
+    boxed = frozenset(name for name in inputs if hints.get(name) is not np.ndarray)
+    return (1 if _whole(inputs, hints, batching) else rows), boxed
 
 
 def requests_of(model: Model, inputs: Arrays, batching: bool) -> list[dict[str, Any]]:
@@ -207,9 +204,20 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _hints(target: Any) -> dict[str, Any]:
+def _hints(target: Any) -> Mapping[str, Any]:
+    """The type hints of `predict` (their origins: `list` for `list[float]`), read once per function:
+    every tensor request asks, and reading them costs more than the rest of the mapping."""
+    function = getattr(target, "__func__", target)
     try:
-        hints = typing.get_type_hints(target)
+        return _function_hints(function)
+    except TypeError:  # a callable that cannot be hashed: read its hints each time
+        return _function_hints.__wrapped__(function)
+
+
+@functools.lru_cache(maxsize=1024)
+def _function_hints(function: Any) -> Mapping[str, Any]:
+    try:
+        hints = typing.get_type_hints(function)
     except Exception:
         return {}
-    return {name: typing.get_origin(hint) or hint for name, hint in hints.items()}
+    return types.MappingProxyType({name: typing.get_origin(hint) or hint for name, hint in hints.items()})

@@ -11,6 +11,7 @@ answering and well-behaved clients keep succeeding.
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,10 +24,14 @@ import numpy as np
 import psutil
 import pytest
 
+from modelpod.batching import BatchConfig
+from modelpod.errors import PayloadTooLarge
 from modelpod.protocol import native
 from modelpod.protocol._generated import grpc_service_pb2 as pb
 from modelpod.protocol._generated import grpc_service_pb2_grpc as pb_grpc
 from modelpod.protocol._generated import native_pb2, native_pb2_grpc
+from modelpod.request_cost import CostLimits, check_cost, cost_of
+from modelpod.timing import MAX_WAIT_SECONDS, clamp_wait
 
 from conftest import ROOT, ServerProcess, launch
 
@@ -48,9 +53,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 @pytest.fixture(scope="module")
 def isolated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """Careful in one worker process: where a huge timeout once overflowed `Connection.poll`."""
-    process = launch(
-        (f"{FAULTS}:Careful",), tmp_path_factory.mktemp("isolated") / "appdata", ("--workers", "1")
-    )
+    args = ("--workers", "1", "--max-request-rows", "4")
+    process = launch((f"{FAULTS}:Careful",), tmp_path_factory.mktemp("isolated") / "appdata", args)
     yield process
     assert process.stop() == 0, process.output
     assert "Traceback" not in process.output
@@ -315,7 +319,37 @@ def test_metadata_names_only_what_the_model_is_known_to_take_and_answer(
     assert list(metadata.outputs) == []
 
 
+def test_the_row_bound_is_a_setting(isolated: ServerProcess) -> None:
+    with httpx.Client(base_url=isolated.http_url, timeout=20) as client:
+        answer = json_infer(client, "careful", "text", "BYTES", [4], ["a", "b", "c", "d"])
+        assert answer.status_code == 200, answer.text
+        answer = json_infer(client, "careful", "text", "BYTES", [5], ["a", "b", "c", "d", "e"])
+        assert answer.status_code == 413, answer.text
+        assert "at most 4 are allowed" in answer.json()["error"]
+
+
+def test_costs_are_arithmetic_on_shapes() -> None:
+    empty_rows = {"x": np.empty((4294967296, 0), dtype=np.float64)}  # no memory: a zero dimension
+    cost = cost_of(empty_rows, 4294967296, frozenset({"x"}))
+    assert cost.elements == 4294967296
+    with pytest.raises(PayloadTooLarge, match="MODELPOD_MAX_REQUEST_ROWS"):
+        check_cost(cost, CostLimits(), BatchConfig(), "m")
+    with pytest.raises(PayloadTooLarge, match="MODELPOD_MAX_REQUEST_ELEMENTS"):
+        check_cost(cost_of(empty_rows, 1, frozenset()), CostLimits(), BatchConfig(), "m")
+    check_cost(cost_of(empty_rows, 1, frozenset()), CostLimits(message_size=None), BatchConfig(), "m")
+
+
 # -- item 4: timeouts and deadlines of any size -----------------------------------------------------
+
+
+def test_every_wait_is_clamped_to_what_the_platform_can_arm() -> None:
+    assert clamp_wait(None) is None
+    assert clamp_wait(math.inf) == clamp_wait(1e16) == MAX_WAIT_SECONDS
+    assert clamp_wait(-1.0) == 0.0
+    assert clamp_wait(math.nan) == 0.0
+    assert clamp_wait(None, 5.0) == clamp_wait(1e9, 5.0) == clamp_wait(5.0, 7.0) == 5.0
+    assert clamp_wait(None, 1e12) == MAX_WAIT_SECONDS
+    assert MAX_WAIT_SECONDS * 1000 < 2**31 - 1  # Connection.poll's milliseconds in a C int
 
 
 @pytest.mark.parametrize("value", ["1e9", "inf", "1e400", "2147484", "0.5e7"])
