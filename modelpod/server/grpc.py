@@ -249,7 +249,7 @@ class NativeServicer(native_pb2_grpc.ModelServiceServicer):
 
     @guarded
     async def Call(self, request: native_pb2.CallRequest, context: Any) -> native_pb2.CallResponse:
-        arguments = native.unpack(request.payload) if request.payload else {}
+        arguments = await _unpacked(request.payload)
         result = await self.service.call(
             request.model,
             request.version or None,
@@ -276,7 +276,7 @@ class NativeServicer(native_pb2_grpc.ModelServiceServicer):
             items = self.service.stream(
                 request.model,
                 request.version or None,
-                native.unpack(request.payload) if request.payload else {},
+                await _unpacked(request.payload),
                 query_params=dict(request.query_params),
                 options=options_of(context, protocol="grpc"),
             )
@@ -293,6 +293,15 @@ async def _decoded(request: pb.ModelInferRequest) -> v2.InferRequest:
     if request.ByteSize() > LARGE_REQUEST:
         return await asyncio.to_thread(v2.decode_grpc_request, request)
     return v2.decode_grpc_request(request)
+
+
+async def _unpacked(payload: bytes) -> Any:
+    """A native call's msgpack arguments; a big payload is unpacked on a thread, off the event loop."""
+    if not payload:
+        return {}
+    if len(payload) > LARGE_REQUEST:
+        return await asyncio.to_thread(native.unpack, payload)
+    return native.unpack(payload)
 
 
 def options_of(context: Any, parameters: Mapping[str, Any] | None = None, protocol: str = "grpc") -> Options:
