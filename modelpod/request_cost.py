@@ -21,7 +21,7 @@ bound and the setting that raises it.
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,8 +74,31 @@ def cost_of(inputs: Mapping[str, np.ndarray[Any, Any]], rows: int, boxed: Collec
         if array.dtype.hasobject:
             decoded += claimed * BYTES_ELEMENT_BYTES
         else:
-            decoded += claimed * (PYTHON_VALUE_BYTES if name in boxed else array.dtype.itemsize)
+            boxing = PYTHON_VALUE_BYTES if name in boxed else 0  # the values as objects, beside the array
+            decoded += claimed * (array.dtype.itemsize + boxing)
     return Cost(rows, elements, decoded + (rows * ROW_BYTES if rows > 1 else 0))
+
+
+class DecodeBudget:
+    """The bytes one request's tensors may take decoded, charged from each tensor's datatype and
+    shape before its data is read: ten million empty BYTES elements are refused before ten million
+    objects are made. Bounds what any model gets; `check_cost` then adds what the model costs."""
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self.spent = 0
+
+    def charge(self, where: str, datatype: str, shape: Sequence[int], itemsize: int) -> None:
+        if self.limit is None:
+            return
+        each = BYTES_ELEMENT_BYTES if datatype == "BYTES" else itemsize
+        self.spent += math.prod(shape) * each
+        if self.spent > self.limit:
+            raise PayloadTooLarge(
+                f"{where}: the request's tensors take at least {self.spent} bytes decoded; at most "
+                f"{self.limit} are allowed: send less per request, or raise "
+                "MODELPOD_MAX_REQUEST_DECODED_BYTES (--max-request-decoded-bytes)"
+            )
 
 
 def check_cost(cost: Cost, limits: CostLimits, batching: BatchConfig, model: str) -> None:

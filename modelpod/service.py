@@ -697,9 +697,9 @@ class InferenceService:
         requests = await self._tensor_requests(hosted, inputs)
         work = self._predict_many(hosted, version, requests, options)
         results = await self._observed(hosted, version, options, work)
-        if len(results) <= SMALL_REQUEST:
+        if len(requests) == 1 and not large_tensors(inputs):
             return version, outputs_of(hosted.probe, results)
-        return version, await asyncio.to_thread(outputs_of, hosted.probe, results)
+        return version, await asyncio.to_thread(outputs_of, hosted.probe, results)  # off the event loop
 
     async def _tensor_requests(self, hosted: HostedModel, inputs: Arrays) -> list[dict[str, Any]]:
         """The calls tensors mean to a model, their cost checked first from the shapes alone; a large
@@ -868,6 +868,11 @@ class InferenceService:
 def _config_tensor(spec: TensorSpec) -> dict[str, Any]:
     datatype = "STRING" if spec.datatype == "BYTES" else spec.datatype
     return {"name": spec.name, "data_type": f"TYPE_{datatype}", "dims": list(spec.shape)}
+
+
+def large_tensors(arrays: Mapping[str, Any]) -> bool:
+    """Whether tensors hold enough values that converting them belongs on a thread, off the loop."""
+    return sum(getattr(array, "size", 0) for array in arrays.values()) > SMALL_REQUEST
 
 
 def _remaining(deadline: float | None) -> float | None:

@@ -20,6 +20,7 @@ from modelpod.server.endpoints import (
     service_of,
     unless_disconnected,
 )
+from modelpod.service import large_tensors
 
 
 def routes() -> list[BaseRoute]:
@@ -99,11 +100,13 @@ async def infer(request: Request) -> Response:
     name = request.path_params["name"]
     header_length = v2.parse_header_length(request.headers.get(v2.HEADER_LENGTH))
     body = await read_body(request)
+    service = service_of(request)
+    budget = service.limits.decoded_bytes()  # tensors past it are refused before their data is read
     if len(body) > LARGE_BODY:  # parse big bodies on a thread: the loop keeps serving others
-        decoded = await asyncio.to_thread(v2.decode_http_request, body, header_length)
+        decoded = await asyncio.to_thread(v2.decode_http_request, body, header_length, budget)
     else:
-        decoded = v2.decode_http_request(body, header_length)
-    work = service_of(request).infer(
+        decoded = v2.decode_http_request(body, header_length, budget)
+    work = service.infer(
         name,
         request.path_params.get("version"),
         decoded.inputs,
@@ -117,7 +120,10 @@ async def infer(request: Request) -> Response:
         id=decoded.id,
         outputs=v2.select_outputs(outputs, decoded.outputs),
     )
-    parts, length = v2.encode_http_response_parts(response, decoded)
+    if large_tensors(outputs):  # encoding many values belongs on a thread: the loop keeps serving
+        parts, length = await asyncio.to_thread(v2.encode_http_response_parts, response, decoded)
+    else:
+        parts, length = v2.encode_http_response_parts(response, decoded)
     if length is None:
         return Response(b"".join(parts), media_type="application/json")
     return PartsResponse(parts, {v2.HEADER_LENGTH: str(length)}, "application/octet-stream")
