@@ -21,7 +21,7 @@ bound and the setting that raises it.
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,37 +80,42 @@ def cost_of(inputs: Mapping[str, np.ndarray[Any, Any]], rows: int, boxed: Collec
 
 
 class DecodeBudget:
-    """The bytes one request's tensors may take decoded, charged from each tensor's datatype and
-    shape before its data is read: ten million empty BYTES elements are refused before ten million
-    objects are made. Bounds what any model gets; `check_cost` then adds what the model costs."""
+    """What one request's tensors may cost as they are decoded, charged from each tensor's datatype
+    and shape before its data is read: ten million empty BYTES elements are refused before ten
+    million objects are made. `rows_of` says how many calls a tensor's shape certainly means to its
+    model (None: it depends on the other inputs); more than `max_rows` is refused there too."""
 
-    def __init__(self, limit: int | None) -> None:
+    def __init__(
+        self,
+        limit: int | None,
+        rows_of: Callable[[str, Sequence[int]], int | None] | None = None,
+        max_rows: int = 0,
+        model: str = "",
+    ) -> None:
         self.limit = limit
         self.spent = 0
+        self._rows_of, self._max_rows, self._model = rows_of, max_rows, model
 
-    def charge(self, where: str, datatype: str, shape: Sequence[int], itemsize: int) -> None:
-        if self.limit is None:
-            return
-        each = BYTES_ELEMENT_BYTES if datatype == "BYTES" else itemsize
-        self.spent += math.prod(shape) * each
-        if self.spent > self.limit:
-            raise PayloadTooLarge(
-                f"{where}: the request's tensors take at least {self.spent} bytes decoded; at most "
-                f"{self.limit} are allowed: send less per request, or raise "
-                "MODELPOD_MAX_REQUEST_DECODED_BYTES (--max-request-decoded-bytes)"
-            )
+    def charge(self, name: str, datatype: str, shape: Sequence[int], itemsize: int) -> None:
+        if self.limit is not None:
+            each = BYTES_ELEMENT_BYTES if datatype == "BYTES" else itemsize
+            self.spent += math.prod(shape) * each
+            if self.spent > self.limit:
+                raise PayloadTooLarge(
+                    f"input {name!r}: the request's tensors take at least {self.spent} bytes decoded; "
+                    f"at most {self.limit} are allowed: send less per request, or raise "
+                    "MODELPOD_MAX_REQUEST_DECODED_BYTES (--max-request-decoded-bytes)"
+                )
+        rows = None if self._rows_of is None else self._rows_of(name, shape)
+        if rows is not None and rows > self._max_rows:
+            raise PayloadTooLarge(_too_many_rows(rows, self._max_rows, self._model))
 
 
 def check_cost(cost: Cost, limits: CostLimits, batching: BatchConfig, model: str) -> None:
     """Refuse a request that costs more than the limits allow, naming the limit and its setting."""
     rows = limits.rows(batching)
     if cost.rows > rows:
-        derived = "" if limits.max_rows is not None else " (the model's max_queue_size)"
-        raise PayloadTooLarge(
-            f"the request carries {cost.rows} rows, and model {model!r} runs one call per row; at most "
-            f"{rows}{derived} are allowed: send fewer rows per request, or raise MODELPOD_MAX_REQUEST_ROWS"
-            " (--max-request-rows)"
-        )
+        raise PayloadTooLarge(_too_many_rows(cost.rows, rows, model))
     elements = limits.elements()
     if elements is not None and cost.elements > elements:
         raise PayloadTooLarge(
@@ -124,3 +129,11 @@ def check_cost(cost: Cost, limits: CostLimits, batching: BatchConfig, model: str
             f"at most {decoded} are allowed: send less per request, or raise "
             "MODELPOD_MAX_REQUEST_DECODED_BYTES (--max-request-decoded-bytes)"
         )
+
+
+def _too_many_rows(rows: int, limit: int, model: str) -> str:
+    return (
+        f"the request carries {rows} rows, and model {model!r} runs one call per row; at most {limit} "
+        "are allowed (by default the model's max_queue_size): send fewer rows per request, or raise "
+        "MODELPOD_MAX_REQUEST_ROWS (--max-request-rows)"
+    )

@@ -28,7 +28,7 @@ from modelpod.metrics import ServerMetrics
 from modelpod.pool import ModelPool
 from modelpod.recent import RecentActivity
 from modelpod.repository import HostedModel, Repository
-from modelpod.request_cost import CostLimits, check_cost, cost_of
+from modelpod.request_cost import CostLimits, DecodeBudget, check_cost, cost_of
 from modelpod.router import Router
 from modelpod.runner import Runner, check_train_options
 from modelpod.served_pipeline import ServedPipeline, name_step, pipeline_outputs, step_input
@@ -36,7 +36,15 @@ from modelpod.stacking import rows_of
 from modelpod.statistics import Statistics
 from modelpod.stream_serving import BatchedStream, Channel, ItemPump, feed
 from modelpod.streaming import DONE
-from modelpod.tensors import Arrays, advertised_specs, batches, call_plan, outputs_of, requests_of
+from modelpod.tensors import (
+    Arrays,
+    advertised_specs,
+    batches,
+    call_plan,
+    certain_rows,
+    outputs_of,
+    requests_of,
+)
 from modelpod.training import TrainingJob, TrainingJobs
 from modelpod.types import Response, TensorSpec
 from modelpod.waiting import WaitingRoom
@@ -358,6 +366,10 @@ class InferenceService:
         )
         return answers[0]
 
+    @staticmethod
+    def _is_router(hosted: HostedModel) -> bool:
+        return isinstance(hosted.target, type) and issubclass(hosted.target, Router)
+
     def _route(
         self,
         hosted: HostedModel,
@@ -366,7 +378,7 @@ class InferenceService:
         inputs: Mapping[str, Any],
     ) -> str | None:
         """The model a router forwards to; None for an ordinary model."""
-        if not (isinstance(hosted.target, type) and issubclass(hosted.target, Router)):
+        if not self._is_router(hosted):
             return None
         router = self.repository.instance(hosted, version)
         assert isinstance(router, Router)
@@ -701,6 +713,21 @@ class InferenceService:
             return version, outputs_of(hosted.probe, results)
         return version, await asyncio.to_thread(outputs_of, hosted.probe, results)  # off the event loop
 
+    def decode_budget(self, name: str, version: str | None) -> DecodeBudget:
+        """What a V2 request's tensors may cost as they are decoded: their bytes, and for a model of
+        keyword arguments the calls their shapes certainly mean (checked again, whole, in `infer`)."""
+        limit = self.limits.decoded_bytes()
+        try:
+            hosted, _ = self.repository.resolve(name, version)
+        except ModelpodError:
+            return DecodeBudget(limit)  # answered NotFound once decoded
+        model = hosted.probe
+        if isinstance(model, ServedPipeline) or self._is_router(hosted) or model.is_tensor_model():
+            return DecodeBudget(limit)
+        batching = hosted.batching.enabled or batches(model)
+        rows = functools.partial(_certain_rows, model, batching)
+        return DecodeBudget(limit, rows, self.limits.rows(hosted.batching), hosted.name)
+
     async def _tensor_requests(self, hosted: HostedModel, inputs: Arrays) -> list[dict[str, Any]]:
         """The calls tensors mean to a model, their cost checked first from the shapes alone; a large
         expansion runs on a thread, so that the event loop keeps answering."""
@@ -868,6 +895,10 @@ class InferenceService:
 def _config_tensor(spec: TensorSpec) -> dict[str, Any]:
     datatype = "STRING" if spec.datatype == "BYTES" else spec.datatype
     return {"name": spec.name, "data_type": f"TYPE_{datatype}", "dims": list(spec.shape)}
+
+
+def _certain_rows(model: Any, batching: bool, name: str, shape: Sequence[int]) -> int | None:
+    return certain_rows(model, name, shape, batching)
 
 
 def large_tensors(arrays: Mapping[str, Any]) -> bool:

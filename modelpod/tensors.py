@@ -56,6 +56,16 @@ def call_plan(model: Model, inputs: Arrays, batching: bool) -> tuple[int, frozen
     return (1 if _whole(inputs, hints, batching) else rows), boxed
 
 
+def certain_rows(model: Model, name: str, shape: Sequence[int], batching: bool) -> int | None:
+    """The calls one input's shape means to a keyword model whatever the other inputs are (see
+    `_whole`); None for a tensor model, or where the other inputs decide."""
+    if model.is_tensor_model() or not shape:
+        return None
+    if batching or len(shape) >= 2 or _hints(model.signature_target()).get(name) in SCALAR_HINTS:
+        return int(shape[0])
+    return None
+
+
 def requests_of(model: Model, inputs: Arrays, batching: bool) -> list[dict[str, Any]]:
     """The model calls a tensor request means: itself for a tensor model, one per row otherwise
     (or one with the whole arrays: see the module's note)."""

@@ -221,7 +221,7 @@ def test_a_million_zero_width_rows_are_more_calls_than_a_keyword_model_takes(
             assert "MODELPOD_MAX_REQUEST_ROWS" in message
             answer = binary_infer(http, "batched", "x", "FP64", A_MILLION_EMPTY_ROWS, b"")
             assert answer.status_code == 413, answer.text
-            assert "at most 64 (the model's max_queue_size)" in answer.json()["error"]
+            assert "at most 64 are allowed" in answer.json()["error"]
             code, details, _ = grpc_infer(channel, "unhinted", "x", "FP64", A_MILLION_EMPTY_ROWS, b"")
             assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, details
 
@@ -229,7 +229,7 @@ def test_a_million_zero_width_rows_are_more_calls_than_a_keyword_model_takes(
     assert_serving(http, channel)
 
 
-@pytest.mark.parametrize("count", [2_000_000, 10_000_000])
+@pytest.mark.parametrize("count", [2_000_000, 5_000_000])
 def test_millions_of_empty_strings_are_refused_before_they_are_decoded(
     server: ServerProcess, http: httpx.Client, channel: grpc.Channel, count: int
 ) -> None:

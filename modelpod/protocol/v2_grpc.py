@@ -51,11 +51,11 @@ _CONTENTS = {
 }
 
 
-def decode_grpc_request(message: pb.ModelInferRequest, max_decoded: int | None = None) -> InferRequest:
+def decode_grpc_request(message: pb.ModelInferRequest, budget: DecodeBudget | None = None) -> InferRequest:
     """Decode a `ModelInferRequest`; data may be in `raw_input_contents` or typed `contents`. Tensors
-    that would take more than `max_decoded` bytes decoded are refused before their data is read."""
+    past the `budget` are refused before their data is read."""
     raw = _raw_contents("raw_input_contents", message.raw_input_contents, len(message.inputs))
-    inputs = _decode_grpc_tensors("input", message.inputs, raw, DecodeBudget(max_decoded))
+    inputs = _decode_grpc_tensors("input", message.inputs, raw, budget)
     outputs = [
         RequestedOutput(o.name, None, get_grpc_parameters(o.parameters, f"output {o.name!r}"))
         for o in message.outputs
@@ -167,15 +167,17 @@ def _decode_grpc_tensors(
         name = _tensor_name(kind, index, tensor.name)
         if name in decoded:
             raise InvalidInput(f"{kind} {name!r} appears more than once")
-        decoded[name] = _decode_grpc_tensor(f"{kind} {name!r}", tensor, data, budget)
+        decoded[name] = _decode_grpc_tensor(name, f"{kind} {name!r}", tensor, data, budget)
     return decoded
 
 
-def _decode_grpc_tensor(where: str, tensor: Any, raw: bytes | None, budget: DecodeBudget | None) -> Array:
+def _decode_grpc_tensor(
+    name: str, where: str, tensor: Any, raw: bytes | None, budget: DecodeBudget | None
+) -> Array:
     datatype = _datatype(where, tensor.datatype)
     shape = _shape(where, list(tensor.shape))
     _binary_size(where, get_grpc_parameters(tensor.parameters, where))
-    _charge(budget, where, datatype, shape)
+    _charge(budget, name, datatype, shape)
     if raw is None:
         return _from_contents(where, datatype, shape, tensor.contents)
     if tensor.contents.ListFields():

@@ -45,13 +45,13 @@ def parse_header_length(value: str | None) -> int | None:
 
 
 def decode_http_request(
-    body: bytes | bytearray, header_length: int | None = None, max_decoded: int | None = None
+    body: bytes | bytearray, header_length: int | None = None, budget: DecodeBudget | None = None
 ) -> InferRequest:
     """Decode an inference request body (JSON, optionally followed by binary tensor data); tensors
-    that would take more than `max_decoded` bytes decoded are refused before their data is read."""
+    past the `budget` are refused before their data is read."""
     header, chunks = _split_body(body, header_length)
     doc = _load_object(header, "request")
-    inputs = _decode_tensors(doc, "input", chunks, DecodeBudget(max_decoded))
+    inputs = _decode_tensors(doc, "input", chunks, budget)
     chunks.finish()
     parameters = _parameters("request", doc.get("parameters"))
     if not isinstance(parameters.get("binary_data_output", False), bool):
@@ -278,7 +278,7 @@ def _decode_tensor(
     datatype = _datatype(where, item.get("datatype"))
     shape = _shape(where, item.get("shape"))
     size = _binary_size(where, _parameters(where, item.get("parameters")))
-    _charge(budget, where, datatype, shape)
+    _charge(budget, name, datatype, shape)
     if size is None:
         if "data" not in item:
             raise InvalidInput(f"{where}: has neither 'data' nor a binary_data_size parameter")

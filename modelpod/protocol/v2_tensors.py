@@ -67,11 +67,11 @@ def _shape(where: str, value: Any) -> tuple[int, ...]:
     return tuple(value)
 
 
-def _charge(budget: DecodeBudget | None, where: str, datatype: str, shape: tuple[int, ...]) -> None:
-    """Charge a tensor's decoded size to the request's budget, before its data is read."""
+def _charge(budget: DecodeBudget | None, name: str, datatype: str, shape: tuple[int, ...]) -> None:
+    """Charge a tensor's decoded cost to the request's budget, before its data is read."""
     if budget is not None:
         itemsize = 0 if datatype == "BYTES" else DATATYPES[datatype].itemsize
-        budget.charge(where, datatype, shape, itemsize)
+        budget.charge(name, datatype, shape, itemsize)
 
 
 def _from_raw(where: str, datatype: str, shape: tuple[int, ...], raw: bytes | memoryview) -> Array:

@@ -28,6 +28,7 @@ from modelpod.protocol import native, v2
 from modelpod.protocol._generated import grpc_service_pb2 as pb
 from modelpod.protocol._generated import grpc_service_pb2_grpc as pb_grpc
 from modelpod.protocol._generated import native_pb2, native_pb2_grpc
+from modelpod.request_cost import DecodeBudget
 from modelpod.server.grpc_wire import add_servicer
 from modelpod.service import InferenceService, Options, large_tensors, request_options
 
@@ -158,7 +159,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> AsyncGenerator[pb.ModelInferResponse, None]:
         """A streaming model's responses, one per item as it comes; then, when the request asks for
         it, an empty response that only says it was the last (the model cannot know which item is)."""
-        decoded = await _decoded(request, self.service.limits.decoded_bytes())
+        decoded = await _decoded(request, self._budget(request))
         name = request.model_name
         options = options_of(context, decoded.parameters, "grpc_v2")
         items = self.service.infer_stream(name, request.model_version or None, decoded.inputs, options)
@@ -201,8 +202,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             **self.service.model_statistics(request.name, request.version or None)
         )
 
+    def _budget(self, request: pb.ModelInferRequest) -> DecodeBudget:
+        return self.service.decode_budget(request.model_name, request.model_version or None)
+
     async def _infer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
-        decoded = await _decoded(request, self.service.limits.decoded_bytes())
+        decoded = await _decoded(request, self._budget(request))
         name = request.model_name
         options = options_of(context, decoded.parameters, "grpc_v2")
         version, outputs = await self.service.infer(
@@ -290,9 +294,9 @@ class NativeServicer(native_pb2_grpc.ModelServiceServicer):
         context.set_trailing_metadata(((logs.REQUEST_ID_HEADER, rid),))
 
 
-async def _decoded(request: pb.ModelInferRequest, budget: int | None) -> v2.InferRequest:
-    """A request's tensors, refused past `budget` decoded bytes before their data is read; a big
-    request is decoded on a thread, so the event loop keeps serving."""
+async def _decoded(request: pb.ModelInferRequest, budget: DecodeBudget) -> v2.InferRequest:
+    """A request's tensors, refused past the `budget` before their data is read; a big request is
+    decoded on a thread, so the event loop keeps serving."""
     if request.ByteSize() > LARGE_REQUEST:
         return await asyncio.to_thread(v2.decode_grpc_request, request, budget)
     return v2.decode_grpc_request(request, budget)

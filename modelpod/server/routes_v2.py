@@ -101,7 +101,7 @@ async def infer(request: Request) -> Response:
     header_length = v2.parse_header_length(request.headers.get(v2.HEADER_LENGTH))
     body = await read_body(request)
     service = service_of(request)
-    budget = service.limits.decoded_bytes()  # tensors past it are refused before their data is read
+    budget = service.decode_budget(name, request.path_params.get("version"))  # checked before data is read
     if len(body) > LARGE_BODY:  # parse big bodies on a thread: the loop keeps serving others
         decoded = await asyncio.to_thread(v2.decode_http_request, body, header_length, budget)
     else:
