@@ -22,11 +22,13 @@ from modelpod import __version__
 from modelpod import timing as timings
 from modelpod.batching import BatchConfig, Batcher
 from modelpod.errors import InvalidInput, ModelpodError, NotFound, Timeout, Unavailable
+from modelpod.inputs import check_field_names
 from modelpod.isolation import ProcessRunner
 from modelpod.metrics import ServerMetrics
 from modelpod.pool import ModelPool
 from modelpod.recent import RecentActivity
 from modelpod.repository import HostedModel, Repository
+from modelpod.request_cost import CostLimits, DecodeBudget, check_cost, cost_of
 from modelpod.router import Router
 from modelpod.runner import Runner, check_train_options
 from modelpod.served_pipeline import ServedPipeline, name_step, pipeline_outputs, step_input
@@ -35,7 +37,15 @@ from modelpod.statistics import Statistics
 from modelpod.storable import check_arguments
 from modelpod.stream_serving import BatchedStream, Channel, ItemPump, feed
 from modelpod.streaming import DONE
-from modelpod.tensors import Arrays, outputs_of, requests_of
+from modelpod.tensors import (
+    Arrays,
+    advertised_specs,
+    batches,
+    call_plan,
+    certain_rows,
+    outputs_of,
+    requests_of,
+)
 from modelpod.training import TrainingJob, TrainingJobs
 from modelpod.types import Response, TensorSpec
 from modelpod.waiting import WaitingRoom
@@ -55,6 +65,9 @@ class Options:
 
 
 DEFAULT_OPTIONS = Options()
+SMALL_REQUEST = 4096
+"""Rows plus elements a tensor request may have and still be expanded (or its answers stacked) on the
+event loop: anything larger goes to a thread, so that health checks and other requests keep moving."""
 PLATFORM = "modelpod"
 
 
@@ -83,7 +96,7 @@ def request_options(priority: Any = None, timeout: Any = None, protocol: str = "
         ) from None
     if seconds is not None and not seconds >= 0:  # also refuses NaN
         raise InvalidInput(f"timeout must be a non-negative number of seconds, not {timeout!r}")
-    return Options(chosen_priority, seconds, protocol)
+    return Options(chosen_priority, timings.clamp_wait(seconds), protocol)
 
 
 METHODS = ("predict", "initialize", "train", "training", "log")
@@ -100,10 +113,12 @@ class InferenceService:
         max_workers: int = 12,
         name: str = "modelpod",
         slow_ms: float = 1000.0,
+        limits: CostLimits | None = None,
     ) -> None:
         self.repository = repository
         self.pool = pool
         self.name = name
+        self.limits = limits or CostLimits()  # what one tensor request may cost (modelpod.request_cost)
         self.slow_ms = slow_ms  # requests to a model that take longer are logged with their breakdown
         self._executor = ThreadPoolExecutor(max_workers, thread_name_prefix="modelpod-model")
         self._in_flight = 0
@@ -180,6 +195,8 @@ class InferenceService:
         self, hosted: HostedModel, version: str, requests: list[dict[str, Any]], options: Options
     ) -> list[Any]:
         """Run requests through the version's batcher, or as one call on a worker thread."""
+        for request in requests:
+            check_field_names(request)
         batcher = self._batcher(hosted, version)
         tensor = hosted.probe.is_tensor_model()
         timing = timings.current.get()
@@ -350,6 +367,10 @@ class InferenceService:
         )
         return answers[0]
 
+    @staticmethod
+    def _is_router(hosted: HostedModel) -> bool:
+        return isinstance(hosted.target, type) and issubclass(hosted.target, Router)
+
     def _route(
         self,
         hosted: HostedModel,
@@ -358,7 +379,7 @@ class InferenceService:
         inputs: Mapping[str, Any],
     ) -> str | None:
         """The model a router forwards to; None for an ordinary model."""
-        if not (isinstance(hosted.target, type) and issubclass(hosted.target, Router)):
+        if not self._is_router(hosted):
             return None
         router = self.repository.instance(hosted, version)
         assert isinstance(router, Router)
@@ -496,9 +517,8 @@ class InferenceService:
         """Tensors through a pipeline: taken as its first model takes them, given as its last gives them."""
         pipeline = hosted.probe
         assert isinstance(pipeline, ServedPipeline)
-        first = self.repository.get(pipeline.first_models()[0]).probe
         last = self.repository.get(pipeline.last_models()[0]).probe
-        requests = requests_of(first, inputs)
+        requests = await self._tensor_requests(self.repository.get(pipeline.first_models()[0]), inputs)
         results = await asyncio.gather(
             *(self._run_pipeline(hosted, version, r, query_params, options) for r in requests)
         )
@@ -568,7 +588,7 @@ class InferenceService:
         """Tensors in; the version that ran, and output tensors for each item the model yields. One
         row per request: each row's answer would be a stream of its own."""
         hosted, resolved = self._hosted(name, version)
-        requests = requests_of(hosted.probe, inputs)
+        requests = await self._tensor_requests(hosted, inputs)
         if len(requests) != 1:
             raise InvalidInput(
                 f"model {name!r} streams its answers: send one row per request, not {len(requests)}"
@@ -581,6 +601,7 @@ class InferenceService:
     async def _stream_items(
         self, hosted: HostedModel, version: str, request: dict[str, Any], options: Options
     ) -> AsyncGenerator[Any, None]:
+        check_field_names(request)
         deadline = None if options.timeout is None else time.monotonic() + options.timeout
         probe, batching = hosted.probe, hosted.batching.enabled
         if batching and probe.streams_batches() and hosted.workers == 0:
@@ -688,9 +709,39 @@ class InferenceService:
         if isinstance(hosted.probe, ServedPipeline):
             outputs = self._infer_pipeline(hosted, version, inputs, query_params, options)
             return version, await self._observed(hosted, version, options, outputs)
-        work = self._predict_many(hosted, version, requests_of(hosted.probe, inputs), options)
+        requests = await self._tensor_requests(hosted, inputs)
+        work = self._predict_many(hosted, version, requests, options)
         results = await self._observed(hosted, version, options, work)
-        return version, outputs_of(hosted.probe, results)
+        if len(requests) == 1 and not large_tensors(inputs):
+            return version, outputs_of(hosted.probe, results)
+        return version, await asyncio.to_thread(outputs_of, hosted.probe, results)  # off the event loop
+
+    def decode_budget(self, name: str, version: str | None) -> DecodeBudget:
+        """What a V2 request's tensors may cost as they are decoded: their bytes, and for a model of
+        keyword arguments the calls their shapes certainly mean (checked again, whole, in `infer`)."""
+        limit = self.limits.decoded_bytes()
+        try:
+            hosted, _ = self.repository.resolve(name, version)
+        except ModelpodError:
+            return DecodeBudget(limit)  # answered NotFound once decoded
+        model = hosted.probe
+        if isinstance(model, ServedPipeline) or self._is_router(hosted) or model.is_tensor_model():
+            return DecodeBudget(limit)
+        batching = hosted.batching.enabled or batches(model)
+        rows = functools.partial(_certain_rows, model, batching)
+        return DecodeBudget(limit, rows, self.limits.rows(hosted.batching), hosted.name)
+
+    async def _tensor_requests(self, hosted: HostedModel, inputs: Arrays) -> list[dict[str, Any]]:
+        """The calls tensors mean to a model, their cost checked first from the shapes alone; a large
+        expansion runs on a thread, so that the event loop keeps answering."""
+        model = hosted.probe
+        batching = hosted.batching.enabled or batches(model)
+        calls, boxed = call_plan(model, inputs, batching)
+        cost = cost_of(inputs, calls, boxed)
+        check_cost(cost, self.limits, hosted.batching, hosted.name)
+        if calls + cost.elements <= SMALL_REQUEST:
+            return requests_of(model, inputs, batching)
+        return await asyncio.to_thread(requests_of, model, inputs, batching)
 
     def server_facts(self) -> ServerFacts:
         """What the server says of itself; the edges give it the protocol's shape."""
@@ -700,21 +751,20 @@ class InferenceService:
         """What a model (one version, or all of them) says of itself, for the metadata calls."""
         hosted, resolved = self.repository.resolve(name, version)
         versions = [resolved] if version else self.repository.versions(name)
-        return ModelFacts(
-            hosted.name, versions, PLATFORM, hosted.probe.input_specs(), hosted.probe.output_specs()
-        )
+        return ModelFacts(hosted.name, versions, PLATFORM, *advertised_specs(hosted.probe))
 
     def model_config(self, name: str, version: str | None = None) -> dict[str, Any]:
         """The model's configuration in Triton's shape (what `tritonclient`'s get_model_config reads)."""
         hosted, _ = self.repository.resolve(name, version)
         batching = hosted.batching
+        inputs, outputs = advertised_specs(hosted.probe)
         config: dict[str, Any] = {
             "name": hosted.name,
             "platform": PLATFORM,
             "backend": "python",
             "max_batch_size": batching.max_batch_size if batching.enabled else 0,
-            "input": [_config_tensor(spec) for spec in hosted.probe.input_specs()],
-            "output": [_config_tensor(spec) for spec in hosted.probe.output_specs()],
+            "input": [_config_tensor(spec) for spec in inputs],
+            "output": [_config_tensor(spec) for spec in outputs],
         }
         if batching.enabled:
             config["dynamic_batching"] = {
@@ -861,6 +911,15 @@ class InferenceService:
 def _config_tensor(spec: TensorSpec) -> dict[str, Any]:
     datatype = "STRING" if spec.datatype == "BYTES" else spec.datatype
     return {"name": spec.name, "data_type": f"TYPE_{datatype}", "dims": list(spec.shape)}
+
+
+def _certain_rows(model: Any, batching: bool, name: str, shape: Sequence[int]) -> int | None:
+    return certain_rows(model, name, shape, batching)
+
+
+def large_tensors(arrays: Mapping[str, Any]) -> bool:
+    """Whether tensors hold enough values that converting them belongs on a thread, off the loop."""
+    return sum(getattr(array, "size", 0) for array in arrays.values()) > SMALL_REQUEST
 
 
 def _remaining(deadline: float | None) -> float | None:

@@ -78,6 +78,7 @@ from typing import Any
 from modelpod import shm
 from modelpod.errors import InvalidInput, ModelError, ModelLoadError, ModelpodError, Timeout, Unavailable
 from modelpod.protocol import native
+from modelpod.timing import clamp_wait
 
 logger = logging.getLogger("modelpod.workers")
 
@@ -332,7 +333,7 @@ class WorkerPool:
                         f"model {self.label} has no running worker process ({why}); restarting",
                         retry_after=max(self._backoff),
                     )
-                remaining = None if deadline is None else deadline - time.monotonic()
+                remaining = None if deadline is None else clamp_wait(deadline - time.monotonic())
                 if remaining is not None and remaining <= 0:
                     assert timeout is not None
                     return Timeout(f"model {self.label} had no free worker process within {timeout:g} s")
@@ -502,7 +503,7 @@ class _Worker:
             raise _Died(self.exit_reason()) from None
 
     def receive(self, deadline: float | None) -> list[Any]:
-        remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+        remaining = None if deadline is None else clamp_wait(deadline - time.monotonic())
         try:
             if not self.conn.poll(remaining):
                 raise _Hung()
