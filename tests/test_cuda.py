@@ -18,9 +18,9 @@ from modelpod import Model, ModelLoadError, Runner, TensorSpec
 from modelpod.runtime.devices import select_device
 from modelpod.runtime.memory import cuda_bytes, release_freed_memory
 from modelpod.serving.pool import ModelPool
-from modelpod.serving.tensors import run_tensors
 
 from conftest import load_example
+from tensor_runs import run_tensors
 
 torch = pytest.importorskip("torch")
 

@@ -12,7 +12,8 @@ import pytest
 
 from modelpod import InvalidInput, Model, ModelError, TensorSpec
 from modelpod.runtime.runner import Runner
-from modelpod.serving.tensors import run_tensors
+
+from tensor_runs import run_tensors
 
 
 def strings(*items: bytes) -> np.ndarray:

@@ -10,6 +10,7 @@ import numpy as np
 
 from modelpod.errors import InvalidInput
 from modelpod.protocol._generated import grpc_service_pb2 as pb
+from modelpod.protocol.cost import DecodeBudget
 from modelpod.protocol.v2_messages import (
     InferRequest,
     InferResponse,
@@ -21,6 +22,7 @@ from modelpod.protocol.v2_tensors import (
     Array,
     _array_and_datatype,
     _binary_size,
+    _charge,
     _check_int_range,
     _datatype,
     _from_raw,
@@ -49,10 +51,11 @@ _CONTENTS = {
 }
 
 
-def decode_grpc_request(message: pb.ModelInferRequest) -> InferRequest:
-    """Decode a `ModelInferRequest`; data may be in `raw_input_contents` or typed `contents`."""
+def decode_grpc_request(message: pb.ModelInferRequest, budget: DecodeBudget | None = None) -> InferRequest:
+    """Decode a `ModelInferRequest`; data may be in `raw_input_contents` or typed `contents`. Tensors
+    past the `budget` are refused before their data is read."""
     raw = _raw_contents("raw_input_contents", message.raw_input_contents, len(message.inputs))
-    inputs = _decode_grpc_tensors("input", message.inputs, raw)
+    inputs = _decode_grpc_tensors("input", message.inputs, raw, budget)
     outputs = [
         RequestedOutput(o.name, None, get_grpc_parameters(o.parameters, f"output {o.name!r}"))
         for o in message.outputs
@@ -156,20 +159,25 @@ def _raw_contents(field_name: str, raw: Sequence[bytes], tensors: int) -> list[b
     return list(raw)
 
 
-def _decode_grpc_tensors(kind: str, tensors: Iterable[Any], raw: list[bytes | None]) -> dict[str, Array]:
+def _decode_grpc_tensors(
+    kind: str, tensors: Iterable[Any], raw: list[bytes | None], budget: DecodeBudget | None = None
+) -> dict[str, Array]:
     decoded: dict[str, Array] = {}
     for index, (tensor, data) in enumerate(zip(tensors, raw, strict=True)):
         name = _tensor_name(kind, index, tensor.name)
         if name in decoded:
             raise InvalidInput(f"{kind} {name!r} appears more than once")
-        decoded[name] = _decode_grpc_tensor(f"{kind} {name!r}", tensor, data)
+        decoded[name] = _decode_grpc_tensor(name, f"{kind} {name!r}", tensor, data, budget)
     return decoded
 
 
-def _decode_grpc_tensor(where: str, tensor: Any, raw: bytes | None) -> Array:
+def _decode_grpc_tensor(
+    name: str, where: str, tensor: Any, raw: bytes | None, budget: DecodeBudget | None
+) -> Array:
     datatype = _datatype(where, tensor.datatype)
     shape = _shape(where, list(tensor.shape))
     _binary_size(where, get_grpc_parameters(tensor.parameters, where))
+    _charge(budget, name, datatype, shape)
     if raw is None:
         return _from_contents(where, datatype, shape, tensor.contents)
     if tensor.contents.ListFields():

@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 
 from modelpod.errors import InvalidInput
+from modelpod.protocol.cost import DecodeBudget
 from modelpod.protocol.v2_messages import (
     InferRequest,
     InferResponse,
@@ -20,6 +21,7 @@ from modelpod.protocol.v2_tensors import (
     Array,
     _array_and_datatype,
     _binary_size,
+    _charge,
     _datatype,
     _from_json,
     _from_raw,
@@ -42,11 +44,14 @@ def parse_header_length(value: str | None) -> int | None:
     return int(value)
 
 
-def decode_http_request(body: bytes | bytearray, header_length: int | None = None) -> InferRequest:
-    """Decode an inference request body (JSON, optionally followed by binary tensor data)."""
+def decode_http_request(
+    body: bytes | bytearray, header_length: int | None = None, budget: DecodeBudget | None = None
+) -> InferRequest:
+    """Decode an inference request body (JSON, optionally followed by binary tensor data); tensors
+    past the `budget` are refused before their data is read."""
     header, chunks = _split_body(body, header_length)
     doc = _load_object(header, "request")
-    inputs = _decode_tensors(doc, "input", chunks)
+    inputs = _decode_tensors(doc, "input", chunks, budget)
     chunks.finish()
     parameters = _parameters("request", doc.get("parameters"))
     if not isinstance(parameters.get("binary_data_output", False), bool):
@@ -246,7 +251,9 @@ def _binary_choice(request: InferRequest | None) -> Callable[[str], bool]:
     return lambda name: chosen.get(name, default)
 
 
-def _decode_tensors(doc: Mapping[str, Any], kind: str, chunks: _Chunks) -> dict[str, Array]:
+def _decode_tensors(
+    doc: Mapping[str, Any], kind: str, chunks: _Chunks, budget: DecodeBudget | None = None
+) -> dict[str, Array]:
     items = doc.get(f"{kind}s")
     if items is None:
         raise InvalidInput(f"missing '{kind}s'")
@@ -254,14 +261,16 @@ def _decode_tensors(doc: Mapping[str, Any], kind: str, chunks: _Chunks) -> dict[
         raise InvalidInput(f"'{kind}s' must be a list")
     tensors: dict[str, Array] = {}
     for index, item in enumerate(items):
-        name, array = _decode_tensor(kind, index, item, chunks)
+        name, array = _decode_tensor(kind, index, item, chunks, budget)
         if name in tensors:
             raise InvalidInput(f"{kind} {name!r} appears more than once")
         tensors[name] = array
     return tensors
 
 
-def _decode_tensor(kind: str, index: int, item: Any, chunks: _Chunks) -> tuple[str, Array]:
+def _decode_tensor(
+    kind: str, index: int, item: Any, chunks: _Chunks, budget: DecodeBudget | None
+) -> tuple[str, Array]:
     if not isinstance(item, dict):
         raise InvalidInput(f"{kind}s[{index}] must be a JSON object")
     name = _tensor_name(kind, index, item.get("name"))
@@ -269,6 +278,7 @@ def _decode_tensor(kind: str, index: int, item: Any, chunks: _Chunks) -> tuple[s
     datatype = _datatype(where, item.get("datatype"))
     shape = _shape(where, item.get("shape"))
     size = _binary_size(where, _parameters(where, item.get("parameters")))
+    _charge(budget, name, datatype, shape)
     if size is None:
         if "data" not in item:
             raise InvalidInput(f"{where}: has neither 'data' nor a binary_data_size parameter")

@@ -16,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from modelpod.errors import InvalidInput
+from modelpod.protocol.cost import DecodeBudget
 from modelpod.types import DATATYPES, datatype_of
 
 Array = npt.NDArray[Any]
@@ -64,6 +65,13 @@ def _shape(where: str, value: Any) -> tuple[int, ...]:
         if dim > MAX_ELEMENTS or count > MAX_ELEMENTS:
             raise InvalidInput(f"{where}: shape {list(value)} is larger than {MAX_ELEMENTS} elements")
     return tuple(value)
+
+
+def _charge(budget: DecodeBudget | None, name: str, datatype: str, shape: tuple[int, ...]) -> None:
+    """Charge a tensor's decoded cost to the request's budget, before its data is read."""
+    if budget is not None:
+        itemsize = 0 if datatype == "BYTES" else DATATYPES[datatype].itemsize
+        budget.charge(name, datatype, shape, itemsize)
 
 
 def _from_raw(where: str, datatype: str, shape: tuple[int, ...], raw: bytes | memoryview) -> Array:

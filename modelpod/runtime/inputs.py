@@ -133,3 +133,18 @@ def _drop_batch_dim(output: Any) -> Any:
     if hasattr(output, "shape") and len(output.shape) > 0:
         return output[0]
     return output
+
+
+RESERVED_FIELDS = frozenset({"self"})
+"""Field names the call path itself takes: `Runner.predict(self, **inputs)` (and the worker-process
+runner's) would get `self` twice. A request may not name a field so; every predict, over every
+transport, is checked here before it is queued."""
+
+
+def check_field_names(request: Mapping[str, Any]) -> None:
+    """Refuse a request that names a reserved field, naming it (an InvalidInput: 400 / INVALID_ARGUMENT)."""
+    for name in RESERVED_FIELDS:  # a lookup per reserved name: no cost that grows with the request
+        if name in request:
+            raise InvalidInput(
+                f"input {name!r} is a reserved name (the call path's own parameter): rename that input"
+            )

@@ -18,6 +18,7 @@ import uvicorn
 
 from modelpod.extras import needs_extra
 from modelpod.observe import logs
+from modelpod.protocol.cost import CostLimits
 from modelpod.server.auth import exposure_warning, grpc_interceptors, load_keys
 from modelpod.server.grpc import start_grpc_server
 from modelpod.server.http import create_app
@@ -57,8 +58,10 @@ class ModelServer:
         self.keys = load_keys(settings)  # first: bad keys or TLS files stop the server before it loads
         self.tls = load_tls(settings)
         self.pool = ModelPool(settings.model_pool_size, settings.model_pool_memory)
+        limits = CostLimits(settings.max_request_rows, settings.max_request_elements,
+                            settings.max_request_decoded_bytes, settings.max_message_size)  # fmt: skip
         self.service = InferenceService(
-            repository, self.pool, settings.rpc_max_workers, slow_ms=settings.slow_ms
+            repository, self.pool, settings.rpc_max_workers, slow_ms=settings.slow_ms, limits=limits
         )
         self.http_port = 0
         self.grpc_port = 0

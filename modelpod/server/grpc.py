@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import logging
@@ -28,15 +29,18 @@ from modelpod.protocol import native, v2
 from modelpod.protocol._generated import grpc_service_pb2 as pb
 from modelpod.protocol._generated import grpc_service_pb2_grpc as pb_grpc
 from modelpod.protocol._generated import native_pb2, native_pb2_grpc
+from modelpod.protocol.cost import DecodeBudget
 from modelpod.server.grpc_wire import add_servicer
 from modelpod.serving.options import Options, request_options
 from modelpod.serving.service import InferenceService
+from modelpod.serving.tensor_requests import large_tensors
 
 logger = logging.getLogger("modelpod.grpc")
 
 FINAL = "triton_final_response"  # on every streamed response: whether it is its request's last
 EMPTY_FINAL = "triton_enable_empty_final_response"  # a request's ask for an empty last response
 
+LARGE_REQUEST = 1 << 20  # bytes: a request larger than this is decoded off the event loop
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 Handler = Callable[[Any, Req, grpc.aio.ServicerContext[Any, Any]], Awaitable[Resp]]
@@ -158,7 +162,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> AsyncGenerator[pb.ModelInferResponse, None]:
         """A streaming model's responses, one per item as it comes; then, when the request asks for
         it, an empty response that only says it was the last (the model cannot know which item is)."""
-        decoded = v2.decode_grpc_request(request)
+        decoded = await _decoded(request, self._budget(request))
         name = request.model_name
         options = options_of(context, decoded.parameters, "grpc_v2")
         items = self.service.infer_stream(name, request.model_version or None, decoded.inputs, options)
@@ -201,8 +205,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             **self.service.model_statistics(request.name, request.version or None)
         )
 
+    def _budget(self, request: pb.ModelInferRequest) -> DecodeBudget:
+        return self.service.decode_budget(request.model_name, request.model_version or None)
+
     async def _infer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
-        decoded = v2.decode_grpc_request(request)
+        decoded = await _decoded(request, self._budget(request))
         name = request.model_name
         options = options_of(context, decoded.parameters, "grpc_v2")
         version, outputs = await self.service.infer(
@@ -214,6 +221,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             id=decoded.id,
             outputs=v2.select_outputs(outputs, decoded.outputs),
         )
+        if large_tensors(outputs):  # encoding many values belongs on a thread: the loop keeps serving
+            return await asyncio.to_thread(v2.encode_grpc_response, response)
         return v2.encode_grpc_response(response)
 
     @guarded
@@ -249,7 +258,7 @@ class NativeServicer(native_pb2_grpc.ModelServiceServicer):
 
     @guarded
     async def Call(self, request: native_pb2.CallRequest, context: Any) -> native_pb2.CallResponse:
-        arguments = native.unpack(request.payload) if request.payload else {}
+        arguments = await _unpacked(request.payload)
         result = await self.service.call(
             request.model,
             request.version or None,
@@ -276,7 +285,7 @@ class NativeServicer(native_pb2_grpc.ModelServiceServicer):
             items = self.service.stream(
                 request.model,
                 request.version or None,
-                native.unpack(request.payload) if request.payload else {},
+                await _unpacked(request.payload),
                 query_params=dict(request.query_params),
                 options=options_of(context, protocol="grpc"),
             )
@@ -286,6 +295,23 @@ class NativeServicer(native_pb2_grpc.ModelServiceServicer):
         except Exception as error:
             await abort(context, typed(error, "CallStream"), rid)
         context.set_trailing_metadata(((logs.REQUEST_ID_HEADER, rid),))
+
+
+async def _decoded(request: pb.ModelInferRequest, budget: DecodeBudget) -> v2.InferRequest:
+    """A request's tensors, refused past the `budget` before their data is read; a big request is
+    decoded on a thread, so the event loop keeps serving."""
+    if request.ByteSize() > LARGE_REQUEST:
+        return await asyncio.to_thread(v2.decode_grpc_request, request, budget)
+    return v2.decode_grpc_request(request, budget)
+
+
+async def _unpacked(payload: bytes) -> Any:
+    """A native call's msgpack arguments; a big payload is unpacked on a thread, off the event loop."""
+    if not payload:
+        return {}
+    if len(payload) > LARGE_REQUEST:
+        return await asyncio.to_thread(native.unpack, payload)
+    return native.unpack(payload)
 
 
 def options_of(context: Any, parameters: Mapping[str, Any] | None = None, protocol: str = "grpc") -> Options:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
@@ -18,6 +20,7 @@ from modelpod.server.endpoints import (
     service_of,
     unless_disconnected,
 )
+from modelpod.serving.tensor_requests import large_tensors
 
 
 def routes() -> list[BaseRoute]:
@@ -97,8 +100,10 @@ async def infer(request: Request) -> Response:
     name = request.path_params["name"]
     header_length = v2.parse_header_length(request.headers.get(v2.HEADER_LENGTH))
     body = await read_body(request)
-    request_body = await decoded(v2.decode_http_request, body, header_length)
-    work = service_of(request).infer(
+    service = service_of(request)
+    budget = service.decode_budget(name, request.path_params.get("version"))  # checked before data is read
+    request_body = await decoded(v2.decode_http_request, body, header_length, budget)
+    work = service.infer(
         name,
         request.path_params.get("version"),
         request_body.inputs,
@@ -112,7 +117,10 @@ async def infer(request: Request) -> Response:
         id=request_body.id,
         outputs=v2.select_outputs(outputs, request_body.outputs),
     )
-    parts, length = v2.encode_http_response_parts(response, request_body)
+    if large_tensors(outputs):  # encoding many values belongs on a thread: the loop keeps serving
+        parts, length = await asyncio.to_thread(v2.encode_http_response_parts, response, request_body)
+    else:
+        parts, length = v2.encode_http_response_parts(response, request_body)
     if length is None:
         return Response(b"".join(parts), media_type="application/json")
     return PartsResponse(parts, {v2.HEADER_LENGTH: str(length)}, "application/octet-stream")

@@ -82,6 +82,23 @@ class Settings(BaseSettings):
         description="open connections served on each of HTTP and gRPC; over it, HTTP requests get 503 "
         "(health probes still answered) and gRPC refuses new connections",
     )
+    max_request_rows: int | None = Field(
+        None,
+        ge=1,
+        description="rows one tensor request may carry to a keyword-argument model, a call "
+        "each (else the model's max_queue_size, at least its max_batch_size)",
+    )
+    max_request_elements: int | None = Field(
+        None,
+        ge=1,
+        description="values one tensor request may claim, a zero dimension counted as one "
+        "(else max_message_size)",
+    )
+    max_request_decoded_bytes: ByteSize = Field(
+        None,
+        description="memory one tensor request may take decoded, as its model gets it, e.g. 1GiB "
+        "(else max_message_size)",
+    )
     slow_ms: float = Field(1000.0, ge=0, description="requests slower than this are logged as warnings")
     log_level: str = Field("info", description="debug, info, warning or error")
     log_format: Literal["text", "json"] = Field("text", description="text, or json: one object per line")

@@ -12,6 +12,7 @@ from modelpod.observe.statistics import Statistics
 from modelpod.runtime.batchers import Batchers
 from modelpod.serving.execution import Execution
 from modelpod.serving.served_pipeline import ServedPipeline
+from modelpod.serving.tensors import advertised_specs
 from modelpod.serving.trainer import Trainer
 from modelpod.types import TensorSpec
 
@@ -55,20 +56,20 @@ class Catalog:
         """What a model (one version, or all of them) says of itself, for the metadata calls."""
         hosted, resolved = self.repository.resolve(name, version)
         versions = [resolved] if version else self.repository.versions(name)
-        probe = hosted.probe
-        return ModelFacts(hosted.name, versions, PLATFORM, probe.input_specs(), probe.output_specs())
+        return ModelFacts(hosted.name, versions, PLATFORM, *advertised_specs(hosted.probe))
 
     def model_config(self, name: str, version: str | None = None) -> dict[str, Any]:
         """The model's configuration in Triton's shape (what `tritonclient`'s get_model_config reads)."""
         hosted, _ = self.repository.resolve(name, version)
         batching = hosted.batching
+        inputs, outputs = advertised_specs(hosted.probe)
         config: dict[str, Any] = {
             "name": hosted.name,
             "platform": PLATFORM,
             "backend": "python",
             "max_batch_size": batching.max_batch_size if batching.enabled else 0,
-            "input": [_config_tensor(spec) for spec in hosted.probe.input_specs()],
-            "output": [_config_tensor(spec) for spec in hosted.probe.output_specs()],
+            "input": [_config_tensor(spec) for spec in inputs],
+            "output": [_config_tensor(spec) for spec in outputs],
         }
         if batching.enabled:
             config["dynamic_batching"] = {

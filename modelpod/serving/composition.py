@@ -16,16 +16,18 @@ from modelpod.serving.options import Options
 from modelpod.serving.repository import HostedModel, Repository
 from modelpod.serving.router import Router
 from modelpod.serving.served_pipeline import ServedPipeline, name_step, pipeline_outputs, step_input
-from modelpod.serving.tensors import Arrays, requests_of
+from modelpod.serving.tensor_requests import TensorRequests, is_router
+from modelpod.serving.tensors import Arrays
 from modelpod.types import BatchConfig, Response
 
 
 class Composition:
     """Routes and pipelines over the models of one repository."""
 
-    def __init__(self, repository: Repository, execution: Execution) -> None:
+    def __init__(self, repository: Repository, execution: Execution, tensor_requests: TensorRequests) -> None:
         self.repository = repository
         self.execution = execution
+        self.tensor_requests = tensor_requests
         self._bind_pipelines()
 
     def _bind_pipelines(self) -> None:
@@ -46,7 +48,7 @@ class Composition:
         inputs: Mapping[str, Any],
     ) -> str | None:
         """The model a router forwards to; None for an ordinary model."""
-        if not (isinstance(hosted.target, type) and issubclass(hosted.target, Router)):
+        if not is_router(hosted):
             return None
         router = self.repository.instance(hosted, version)
         assert isinstance(router, Router)
@@ -90,9 +92,10 @@ class Composition:
         """Taken as the pipeline's first model takes them, given as its last gives them."""
         pipeline = hosted.probe
         assert isinstance(pipeline, ServedPipeline)
-        first = self.repository.get(pipeline.first_models()[0]).probe
         last = self.repository.get(pipeline.last_models()[0]).probe
-        runs = (self._run(hosted, version, r, query_params, options) for r in requests_of(first, inputs))
+        first = self.repository.get(pipeline.first_models()[0])
+        requests = await self.tensor_requests.calls(first, inputs)
+        runs = (self._run(hosted, version, r, query_params, options) for r in requests)
         return pipeline_outputs(last, await asyncio.gather(*runs))
 
     async def _run(

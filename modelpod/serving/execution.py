@@ -15,6 +15,7 @@ from modelpod.observe.events import BatchDone, Recorder, RequestDone
 from modelpod.runtime.batchers import Batchers
 from modelpod.runtime.batching import Batcher
 from modelpod.runtime.deadline import call_deadline
+from modelpod.runtime.inputs import check_field_names
 from modelpod.runtime.runner import Runner
 from modelpod.runtime.stacking import rows_of
 from modelpod.serving.admission import Admission
@@ -75,6 +76,8 @@ class Execution:
         self, hosted: HostedModel, version: str, requests: list[dict[str, Any]], options: Options
     ) -> list[Any]:
         """Run requests through the version's batcher, or as one call on a model thread."""
+        for request in requests:
+            check_field_names(request)
         batcher = self.batcher(hosted, version)
         if batcher is None:
             return await self._on_thread(hosted, version, requests, options)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from modelpod.errors import InvalidInput
+from modelpod.runtime.deadline import clamp_wait
 
 
 @dataclass(frozen=True)
@@ -30,4 +31,4 @@ def request_options(priority: Any = None, timeout: Any = None, protocol: str = "
         ) from None
     if seconds is not None and not seconds >= 0:  # also refuses NaN
         raise InvalidInput(f"timeout must be a non-negative number of seconds, not {timeout!r}")
-    return Options(chosen_priority, seconds, protocol)
+    return Options(chosen_priority, clamp_wait(seconds), protocol)

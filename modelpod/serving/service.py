@@ -25,6 +25,7 @@ from modelpod.observe.activity import RecentActivity
 from modelpod.observe.events import Recorder, Recorders
 from modelpod.observe.prometheus import ServerMetrics
 from modelpod.observe.statistics import Statistics
+from modelpod.protocol.cost import CostLimits, DecodeBudget
 from modelpod.runtime.batchers import Batchers
 from modelpod.serving.admission import Admission
 from modelpod.serving.catalog import Catalog, ModelFacts, ServerFacts
@@ -36,7 +37,8 @@ from modelpod.serving.pool import ModelPool
 from modelpod.serving.repository import Repository
 from modelpod.serving.served_pipeline import ServedPipeline
 from modelpod.serving.streams import Streams
-from modelpod.serving.tensors import Arrays, outputs_of, requests_of
+from modelpod.serving.tensor_requests import TensorRequests
+from modelpod.serving.tensors import Arrays
 from modelpod.serving.trainer import Trainer
 from modelpod.serving.versions import Versions
 
@@ -55,12 +57,15 @@ class InferenceService:
         slow_ms: float = 1000.0,
         recorders: Sequence[Recorder] = (),
         changes: Changes | None = None,
+        limits: CostLimits | None = None,
     ) -> None:
         self.repository = repository
         self.pool = pool
         self.name = name
         self.slow_ms = slow_ms  # requests to a model that take longer are logged with their breakdown
         self.changes = changes or Changes()
+        self.limits = limits or CostLimits()  # what one tensor request may cost (modelpod.protocol.cost)
+        self.tensor_requests = TensorRequests(repository, self.limits)
         self._ready = True
         self.admission = Admission(max_workers)
         self.batchers = Batchers()
@@ -69,8 +74,8 @@ class InferenceService:
         self.metrics = ServerMetrics(pool.stats, self.batchers.queue_depths, lambda: self.in_flight)
         self.recorder = Recorders([self.statistics, self.metrics, self.recent, *recorders])
         self.execution = Execution(repository, pool, self.admission, self.batchers, self.recorder)
-        self.composition = Composition(repository, self.execution)
-        self.streaming = Streams(self.execution, self.composition)
+        self.composition = Composition(repository, self.execution, self.tensor_requests)
+        self.streaming = Streams(self.execution, self.composition, self.tensor_requests)
         self.trainer = Trainer(repository, pool, self.recorder, self.changes)
         self.versions = Versions(self.execution)
         self.catalog = Catalog(name, self.execution, self.batchers, self.trainer, self.statistics)
@@ -168,9 +173,14 @@ class InferenceService:
             return await self.infer(target, None, inputs, query_params, options)
         if isinstance(hosted.probe, ServedPipeline):
             return version, await self.composition.infer(hosted, version, inputs, query_params, options)
-        work = self.execution.predict_many(hosted, version, requests_of(hosted.probe, inputs), options)
+        calls = await self.tensor_requests.calls(hosted, inputs)
+        work = self.execution.predict_many(hosted, version, calls, options)
         results = await self.execution.observed(hosted, version, options, work)
-        return version, outputs_of(hosted.probe, results)
+        return version, await self.tensor_requests.outputs(hosted.probe, len(calls), inputs, results)
+
+    def decode_budget(self, name: str, version: str | None) -> DecodeBudget:
+        """What a V2 request's tensors may cost as they are decoded (see `TensorRequests`)."""
+        return self.tensor_requests.decode_budget(name, version)
 
     # -- what the server says about what it serves ------------------------------------------------
 

@@ -15,6 +15,7 @@ from modelpod.errors import InvalidInput, ModelpodError
 from modelpod.observe.events import RequestDone
 from modelpod.runtime.batchers import STREAMS
 from modelpod.runtime.batching import Batcher
+from modelpod.runtime.inputs import check_field_names
 from modelpod.runtime.items import DONE
 from modelpod.runtime.runner import Runner
 from modelpod.serving.channels import BatchedStream, Channel, ItemPump, feed
@@ -23,15 +24,19 @@ from modelpod.serving.execution import AnyRunner, Execution, remaining, snake
 from modelpod.serving.options import DEFAULT_OPTIONS, Options
 from modelpod.serving.repository import HostedModel
 from modelpod.serving.served_pipeline import ServedPipeline
-from modelpod.serving.tensors import Arrays, outputs_of, requests_of
+from modelpod.serving.tensor_requests import TensorRequests
+from modelpod.serving.tensors import Arrays, outputs_of
 from modelpod.workers.process_runner import ProcessRunner
 
 
 class Streams:
     """The streaming side of the service: `stream` and `infer_stream`."""
 
-    def __init__(self, execution: Execution, composition: Composition) -> None:
+    def __init__(
+        self, execution: Execution, composition: Composition, tensor_requests: TensorRequests
+    ) -> None:
         self.execution = execution
+        self.tensor_requests = tensor_requests
         self.composition = composition
         self.repository = execution.repository
         self.admission = execution.admission
@@ -100,7 +105,7 @@ class Streams:
         """Tensors in; the version that ran, and output tensors for each item the model yields. One
         row per request: each row's answer would be a stream of its own."""
         hosted, resolved = self.execution.available(name, version)
-        requests = requests_of(hosted.probe, inputs)
+        requests = await self.tensor_requests.calls(hosted, inputs)
         if len(requests) != 1:
             raise InvalidInput(
                 f"model {name!r} streams its answers: send one row per request, not {len(requests)}"
@@ -113,6 +118,7 @@ class Streams:
     async def _items(
         self, hosted: HostedModel, version: str, request: dict[str, Any], options: Options
     ) -> AsyncGenerator[Any, None]:
+        check_field_names(request)
         deadline = None if options.timeout is None else time.monotonic() + options.timeout
         probe, batching = hosted.probe, hosted.batching.enabled
         if batching and probe.streams_batches() and hosted.workers == 0:

@@ -2,12 +2,18 @@
 
 A tensor model (one that declares `inputs`) gets the arrays as they came, batch first. A model of
 keyword arguments gets one call per row: row i of every input tensor becomes one request, and the
-results are stacked back into output tensors.
+results are stacked back into output tensors. One exception keeps a model that does not batch from
+being called once per value: when every input is 1-D and none of its parameters is hinted as one
+value (`str`, `bytes`, `int`, `float`, `bool`), a model without batching gets one call with the
+whole arrays (a list, or the array itself for an `np.ndarray` hint). The same rule holds over
+HTTP JSON, HTTP binary and gRPC, since they all come here.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import types
 import typing
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -16,30 +22,61 @@ import numpy as np
 
 from modelpod.errors import InvalidInput, ModelError
 from modelpod.runtime.model import Model
-from modelpod.runtime.runner import Runner
 from modelpod.types import TensorSpec, datatype_of
 
 Arrays = dict[str, np.ndarray[Any, Any]]
 
 
-def run_tensors(runner: Runner, inputs: Arrays) -> Arrays:
-    """Inputs by name -> outputs by name, whichever kind of model the runner holds."""
-    model = runner.model
-    requests = requests_of(model, inputs)
-    results = [runner.predict(**requests[0])] if model.is_tensor_model() else runner.predict_batch(requests)
-    return outputs_of(model, results)
+SCALAR_HINTS = (str, bytes, int, float, bool)
+"""Parameter hints that take one value per call: a 1-D tensor to such a parameter is a batch of them."""
 
 
-def requests_of(model: Model, inputs: Arrays) -> list[dict[str, Any]]:
-    """The model calls a tensor request means: itself for a tensor model, one per row otherwise."""
+def batches(model: Model) -> bool:
+    """Whether a model takes many requests at once (it has `predict_batch`, or declares batching)."""
+    return model.has_batch() or model.batch_config().enabled
+
+
+def call_plan(model: Model, inputs: Arrays, batching: bool) -> tuple[int, frozenset[str]]:
+    """How many model calls `requests_of` would make (from the shapes alone, checked as it checks
+    them), and which inputs reach the model as Python values (lists, numbers, strings), not arrays."""
+    if model.is_tensor_model():
+        return 1, frozenset()
+    rows = _row_count(inputs)
+    hints = _hints(model.signature_target())
+    boxed = frozenset(name for name in inputs if hints.get(name) is not np.ndarray)
+    return (1 if _whole(inputs, hints, batching) else rows), boxed
+
+
+def certain_rows(model: Model, name: str, shape: Sequence[int], batching: bool) -> int | None:
+    """The calls one input's shape means to a keyword model whatever the other inputs are (see
+    `_whole`); None for a tensor model, or where the other inputs decide."""
+    if model.is_tensor_model() or not shape:
+        return None
+    if batching or len(shape) >= 2 or _hints(model.signature_target()).get(name) in SCALAR_HINTS:
+        return int(shape[0])
+    return None
+
+
+def requests_of(model: Model, inputs: Arrays, batching: bool) -> list[dict[str, Any]]:
+    """The model calls a tensor request means: itself for a tensor model, one per row otherwise
+    (or one with the whole arrays: see the module's note)."""
     if model.is_tensor_model():
         check_declared(inputs, model.input_specs())
         return [dict(inputs)]
     hints = _hints(model.signature_target())
     rows = _row_count(inputs)
+    if _whole(inputs, hints, batching):
+        return [{name: _element(array, hints.get(name)) for name, array in inputs.items()}]
     return [
         {name: _element(array[i], hints.get(name)) for name, array in inputs.items()} for i in range(rows)
     ]
+
+
+def _whole(inputs: Arrays, hints: Mapping[str, Any], batching: bool) -> bool:
+    """Whether 1-D tensors are one call's values rather than a batch of calls (see the module's note)."""
+    return not batching and all(
+        array.ndim == 1 and hints.get(name) not in SCALAR_HINTS for name, array in inputs.items()
+    )
 
 
 def outputs_of(model: Model, results: Sequence[Any]) -> Arrays:
@@ -47,6 +84,31 @@ def outputs_of(model: Model, results: Sequence[Any]) -> Arrays:
     if model.is_tensor_model():
         return tensor_outputs(results[0], model.output_specs())
     return stack_rows(results, model.output_specs())
+
+
+def advertised_specs(model: Model) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    """The inputs and outputs the model's metadata names: only what the server knows it takes and
+    answers. A tensor model's declared specs; for a model of keyword arguments, each parameter with a
+    type hint (an unhinted one takes any datatype, which V2 metadata cannot say, so it is not listed),
+    and one output `output` only when `predict`'s return hint says it is one value (a mapping answers
+    one output per key, named when it answers)."""
+    inputs, outputs = model.input_specs(), model.output_specs()
+    if model.is_tensor_model():
+        return inputs, outputs
+    target = model.signature_target()
+    hints = _hints(target)
+    if type(model).input_specs is Model.input_specs:
+        typed = {name for name, hint in hints.items() if hint is not Any and name != "query_params"}
+        inputs = tuple(spec for spec in inputs if spec.name in typed)
+    if type(model).output_specs is Model.output_specs and not model.outputs:
+        outputs = _answer_specs(hints.get("return"))
+    return inputs, outputs
+
+
+def _answer_specs(hint: Any) -> tuple[TensorSpec, ...]:
+    """The one output a return hint promises, if it promises one plain value per row."""
+    scalars = {str: "BYTES", bytes: "BYTES", bool: "BOOL", int: "INT64", float: "FP64"}
+    return (TensorSpec("output", scalars[hint], (-1,)),) if hint in scalars else ()
 
 
 def check_declared(inputs: Arrays, specs: Sequence[TensorSpec]) -> None:
@@ -95,7 +157,11 @@ def _row_count(inputs: Arrays) -> int:
 def _element(row: Any, hint: Any) -> Any:
     """One row of an input tensor as the Python value the model's type hint asks for."""
     if isinstance(row, np.ndarray):
-        return row if hint is np.ndarray else [_element(x, None) for x in row]
+        if hint is np.ndarray:
+            return row
+        if row.dtype != np.object_:
+            return row.tolist()  # numbers: the same Python values, made in C
+        return [_element(x, None) for x in row]
     if isinstance(row, bytes) and hint is not bytes:
         try:
             return row.decode()
@@ -139,9 +205,20 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _hints(target: Any) -> dict[str, Any]:
+def _hints(target: Any) -> Mapping[str, Any]:
+    """The type hints of `predict` (their origins: `list` for `list[float]`), read once per function:
+    every tensor request asks, and reading them costs more than the rest of the mapping."""
+    function = getattr(target, "__func__", target)
     try:
-        hints = typing.get_type_hints(target)
+        return _function_hints(function)
+    except TypeError:  # a callable that cannot be hashed: read its hints each time
+        return _function_hints.__wrapped__(function)
+
+
+@functools.lru_cache(maxsize=1024)
+def _function_hints(function: Any) -> Mapping[str, Any]:
+    try:
+        hints = typing.get_type_hints(function)
     except Exception:
         return {}
-    return {name: typing.get_origin(hint) or hint for name, hint in hints.items()}
+    return types.MappingProxyType({name: typing.get_origin(hint) or hint for name, hint in hints.items()})

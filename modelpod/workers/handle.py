@@ -17,6 +17,7 @@ from typing import Any
 
 from modelpod.errors import InvalidInput, ModelLoadError, ModelpodError, Unavailable
 from modelpod.protocol import native
+from modelpod.runtime.deadline import clamp_wait
 from modelpod.workers import shm
 from modelpod.workers.process_main import worker_main
 
@@ -58,7 +59,7 @@ class WorkerHandle:
             raise Died(self.exit_reason()) from None
 
     def receive(self, deadline: float | None) -> list[Any]:
-        remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+        remaining = None if deadline is None else clamp_wait(deadline - time.monotonic())
         try:
             if not self.conn.poll(remaining):
                 raise Hung()

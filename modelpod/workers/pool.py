@@ -69,6 +69,7 @@ from pathlib import Path
 from typing import Any
 
 from modelpod.errors import ModelError, ModelpodError, Timeout, Unavailable
+from modelpod.runtime.deadline import clamp_wait
 from modelpod.runtime.memory import rss_bytes
 from modelpod.workers import shm
 from modelpod.workers.handle import Died, Hung, WorkerHandle, encode_items, reference_of, spawn, wait_ready
@@ -281,7 +282,7 @@ class WorkerPool:
                         f"model {self.label} has no running worker process ({why}); restarting",
                         retry_after=max(self._backoff),
                     )
-                remaining = None if deadline is None else deadline - time.monotonic()
+                remaining = None if deadline is None else clamp_wait(deadline - time.monotonic())
                 if remaining is not None and remaining <= 0:
                     assert timeout is not None
                     return Timeout(f"model {self.label} had no free worker process within {timeout:g} s")

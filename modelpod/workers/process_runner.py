@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from modelpod.errors import InvalidInput, ModelpodError
-from modelpod.runtime.deadline import call_deadline
+from modelpod.runtime.deadline import call_deadline, clamp_wait
 from modelpod.runtime.model import Model
 from modelpod.workers.pool import WorkerPool
 
@@ -20,7 +20,7 @@ class ProcessRunner:
     def __init__(self, model: Model, target: Any, *, workers: int, timeout: float | None = None,
                  runner_options: Mapping[str, Any] | None = None) -> None:  # fmt: skip
         self.model = model  # an unloaded instance: what the server asks about the model
-        self.timeout = timeout
+        self.timeout = clamp_wait(timeout)  # a --model-timeout of years is the longest wait there is
         self._workers = WorkerPool(
             target, model.version, name=model.model_name, data_path=Path(model.data_path), workers=workers,
             runner_options={k: v for k, v in (runner_options or {}).items() if k != "batching"},
@@ -52,8 +52,7 @@ class ProcessRunner:
         deadline = call_deadline.get()
         if deadline is None:
             return self.timeout
-        remaining = deadline - time.monotonic()
-        return remaining if self.timeout is None else min(remaining, self.timeout)
+        return clamp_wait(deadline - time.monotonic(), self.timeout)
 
     def train(self, **options: Any) -> Any:
         raise InvalidInput(f"model {self.model.model_name} runs in worker processes: train it in-process")
