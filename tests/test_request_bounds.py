@@ -455,3 +455,56 @@ def test_a_field_named_self_is_the_callers_error_everywhere(
         stub.Call(request, timeout=20)
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
     assert "'self'" in refused.value.details()  # type: ignore[attr-defined]
+
+
+# -- bodies parsed as JSON or msgpack -----------------------------------------------------------------
+# Their parsers hold the interpreter lock for their whole run: a big one would stall health checks for
+# seconds (a 114 MiB JSON list once took 7.8 s), so the server parses at most MODELPOD_MAX_PARSED_SIZE.
+
+
+@pytest.fixture(scope="module")
+def parsing(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    args = ("--max-parsed-size", "4MiB", "--max-message-size", "64MiB")
+    process = launch((f"{BOUNDS}:Unhinted",), tmp_path_factory.mktemp("parsing") / "appdata", args)
+    yield process
+    assert process.stop() == 0, process.output
+    assert "Traceback" not in process.output
+
+
+def test_a_json_body_larger_than_the_server_parses_is_refused_unparsed(parsing: ServerProcess) -> None:
+    values = list(range(2_000_000))  # about 15 MB of JSON, under the message limit
+    body = json.dumps({"x": values}).encode()
+    native_json = json.dumps({"inputs": [{"name": "x", "datatype": "INT64", "shape": [len(values)],
+                                          "data": values}]}).encode()  # fmt: skip
+    answers: list[httpx.Response] = []
+
+    def attack() -> None:
+        with httpx.Client(base_url=parsing.http_url, timeout=30) as client:
+            answers.append(client.post("/models/unhinted/predict", content=body))
+            answers.append(client.post("/v2/models/unhinted/infer", content=native_json))
+            packed = native.pack({"x": values})
+            answers.append(
+                client.post("/models/unhinted/predict", content=packed,
+                            headers={"content-type": "application/msgpack"})
+            )  # fmt: skip
+
+    watch = watched(parsing, attack)
+    for answer in answers:
+        assert answer.status_code == 413, answer.text
+        assert "MODELPOD_MAX_PARSED_SIZE" in answer.json()["error"]
+        assert "binary" in answer.json()["error"]
+    assert_cheap(watch)
+
+
+def test_a_binary_tensor_past_the_parsed_size_is_still_served(parsing: ServerProcess) -> None:
+    """Only the JSON header of a binary request is parsed: the tensor's bytes are not."""
+    count = 1_200_000  # 4.8 MB of FP32, over the 4 MiB parsed limit
+    with httpx.Client(base_url=parsing.http_url, timeout=60) as client:
+        answer = binary_infer(client, "unhinted", "x", "FP32", [count], b"\0\0\0\0" * count)
+    assert answer.status_code == 200, answer.text[:300]
+
+
+def test_a_json_body_under_the_parsed_size_is_served(parsing: ServerProcess) -> None:
+    with httpx.Client(base_url=parsing.http_url, timeout=30) as client:
+        answer = client.post("/models/unhinted/predict", json={"x": list(range(1000))})
+    assert answer.status_code == 200, answer.text

@@ -83,7 +83,13 @@ class ModelpodReplica:
         _tune_garbage_collection()
         self.service.set_ready(True)
         return _for_ray_proxy(
-            create_app(self.service, self.settings.max_message_size, self.keys, self.settings.body_timeout)
+            create_app(
+                self.service,
+                self.settings.max_message_size,
+                self.keys,
+                self.settings.body_timeout,
+                self.settings.max_parsed_size,
+            )
         )
 
     async def _announce(self, store: Store) -> None:

@@ -118,7 +118,13 @@ class ModelServer:
         )
         _allow_open_files(4 * settings.max_connections + 256)  # HTTP to twice the cap, gRPC, files
         config = uvicorn.Config(
-            create_app(self.service, settings.max_message_size, self.keys, settings.body_timeout),
+            create_app(
+                self.service,
+                settings.max_message_size,
+                self.keys,
+                settings.body_timeout,
+                settings.max_parsed_size,
+            ),
             http=guarded_protocol(limits),
             timeout_keep_alive=settings.keep_alive_timeout,  # type: ignore[arg-type]  # a float works
             log_level=self.settings.log_level,

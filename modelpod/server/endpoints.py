@@ -88,6 +88,18 @@ class PartsResponse(Response):
 LARGE_BODY = 1 << 20  # bytes: decoding more than this goes to a thread, off the event loop
 
 
+def check_parsed_size(request: Request, size: int, what: str = "a JSON or msgpack body") -> None:
+    """Refuse to parse more than the server's limit as JSON or msgpack. Those parsers hold the
+    interpreter lock for their whole run, on a thread or not: a body of hundreds of megabytes would
+    stall every other request (health checks too) for seconds. Tensors that big travel as binary."""
+    limit: int | None = getattr(request.app.state, "max_parsed_bytes", None)
+    if limit is not None and size > limit:
+        raise PayloadTooLarge(
+            f"{what} of {size} bytes is over the {limit} this server parses (MODELPOD_MAX_PARSED_SIZE); "
+            "send large tensors with the binary tensor extension, or as application/octet-stream"
+        )
+
+
 async def decoded(decode: Callable[..., T], body: bytearray, *args: Any) -> T:
     """`decode(body, *args)`, on a thread when the body is large, so that the event loop keeps
     reading other requests meanwhile. (A decoder that holds the GIL throughout, as orjson does,

@@ -17,6 +17,7 @@ def create_app(
     max_body_bytes: int | None = None,
     keys: KeyTable | None = None,
     body_timeout: float | None = None,
+    max_parsed_bytes: int | None = None,
 ) -> Starlette:
     """The whole HTTP API: native routes, the Open Inference Protocol, and the OpenAPI docs;
     behind API keys when `keys` holds any. Bodies may take `body_timeout` seconds to arrive."""
@@ -36,4 +37,5 @@ def create_app(
     app.state.service = service
     app.state.max_body_bytes = max_body_bytes
     app.state.body_timeout = body_timeout
+    app.state.max_parsed_bytes = max_parsed_bytes
     return app

@@ -28,6 +28,7 @@ from modelpod.errors import InvalidInput, ModelError, NotFound
 from modelpod.protocol import jsoncodec, native
 from modelpod.protocol.stream import negotiate
 from modelpod.server.endpoints import (
+    check_parsed_size,
     decoded,
     handled,
     json_response,
@@ -70,7 +71,9 @@ async def show_model(request: Request) -> Response:
 
 @handled
 async def set_default(request: Request) -> Response:
-    body = await decoded(jsoncodec.loads, await read_body(request))
+    raw = await read_body(request)
+    check_parsed_size(request, len(raw))
+    body = await decoded(jsoncodec.loads, raw)
     version = body.get("version") if isinstance(body, dict) else None
     if not isinstance(version, str | int) or isinstance(version, bool):
         raise InvalidInput('the body must be {"version": "<version>"}')
@@ -153,6 +156,7 @@ async def _arguments(request: Request) -> Any:
     content_type = request.headers.get("content-type", "application/json").split(";")[0].strip()
     if content_type == "application/octet-stream":
         return {"binary_data": body}
+    check_parsed_size(request, len(body))
     return await decoded(native.unpack if content_type in _MSGPACK_TYPES else jsoncodec.loads, body)
 
 

@@ -12,6 +12,7 @@ from modelpod.errors import Unavailable
 from modelpod.protocol import v2
 from modelpod.server.endpoints import (
     PartsResponse,
+    check_parsed_size,
     decoded,
     handled,
     json_response,
@@ -102,6 +103,8 @@ async def infer(request: Request) -> Response:
     body = await read_body(request)
     service = service_of(request)
     budget = service.decode_budget(name, request.path_params.get("version"))  # checked before data is read
+    json_part = "the JSON header of a binary request" if header_length is not None else "a JSON body"
+    check_parsed_size(request, len(body) if header_length is None else header_length, json_part)
     request_body = await decoded(v2.decode_http_request, body, header_length, budget)
     work = service.infer(
         name,

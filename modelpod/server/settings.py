@@ -64,6 +64,12 @@ class Settings(BaseSettings):
     rpc_max_workers: int = Field(12, ge=1, description="threads that run model code")
     drain_timeout: float = Field(30.0, ge=0, description="seconds to finish in-flight requests on shutdown")
     max_message_size: ByteSize = Field(512 * 1024**2, description="largest request or response, e.g. 512MiB")
+    max_parsed_size: ByteSize = Field(
+        64 * 1024**2,
+        description="largest body parsed as JSON or msgpack (for V2 binary, its JSON header): parsing "
+        "holds the interpreter lock, so a larger one would stall every other request; larger: 413. "
+        "Send big tensors with the binary extension",
+    )
     body_timeout: float = Field(
         60.0, gt=0, description="seconds a request body may take to arrive; slower: 408, connection closed"
     )
