@@ -25,7 +25,8 @@ from modelpod.protocol import native
 from modelpod.protocol._generated import grpc_service_pb2 as pb
 from modelpod.protocol._generated import grpc_service_pb2_grpc as pb_grpc
 from modelpod.protocol._generated import native_pb2, native_pb2_grpc
-from tests.conftest import ServerProcess, StartServer, servable
+
+from conftest import ServerProcess, StartServer, servable
 
 SWITCHES = 10  # back and forth, under load
 
