@@ -203,13 +203,34 @@ def test_a_client_that_leaves_a_stream_stops_it_and_is_counted(
     assert time.monotonic() - started < 10  # 1000 words take 20 s: it did not run on
 
 
+def test_a_stop_sequence_ends_a_stream_as_answered_not_cancelled(
+    server: ServerProcess, client: openai.OpenAI
+) -> None:
+    answered, cancelled = _answered(server), _cancelled(server)
+    stream = client.completions.create(model="words", prompt="a b c", stop="b", max_tokens=1000, stream=True)
+    assert "".join(chunk.choices[0].text for chunk in stream) == "a "
+    deadline = time.monotonic() + 10
+    while _answered(server) == answered and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _answered(server) == answered + 1
+    assert _cancelled(server) == cancelled
+
+
 def _cancelled(server: ServerProcess) -> float:
+    return _sample(server, "modelpod_streams_cancelled_total", protocol="openai")
+
+
+def _answered(server: ServerProcess) -> float:
+    return _sample(server, "modelpod_requests_total", protocol="openai", outcome="ok")
+
+
+def _sample(server: ServerProcess, name: str, **labels: str) -> float:
+    """The value of one of the `words` model's metrics, 0 before it is first counted."""
     text = httpx.get(f"{server.http_url}/metrics", headers={"authorization": f"Bearer {READER}"}).text
+    wanted = {"model": "words", "version": "1", **labels}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name == "modelpod_streams_cancelled_total" and sample.labels == {
-                "model": "words", "version": "1", "protocol": "openai"
-            }:  # fmt: skip
+            if sample.name == name and sample.labels == wanted:
                 return sample.value
     return 0.0
 

@@ -19,7 +19,7 @@ from modelpod.serving.execution import Execution
 from modelpod.serving.options import Options
 from modelpod.serving.repository import HostedModel
 from modelpod.serving.served_pipeline import ServedPipeline
-from modelpod.serving.streams import Streams
+from modelpod.serving.streams import Ending, Streams
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,8 @@ class OpenAIServing:
         arguments = dict(prepared.arguments)
         if seed_offset and "seed" in prepared.arguments:  # n choices with one seed: each its own text
             arguments["seed"] = arguments["seed"] + seed_offset
-        pieces = self.streams.stream(name, version, arguments, options=options)
+        ending = Ending()  # a stop sequence or the limit ends it: answered, not cancelled
+        pieces = self.streams.stream(name, version, arguments, options=options, ending=ending)
         cutter = StopCutter(stop)
         tokens = 0
         async with contextlib.aclosing(pieces):
@@ -121,9 +122,11 @@ class OpenAIServing:
                 if text:
                     yield text
                 if stopped:
+                    ending.enough = True
                     yield Finished("stop", tokens)
                     return
                 if prepared.limit is not None and tokens >= prepared.limit and not prepared.model_limits:
+                    ending.enough = True
                     break
         if rest := cutter.rest():
             yield rest
