@@ -130,6 +130,9 @@ def test_completion_ends_at_a_stop_sequence_without_it(client: openai.OpenAI) ->
     )
     assert answer.choices[0].text == "alpha beta "
     assert answer.choices[0].finish_reason == "stop"
+    across = client.completions.create(model="words", prompt="ab cd ef", stop=["b c", "zz"], max_tokens=10)
+    assert across.choices[0].text == "a"  # the stop spans two pieces: the first was held back, then cut
+    assert across.choices[0].finish_reason == "stop"
     unstopped = client.completions.create(model="words", prompt="alpha beta", max_tokens=3)
     assert unstopped.choices[0].text == "alpha beta word2 "
     assert unstopped.choices[0].finish_reason == "length"
