@@ -36,3 +36,13 @@ class Vectors(Model):
 
     def count_tokens(self, text: str) -> int:
         return len(text.split())
+
+
+class Turns(Model):
+    """Takes a chat's messages as they are (no template): yields who said what, one turn a piece."""
+
+    name = "turns"
+
+    def predict(self, messages: list[dict[str, str]], max_tokens: int = 100) -> Iterator[str]:
+        for message in messages[:max_tokens]:
+            yield f"[{message['role']}:{message['content']}]"

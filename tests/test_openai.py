@@ -30,7 +30,7 @@ TEXTS = ["A cat sits on the mat.", "Stock prices fell sharply today.", "modelpod
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    models = [example("chargen.py:CharGen"), f"{MODELS}:Words", f"{MODELS}:Vectors"]
+    models = [example("chargen.py:CharGen"), *(f"{MODELS}:{name}" for name in ("Words", "Vectors", "Turns"))]
     if HAS_MINILM:
         models.append(example("embeddings.py:Embeddings"))
     keys = {"MODELPOD_API_KEYS": f"admin:{ADMIN},predict:{READER}"}
@@ -136,6 +136,15 @@ def test_completion_ends_at_a_stop_sequence_without_it(client: openai.OpenAI) ->
     unstopped = client.completions.create(model="words", prompt="alpha beta", max_tokens=3)
     assert unstopped.choices[0].text == "alpha beta word2 "
     assert unstopped.choices[0].finish_reason == "length"
+
+
+def test_a_model_that_takes_messages_gets_them_as_they_are(client: openai.OpenAI) -> None:
+    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
+    answer = client.chat.completions.create(model="turns", messages=messages)  # type: ignore[arg-type]
+    assert answer.choices[0].message.content == "[system:be brief][user:hi]"
+    with pytest.raises(openai.BadRequestError) as refused:  # it has no prompt: chat only
+        client.completions.create(model="turns", prompt="hi")
+    assert refused.value.param == "prompt"  # type: ignore[attr-defined]
 
 
 def test_n_choices_each_with_its_own_text(client: openai.OpenAI) -> None:

@@ -62,6 +62,7 @@ class OpenAIFace:
     task: str | None = None
     text_argument: str = "prompt"  # the keyword that receives the text (or the prompt)
     takes_messages: bool = False
+    takes_prompt: bool = True
     parameters: Mapping[str, str] = field(default_factory=dict)  # OpenAI name -> predict's keyword
     count_tokens: Callable[[str], int] | None = None
     chat_template: Callable[[Messages], str] = plain_chat_template
@@ -91,6 +92,7 @@ def openai_face(model: Model) -> OpenAIFace:
             GENERATION,
             "prompt",
             takes_messages="messages" in parameters,
+            takes_prompt="prompt" in parameters,
             parameters=offered,
             count_tokens=count,
             chat_template=template if callable(template) else plain_chat_template,

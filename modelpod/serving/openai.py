@@ -89,6 +89,8 @@ class OpenAIServing:
         if messages is not None and face.takes_messages:
             arguments["messages"] = messages
             text = face.chat_template(messages)
+        elif not face.takes_prompt:
+            raise InvalidParameter(f"model {name!r} takes a chat's messages, not a prompt", "prompt")
         else:
             text = (prompt or "") if messages is None else face.chat_template(messages)
             arguments["prompt"] = text
