@@ -48,6 +48,8 @@ is watching. The snow fell on the water and was gone, fell and was gone, and the
 and still, and the lamp burned until the morning came back over the hills.
 """
 
+ALPHABET = frozenset(TEXT)
+
 
 @dataclass
 class NgramModel:
@@ -156,6 +158,11 @@ class CharGen(Model):
                 raise item
             if item is not STREAM_END:
                 yield item
+
+    def count_tokens(self, text: str) -> int:
+        """Its tokens are characters, those of the bundled text (a prompt's others are left out).
+        With it, OpenAI's routes report `usage`; `predict` is already what they ask of a model."""
+        return sum(1 for character in text if character in ALPHABET)
 
     def predict_batch(self, items: Sequence[Mapping[str, Any]]) -> Iterator[tuple[int, Any]]:
         """At each step, the next character of every request still writing, as (index, character)."""

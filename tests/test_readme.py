@@ -28,6 +28,7 @@ def default_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerP
         if not _port_free(port):
             pytest.fail(f"port {port} is in use: the README examples need modelpod's default ports")
     models = (example("iris.py:IrisClassifier"), example("mlp.py:MLP"))
+    models += (example("chargen.py:CharGen"), example("embeddings.py:Embeddings"))  # OpenAI's API
     args = ("--http-port", "8080", "--grpc-port", "50051")
     server = launch(models, tmp_path_factory.mktemp("readme") / "appdata", args)
     yield server

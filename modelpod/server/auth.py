@@ -27,6 +27,7 @@ from modelpod.errors import Forbidden, ModelpodError, Unauthenticated
 from modelpod.observe import logs
 from modelpod.server.endpoints import error_response
 from modelpod.server.grpc import abort
+from modelpod.server.routes_openai import error_response as openai_error_response
 from modelpod.server.settings import Settings
 
 
@@ -175,7 +176,8 @@ class AuthMiddleware:
             if needed is not None:
                 refusal = self._refusal(scope, needed)
                 if refusal is not None:
-                    response = error_response(refusal)
+                    openai = scope["path"].startswith("/v1/")  # OpenAI's clients read their own shape
+                    response = (openai_error_response if openai else error_response)(refusal)
                     if isinstance(refusal, Unauthenticated):
                         response.headers["WWW-Authenticate"] = 'Bearer realm="modelpod"'
                     await response(scope, receive, send)

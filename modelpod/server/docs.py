@@ -11,6 +11,8 @@ from starlette.responses import FileResponse, HTMLResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from modelpod._version import __version__
+from modelpod.server.docs_openai import SCHEMAS as OPENAI_SCHEMAS
+from modelpod.server.docs_openai import openai_paths
 from modelpod.server.endpoints import json_response, service_of
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
@@ -203,6 +205,7 @@ def openapi_document(models: Sequence[str] = ()) -> dict[str, Any]:
         "/v2/repository/index": {"post": _operation("every model version and its state")},
         "/v2/repository/models/{name}/load": {"post": _operation("load a model", m)},
         "/v2/repository/models/{name}/unload": {"post": _operation("unload a model", m)},
+        **openai_paths(),
     }
     if models:
         _name_the_models(paths, models)
@@ -211,7 +214,7 @@ def openapi_document(models: Sequence[str] = ()) -> dict[str, Any]:
         "info": {"title": "modelpod", "version": __version__},
         "paths": paths,
         "components": {
-            "schemas": _SCHEMAS,
+            "schemas": {**_SCHEMAS, **OPENAI_SCHEMAS},
             # Only when the server has API keys (MODELPOD_API_KEYS); health and docs stay open.
             "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer"}},
         },

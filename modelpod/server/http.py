@@ -6,7 +6,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute
 
-from modelpod.server import docs, routes_metrics, routes_native, routes_v2, status_page
+from modelpod.server import docs, routes_metrics, routes_native, routes_openai, routes_v2, status_page
 from modelpod.server.auth import AuthMiddleware, KeyTable
 from modelpod.server.endpoints import route_not_found
 from modelpod.serving.service import InferenceService
@@ -24,6 +24,7 @@ def create_app(
     routes: list[BaseRoute] = [
         *routes_native.routes(),
         *routes_v2.routes(),
+        *routes_openai.routes(),
         *routes_metrics.routes(),
         *docs.routes(),
         *status_page.routes(),

@@ -26,12 +26,14 @@ from modelpod.observe.events import Recorder, Recorders
 from modelpod.observe.prometheus import ServerMetrics
 from modelpod.observe.statistics import Statistics
 from modelpod.protocol.cost import CostLimits, DecodeBudget
+from modelpod.protocol.openai_requests import Sampling
 from modelpod.runtime.batchers import Batchers
 from modelpod.serving.admission import Admission
 from modelpod.serving.catalog import Catalog, ModelFacts, ServerFacts
 from modelpod.serving.changes import CHANGED, DEFAULT, LOAD, UNLOAD, Changes
 from modelpod.serving.composition import Composition
 from modelpod.serving.execution import Execution
+from modelpod.serving.openai import Finished, OpenAIServing, Prepared
 from modelpod.serving.options import DEFAULT_OPTIONS, Options
 from modelpod.serving.pool import ModelPool
 from modelpod.serving.repository import Repository
@@ -78,6 +80,7 @@ class InferenceService:
         self.streaming = Streams(self.execution, self.composition, self.tensor_requests)
         self.trainer = Trainer(repository, pool, self.recorder, self.changes)
         self.versions = Versions(self.execution)
+        self.openai = OpenAIServing(self.execution, self.streaming)
         self.catalog = Catalog(name, self.execution, self.batchers, self.trainer, self.statistics)
 
     # -- the model's own methods ----------------------------------------------------------------
@@ -155,6 +158,41 @@ class InferenceService:
     ) -> AsyncGenerator[tuple[str, Arrays], None]:
         """Tensors in; the version that ran, and output tensors for each item the model yields."""
         return self.streaming.infer_stream(name, version, inputs, options)
+
+    # -- OpenAI's routes (see modelpod.serving.openai) --------------------------------------------------
+
+    def openai_models(self) -> list[str]:
+        """Ids of the models that answer a /v1 route: bare names (the default) and `name:version`s."""
+        return self.openai.model_ids()
+
+    async def embed(
+        self, name: str, version: str | None, texts: Sequence[str], dimensions: int | None, options: Options
+    ) -> tuple[list[Any], int | None]:
+        """One vector per text, through the version's batcher; and the texts' token count if known."""
+        return await self.openai.embed(name, version, texts, dimensions, options)
+
+    def prepare_generation(
+        self,
+        name: str,
+        version: str | None,
+        prompt: str | None,
+        messages: list[dict[str, str]] | None,
+        sampling: Sampling,
+    ) -> Prepared:
+        """A generation request checked against the model (unsupported parameters refused)."""
+        return self.openai.prepare(name, version, prompt, messages, sampling)
+
+    def generate(
+        self,
+        name: str,
+        version: str | None,
+        prepared: Prepared,
+        stop: Sequence[str],
+        options: Options = DEFAULT_OPTIONS,
+        seed_offset: int = 0,
+    ) -> AsyncGenerator[str | Finished, None]:
+        """Text pieces as the model makes them, cut at `stop` or the limit, then one `Finished`."""
+        return self.openai.generate(name, version, prepared, stop, options, seed_offset)
 
     # -- Open Inference Protocol ------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ import contextlib
 import functools
 import time
 from collections.abc import AsyncGenerator, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from modelpod.errors import InvalidInput, ModelpodError
@@ -27,6 +28,14 @@ from modelpod.serving.served_pipeline import ServedPipeline
 from modelpod.serving.tensor_requests import TensorRequests
 from modelpod.serving.tensors import Arrays, outputs_of
 from modelpod.workers.process_runner import ProcessRunner
+
+
+@dataclass
+class Ending:
+    """Set by a caller that closes a stream because it has all it wants (a stop sequence, a token
+    limit): the stream is then recorded as answered, not as cancelled by a client gone away."""
+
+    enough: bool = False
 
 
 class Streams:
@@ -53,6 +62,7 @@ class Streams:
         arguments: Mapping[str, Any],
         query_params: Mapping[str, str] | None = None,
         options: Options = DEFAULT_OPTIONS,
+        ending: Ending | None = None,
     ) -> AsyncGenerator[Any, None]:
         """`predict`'s items as the model yields them (see `InferenceService.stream`)."""
         if not isinstance(arguments, Mapping) or not all(isinstance(key, str) for key in arguments):
@@ -60,7 +70,7 @@ class Streams:
         hosted, version = self.execution.available(name, version)
         target = self.composition.route(hosted, version, query_params, arguments)
         if target is not None:
-            routed = self.stream(target, None, arguments, query_params, options)
+            routed = self.stream(target, None, arguments, query_params, options, ending)
             async with contextlib.aclosing(routed):
                 async for item in routed:
                     yield item
@@ -71,13 +81,13 @@ class Streams:
         request = dict(arguments)
         if query_params is not None and hosted.query_params:
             request.setdefault("query_params", dict(query_params))
-        items = self._recorded(hosted, version, request, options)
+        items = self._recorded(hosted, version, request, options, ending or Ending())
         async with contextlib.aclosing(items):
             async for item in items:
                 yield item
 
     async def _recorded(
-        self, hosted: HostedModel, version: str, request: dict[str, Any], options: Options
+        self, hosted: HostedModel, version: str, request: dict[str, Any], options: Options, ending: Ending
     ) -> AsyncGenerator[Any, None]:
         """The stream's items, its end recorded once: how it ended, how long it took, how many items."""
         started, count, outcome, message = time.monotonic(), 0, "cancelled", ""
@@ -95,6 +105,8 @@ class Streams:
             outcome = "error"
             raise
         finally:  # also when closed early: a GeneratorExit or CancelledError leaves it "cancelled"
+            if outcome == "cancelled" and ending.enough:
+                outcome = "ok"
             seconds = time.monotonic() - started
             event = RequestDone(hosted.name, version, options.protocol, outcome, seconds, message, count)
             self.execution.recorder.on_request(event)
