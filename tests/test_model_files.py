@@ -34,8 +34,10 @@ from sklearn.preprocessing import StandardScaler  # noqa: E402
 
 from modelpod import Runner  # noqa: E402
 from modelpod.runtime.formats import detect, model_file  # noqa: E402
+from modelpod.runtime.loader import parse_reference  # noqa: E402
 from modelpod.runtime.sklearn_runtime import SklearnModel  # noqa: E402
 from modelpod.types import TensorSpec  # noqa: E402
+from modelpod.workers.process_runner import ProcessRunner  # noqa: E402
 
 from conftest import ROOT, ServerProcess, launch  # noqa: E402
 
@@ -138,6 +140,25 @@ def test_formats_are_recognised_from_the_bytes(files: dict[str, Any], tmp_path: 
         model_file(tmp_path / "estimator.bin")
     forced = model_file(tmp_path / "notes.txt", runtime="onnx")
     assert forced.runtime == "onnx"
+
+
+def test_references_name_a_file_and_force_its_runtime(files: dict[str, Any], tmp_path: Path) -> None:
+    (tmp_path / "weights.bin").write_bytes((files["folder"] / "mlp.onnx").read_bytes())
+    name, target = parse_reference(f"tiny={tmp_path / 'weights.bin'}", runtime="onnx", intra_op_threads=1)
+    assert name == "tiny"
+    assert (target.runtime, dict(target.options)) == ("onnx", {"intra_op_threads": 1})
+    assert Runner(target).model.model_name == "weights"
+
+
+def test_a_model_file_runs_in_worker_processes(files: dict[str, Any], tmp_path: Path) -> None:
+    target = model_file(files["folder"] / "iris.joblib", allow_pickle=True)
+    runner = ProcessRunner(target.instantiate(data_path=tmp_path), target, workers=1, timeout=60)
+    runner.load()
+    try:
+        answer = runner.predict(input=FEATURES[:5])
+    finally:
+        runner.close()
+    np.testing.assert_array_equal(answer["predict"], files["pipeline"].predict(FEATURES[:5]))
 
 
 # -- the command line ----------------------------------------------------------------------------

@@ -14,6 +14,7 @@ where its runtime class lives. A new format is one more entry in `FORMATS`.
 from __future__ import annotations
 
 import importlib
+import json
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ _PICKLE_SUFFIXES = (".joblib", ".pkl", ".pickle")
 _COMPRESSED = (b"\x78", b"\x1f\x8b", b"BZh", b"\xfd7zXZ", b"\x04\x22\x4d\x18")
 # The top-level fields of an ONNX ModelProto (onnx.proto): a file whose first fields are these is one.
 _ONNX_FIELDS = frozenset({1, 2, 3, 4, 5, 6, 7, 8, 14, 20, 25})
+REFERENCE_PREFIX = "modelpod-file:"  # a ModelFile as a worker process receives it (see `reference`)
 
 
 @dataclass(frozen=True)
@@ -145,6 +147,17 @@ class ModelFile:
 
     def instantiate(self, version: str = DEFAULT_VERSION, **kwargs: Any) -> Model:
         return self.format.runtime_class()(version, path=self.path, **{**self.options, **kwargs})
+
+    def reference(self) -> str:
+        """This model file as text, which `from_reference` reads back (in a worker process)."""
+        fields = {"path": str(self.path.resolve()), "runtime": self.runtime, "options": dict(self.options)}
+        return REFERENCE_PREFIX + json.dumps(fields)
+
+
+def from_reference(reference: str) -> ModelFile:
+    """The `ModelFile` that `ModelFile.reference` wrote."""
+    fields = json.loads(reference.removeprefix(REFERENCE_PREFIX))
+    return ModelFile(Path(fields["path"]), fields["runtime"], fields["options"])
 
 
 def model_file(
