@@ -32,7 +32,7 @@ from sklearn.linear_model import LogisticRegression  # noqa: E402
 from sklearn.pipeline import make_pipeline  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 
-from modelpod import Runner  # noqa: E402
+from modelpod import ModelLoadError, Runner  # noqa: E402
 from modelpod.runtime.formats import detect, model_file  # noqa: E402
 from modelpod.runtime.loader import parse_reference  # noqa: E402
 from modelpod.runtime.sklearn_runtime import SklearnModel  # noqa: E402
@@ -140,6 +140,25 @@ def test_formats_are_recognised_from_the_bytes(files: dict[str, Any], tmp_path: 
         model_file(tmp_path / "estimator.bin")
     forced = model_file(tmp_path / "notes.txt", runtime="onnx")
     assert forced.runtime == "onnx"
+    with pytest.raises(ModelLoadError, match="not an ONNX graph onnxruntime can load"):
+        Runner(forced)
+
+
+def test_formats_not_served_yet_are_named(tmp_path: Path) -> None:
+    import torch
+
+    with warnings.catch_warnings():  # torch.jit.save is deprecated, and still what people ship
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(tmp_path / "module.pt"))
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "config.json").write_text('{"architectures": ["BertModel"]}')
+    (tmp_path / "mlflow").mkdir()
+    (tmp_path / "mlflow" / "MLmodel").write_text("flavors: {}")
+    for path, named in [("module.pt", "a TorchScript archive"), ("hf", "a Hugging Face transformers folder"),
+                        ("mlflow", "an MLflow model folder")]:  # fmt: skip
+        with pytest.raises(ValueError, match=f"is {named} .*cannot serve yet") as caught:
+            detect(tmp_path / path)
+        assert "extra onnx" in str(caught.value)
 
 
 def test_references_name_a_file_and_force_its_runtime(files: dict[str, Any], tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,10 +38,12 @@ class Format:
     extra: str
     describes: str
     sniff: Callable[[Path], bool]
-    runtime: str  # "module:Class"
+    runtime: str | None  # "module:Class"; None for a format recognised but not served yet
     executes_code: bool = False  # loading it runs code from the file: needs allow_pickle
 
     def runtime_class(self) -> type[Model]:
+        if self.runtime is None:
+            raise ValueError(f"{self.describes} cannot be served by this modelpod yet")
         module, _, attribute = self.runtime.partition(":")
         cls: type[Model] = getattr(importlib.import_module(module), attribute)
         return cls
@@ -92,6 +95,40 @@ def is_pickle(path: Path) -> bool:
     return named and path.is_file() and (data.startswith(_COMPRESSED) or path.suffix.lower() == ".joblib")
 
 
+def _zip_names(path: Path) -> list[str]:
+    if not path.is_file() or not zipfile.is_zipfile(path):
+        return []
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return []
+
+
+def is_torchscript(path: Path) -> bool:
+    """`torch.jit.save` writes a zip holding the module's code and its constants."""
+    names = _zip_names(path)
+    return any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names)
+
+
+def is_torch_export(path: Path) -> bool:
+    """`torch.export.save` writes a zip (`.pt2`) that names its archive format."""
+    names = _zip_names(path)
+    return any(n.endswith("archive_format") for n in names) or (path.suffix == ".pt2" and bool(names))
+
+
+def _has_file(name: str) -> Callable[[Path], bool]:
+    return lambda path: (path / name).is_file()
+
+
+def is_transformers(path: Path) -> bool:
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and "architectures" in config
+
+
 FORMATS: dict[str, Format] = {
     f.name: f
     for f in (
@@ -104,12 +141,38 @@ FORMATS: dict[str, Format] = {
             "modelpod.runtime.sklearn_runtime:SklearnModel",
             executes_code=True,
         ),
+        # Recognised, so that the answer names them, but not served yet (issue 15's next parts).
+        Format("mlflow", "mlflow", "an MLflow model folder (MLmodel)", _has_file("MLmodel"), None),
+        Format(
+            "sentence-transformers",
+            "embeddings",
+            "a sentence-transformers folder (modules.json)",
+            _has_file("modules.json"),
+            None,
+        ),
+        Format(
+            "transformers",
+            "transformers",
+            "a Hugging Face transformers folder (config.json)",
+            is_transformers,
+            None,
+        ),
+        Format("torchscript", "torch", "a TorchScript archive (torch.jit.save)", is_torchscript, None),
+        Format("torch-export", "torch", "a torch.export archive (.pt2)", is_torch_export, None),
     )
 }
 
 
 def known_formats() -> str:
-    return "; ".join(f"{f.name}: {f.describes}, extra {f.extra}" for f in FORMATS.values())
+    """The formats served, with the extra each needs, for messages."""
+    return "; ".join(f"{f.name}: {f.describes}, extra {f.extra}" for f in FORMATS.values() if f.runtime)
+
+
+def _not_served(path: Path, found: Format) -> ValueError:
+    return ValueError(
+        f"{path} is {found.describes}, which this modelpod cannot serve yet "
+        f"(formats served: {known_formats()})"
+    )
 
 
 def detect(path: Path) -> Format:
@@ -118,6 +181,8 @@ def detect(path: Path) -> Format:
         raise ValueError(f"no such model file: {path}")
     for candidate in FORMATS.values():
         if candidate.sniff(path):
+            if candidate.runtime is None:
+                raise _not_served(path, candidate)
             return candidate
     raise ValueError(
         f"{path}: not a model file modelpod recognises (known formats: {known_formats()}); "
@@ -175,6 +240,8 @@ def model_file(
         chosen = FORMATS[runtime]
         if not where.exists():
             raise ValueError(f"no such model file: {where}")
+        if chosen.runtime is None:
+            raise _not_served(where, chosen)
     else:
         raise ValueError(f"unknown runtime {runtime!r} (known formats: {known_formats()})")
     check_pickle_allowed(where, chosen, allow_pickle)
