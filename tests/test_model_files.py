@@ -9,6 +9,7 @@ known format gets one line and exit 2.
 
 from __future__ import annotations
 
+import pickle
 import subprocess
 import sys
 import warnings
@@ -90,6 +91,19 @@ def test_sklearn_file_answers_as_the_estimator_with_exact_metadata(files: dict[s
     np.testing.assert_array_equal(answer["predict"], files["pipeline"].predict(FEATURES[:10]))
     np.testing.assert_allclose(answer["predict_proba"], files["pipeline"].predict_proba(FEATURES[:10]))
     assert runner.batching.max_batch_size > 1
+
+
+@pytest.mark.parametrize("targets", [1, 2])
+def test_a_pickled_regressor_answers_its_targets(targets: int, tmp_path: Path) -> None:
+    from sklearn.linear_model import LinearRegression
+
+    y = FEATURES[:, :targets] @ np.arange(1, targets + 1) if targets == 1 else FEATURES[:, :targets] * 2
+    regressor = LinearRegression().fit(FEATURES, y)
+    (tmp_path / "regressor.pkl").write_bytes(pickle.dumps(regressor))
+    runner = Runner(tmp_path / "regressor.pkl", allow_pickle=True)
+    shape = (-1,) if targets == 1 else (-1, targets)
+    assert runner.model.output_specs() == (TensorSpec("predict", "FP64", shape),)
+    np.testing.assert_allclose(runner.predict(input=FEATURES[:4])["predict"], regressor.predict(FEATURES[:4]))
 
 
 def test_onnx_pipeline_answers_as_the_original(files: dict[str, Any]) -> None:

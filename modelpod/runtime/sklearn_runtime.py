@@ -50,18 +50,33 @@ def describe_estimator(estimator: Any) -> Description:
             f"{type(estimator).__name__} has no predict(): not an estimator modelpod can serve"
         )
     width = int(getattr(estimator, "n_features_in_", -1))
-    outputs = [TensorSpec("predict", _predict_datatype(estimator), (-1,))]
+    targets = _targets(estimator)
+    shape = (-1,) if targets == 1 else (-1, targets)
+    outputs = [TensorSpec("predict", _predict_datatype(estimator), shape)]
     classes = getattr(estimator, "classes_", None)
-    if callable(getattr(estimator, "predict_proba", None)) and classes is not None:
+    # a classifier of several targets answers a list of probability arrays, which no tensor holds
+    if callable(getattr(estimator, "predict_proba", None)) and classes is not None and targets == 1:
         outputs.append(TensorSpec("predict_proba", "FP64", (-1, len(classes))))
     inputs = (TensorSpec(INPUT, "FP64", (-1, width)),)
     return Description(inputs, tuple(outputs), batchable=True)
+
+
+def _targets(estimator: Any) -> int:
+    """How many values `predict` answers per row: `n_outputs_`, or the coefficients' rows of a
+    linear model fitted to several targets."""
+    outputs = getattr(estimator, "n_outputs_", None)
+    if outputs is None and getattr(estimator, "classes_", None) is None:
+        coefficients = np.asarray(getattr(estimator, "coef_", np.zeros(0)))
+        outputs = coefficients.shape[0] if coefficients.ndim == 2 else 1
+    return int(outputs or 1)
 
 
 def _predict_datatype(estimator: Any) -> str:
     classes = getattr(estimator, "classes_", None)
     if classes is None:
         return "FP64"  # a regressor
+    if isinstance(classes, list):  # several targets: each its own classes
+        classes = classes[0]
     array = np.asarray(classes)
     if array.dtype.kind in "OSU":
         return "BYTES"
