@@ -33,7 +33,7 @@ from sklearn.linear_model import LogisticRegression  # noqa: E402
 from sklearn.pipeline import make_pipeline  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 
-from modelpod import ModelLoadError, Runner  # noqa: E402
+from modelpod import Client, ModelLoadError, Runner  # noqa: E402
 from modelpod.runtime.formats import detect, model_file  # noqa: E402
 from modelpod.runtime.loader import parse_reference  # noqa: E402
 from modelpod.runtime.sklearn_runtime import SklearnModel  # noqa: E402
@@ -264,7 +264,7 @@ def _spec(tensor: Any) -> dict[str, Any]:
     return {"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.shape)}
 
 
-def test_native_route_and_v2_metadata(server: ServerProcess, files: dict[str, Any]) -> None:
+def test_native_routes_and_v2_metadata(server: ServerProcess, files: dict[str, Any]) -> None:
     response = httpx.post(f"{server.http_url}/models/iris/predict", json={"input": FEATURES[:2].tolist()})
     assert response.status_code == 200, response.text
     assert response.json()["predict"] == files["pipeline"].predict(FEATURES[:2]).tolist()
@@ -274,6 +274,10 @@ def test_native_route_and_v2_metadata(server: ServerProcess, files: dict[str, An
         {"name": "predict", "datatype": "INT64", "shape": [-1]},
         {"name": "predict_proba", "datatype": "FP64", "shape": [-1, 3]},
     ]
+    with Client(server.grpc_address, model="iris") as native_grpc:  # modelpod.native.ModelService/Call
+        answer = native_grpc.predict(input=FEATURES[:2])
+    np.testing.assert_array_equal(answer["predict"], files["pipeline"].predict(FEATURES[:2]))
+    np.testing.assert_allclose(answer["predict_proba"], files["pipeline"].predict_proba(FEATURES[:2]))
     wrong = httpx.post(f"{server.http_url}/models/iris/predict", json={"input": [[1.0, 2.0]]})
     assert wrong.status_code == 400
     assert "expected [-1, 4]" in wrong.json()["error"]
