@@ -34,6 +34,7 @@ from sklearn.pipeline import make_pipeline  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 
 from modelpod import Client, ModelLoadError, Runner  # noqa: E402
+from modelpod.extras import MissingExtra  # noqa: E402
 from modelpod.runtime.formats import detect, model_file  # noqa: E402
 from modelpod.runtime.loader import parse_reference  # noqa: E402
 from modelpod.runtime.sklearn_runtime import SklearnModel  # noqa: E402
@@ -156,6 +157,17 @@ def test_formats_are_recognised_from_the_bytes(files: dict[str, Any], tmp_path: 
     assert forced.runtime == "onnx"
     with pytest.raises(ModelLoadError, match="not an ONNX graph onnxruntime can load"):
         Runner(forced)
+
+
+def test_a_missing_extra_is_named(
+    files: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "copy.onnx").write_bytes((files["folder"] / "mlp.onnx").read_bytes())  # not described yet
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if it were not installed
+    with pytest.raises(
+        MissingExtra, match=r"serving copy.onnx needs the onnx extra: pip install \"modelpod\[onnx\]\""
+    ):
+        Runner(tmp_path / "copy.onnx")
 
 
 def test_formats_not_served_yet_are_named(tmp_path: Path) -> None:
