@@ -36,7 +36,7 @@ from sklearn.preprocessing import StandardScaler  # noqa: E402
 from modelpod import Client, ModelLoadError, Runner  # noqa: E402
 from modelpod.extras import MissingExtra  # noqa: E402
 from modelpod.runtime.formats import detect, model_file  # noqa: E402
-from modelpod.runtime.loader import parse_reference  # noqa: E402
+from modelpod.runtime.loader import load_object, parse_reference  # noqa: E402
 from modelpod.runtime.sklearn_runtime import SklearnModel  # noqa: E402
 from modelpod.types import TensorSpec  # noqa: E402
 from modelpod.workers.process_runner import ProcessRunner  # noqa: E402
@@ -204,6 +204,8 @@ def test_a_model_file_runs_in_worker_processes(files: dict[str, Any], tmp_path: 
     finally:
         runner.close()
     np.testing.assert_array_equal(answer["predict"], files["pipeline"].predict(FEATURES[:5]))
+    with pytest.raises(ValueError, match="no such file"):  # a store's record cannot carry allow_pickle in
+        load_object(target.reference())
 
 
 # -- the command line ----------------------------------------------------------------------------

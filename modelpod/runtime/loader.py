@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from modelpod.runtime.formats import REFERENCE_PREFIX, from_reference, model_file
+from modelpod.runtime.formats import model_file
 
 _NAMED = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)=(?P<ref>.+)$")
 
@@ -35,8 +35,6 @@ def is_model_file(reference: str) -> bool:
 
 
 def load_object(reference: str) -> Any:
-    if reference.startswith(REFERENCE_PREFIX):  # a model file, as a worker process is told of it
-        return from_reference(reference)
     module_part, sep, attribute = reference.rpartition(":")
     if not sep or not module_part or not attribute:
         raise ValueError(f"{reference!r}: expected FILE.py:NAME or package.module:NAME")
