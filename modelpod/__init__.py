@@ -18,8 +18,10 @@ from modelpod.errors import (
 )
 from modelpod.runtime.adapters import as_model
 from modelpod.runtime.model import STREAM_END, Model, install_serve_hook
+from modelpod.runtime.onnx_runtime import OnnxModel
 from modelpod.runtime.pipeline import Pipeline
 from modelpod.runtime.runner import Runner
+from modelpod.runtime.sklearn_runtime import SklearnModel
 from modelpod.serving.router import Router
 from modelpod.serving.served_pipeline import ServedPipeline
 from modelpod.types import Response, TensorSpec
@@ -83,6 +85,7 @@ __all__ = [
     "ModelLoadError",
     "ModelpodError",
     "NotFound",
+    "OnnxModel",
     "Pipeline",
     "ProcessorError",
     "RemoteModel",
@@ -91,6 +94,7 @@ __all__ = [
     "Runner",
     "STREAM_END",
     "ServedPipeline",
+    "SklearnModel",
     "Store",
     "TensorSpec",
     "Timeout",

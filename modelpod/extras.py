@@ -20,6 +20,8 @@ FEATURES: dict[str, str] = {
     "postgres": "a Store in PostgreSQL (postgresql+psycopg://...)",
     "ray": "modelpod serve --backend ray: replicas on Ray Serve",
     "torch": "torch tensors as inputs, devices (cuda, mps), custom_ops, torch profiling",
+    "onnx": "modelpod serve model.onnx: ONNX graphs run by onnxruntime",
+    "sklearn": "modelpod serve model.joblib: scikit-learn estimators from joblib or pickle files",
     "examples": "the bundled scikit-learn examples (examples/iris.py)",
     "embeddings": "the sentence-transformers embedding example",
 }

@@ -38,6 +38,9 @@ MODULE_EXTRAS: dict[str, tuple[str, ...]] = {
     "modelpod.observe.prometheus": ("server",),
     "modelpod.workers.shm": ("server",),
     "modelpod.serving": ("server",),  # the server's transport-free core: only a server runs it
+    # The runtimes of model files: each imported by `modelpod serve FILE` only for its own format.
+    "modelpod.runtime.onnx_runtime": ("onnx",),
+    "modelpod.runtime.sklearn_runtime": ("sklearn",),
 }
 
 # (module, import): the extra the import needs; it runs only after a check that torch is there

@@ -12,10 +12,13 @@ from modelpod.cli import ray_backend as cli_ray
 from modelpod.cli import train as cli_train
 from modelpod.extras import MissingExtra, needs_extra
 
-EPILOG = """Each MODEL is FILE.py:Class, package.module:Class, or NAME=... to serve it under another
-name. A model is a modelpod.Model subclass, a class with __init__(config) and
-predict(payload, query_params), or a function. Every option can also be set by its
-environment variable; a flag wins over the environment."""
+EPILOG = """Each MODEL is FILE.py:Class, package.module:Class, a model file, or NAME=... to serve it
+under another name. A model is a modelpod.Model subclass, a class with __init__(config) and
+predict(payload, query_params), or a function. A model file is served by the runtime of its
+format, recognised from the file (--runtime forces one), under the file's stem: an ONNX graph
+(extra onnx), a scikit-learn estimator in joblib or pickle (extra sklearn; --allow-pickle, since
+loading it runs code). Every option can also be set by its environment variable; a flag wins over
+the environment."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,12 +49,36 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve the named models as one model NAME, each step's result the next one's input; "
         "MODEL|MODEL branches (?branch=MODEL picks one, the first by default); repeatable",
     )
+    _add_file_options(serve)
     _add_settings(serve)
     cli_ray.add_options(serve)
     _add_models_command(commands)
     cli_train.add_command(commands)
     commands.add_parser("doctor", help="what is installed, for a bug report: Python, extras, devices")
     return parser
+
+
+FILE_OPTIONS = ("runtime", "runtime_options")
+
+
+def _add_file_options(serve: argparse.ArgumentParser) -> None:
+    serve.add_argument("--runtime", default=None, metavar="NAME",
+                       help="serve each model file with this runtime (onnx, sklearn) instead of the one "
+                       "its format names")  # fmt: skip
+    serve.add_argument("--runtime-option", dest="runtime_options", action="append", default=[],
+                       metavar="NAME=VALUE", help="an option of the model files' runtime, e.g. "
+                       "intra_op_threads=2 (onnx); repeatable")  # fmt: skip
+
+
+def runtime_options(pairs: Sequence[str]) -> dict[str, Any]:
+    """`NAME=VALUE` pairs -> options; a VALUE that reads as a number is one."""
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.isidentifier():
+            raise ValueError(f"--runtime-option {pair!r}: expected NAME=VALUE")
+        options[name] = int(value) if value.lstrip("-").isdigit() else value
+    return options
 
 
 def _add_models_command(commands: Any) -> None:
@@ -104,14 +131,18 @@ def run_serve(arguments: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {
         key: value
         for key, value in vars(arguments).items()
-        if key not in ("command", "models", "store_models", "pipelines", *cli_ray.OPTIONS)
+        if key not in ("command", "models", "store_models", "pipelines", *FILE_OPTIONS, *cli_ray.OPTIONS)
         and value is not None
     }
     try:
         settings = Settings(**overrides)
-        targets = [_named(parse_reference(reference)) for reference in arguments.models]
+        options = runtime_options(arguments.runtime_options)
+        targets = [
+            _named(parse_reference(reference, arguments.runtime, settings.allow_pickle, **options))
+            for reference in arguments.models
+        ]
         targets += [parse_pipeline(text) for text in arguments.pipelines]
-    except (ValidationError, ValueError) as error:
+    except (ValidationError, ValueError, PermissionError, ModelpodError) as error:
         print(f"modelpod: {error}", file=sys.stderr)
         return 2
     if not targets and not arguments.store_models:

@@ -4,10 +4,12 @@ predictor class (`PredictorAdapter`) and a plain function (`FunctionModel`); `as
 from __future__ import annotations
 
 import inspect
+import os
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from modelpod.runtime.formats import ModelFile, model_file
 from modelpod.runtime.model import DEFAULT_VERSION, RESERVED_BYTES_ARGUMENT, Model, yields
 from modelpod.types import TensorSpec
 
@@ -91,10 +93,16 @@ def as_model(target: Any, version: str = DEFAULT_VERSION, **kwargs: Any) -> Mode
     """Give anything servable the one interface the rest of modelpod uses.
 
     Accepts a `Model` instance (returned as it is), a `Model` subclass, a Cortex-style predictor
-    class, or a function.
+    class, a function, or a model file (a path, or a `ModelFile`; `runtime=` forces its runtime,
+    `allow_pickle=True` lets a pickle load).
     """
     if isinstance(target, Model):
         return target
+    if isinstance(target, str | os.PathLike):
+        runtime, allow_pickle = kwargs.pop("runtime", None), kwargs.pop("allow_pickle", False)
+        target = model_file(target, runtime, allow_pickle)
+    if isinstance(target, ModelFile):
+        return target.instantiate(version, **kwargs)
     if inspect.isclass(target) and issubclass(target, Model):
         return target(version, **kwargs)
     if is_predictor_class(target):

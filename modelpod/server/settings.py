@@ -126,7 +126,7 @@ class Settings(BaseSettings):
     store: str | None = Field(None, description="a Store's database URL, to serve models from it (--model)")
     heartbeat_seconds: float = Field(5.0, gt=0, description="how often a server tells the store it is alive")
     allow_pickle: bool = Field(
-        False, description="allow store models kept pickled (runs code from the store)"
+        False, description="allow store models kept pickled and pickled model files (loading runs their code)"
     )
     api_keys: SecretStr | None = Field(
         None,

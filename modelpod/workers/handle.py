@@ -18,6 +18,7 @@ from typing import Any
 from modelpod.errors import InvalidInput, ModelLoadError, ModelpodError, Unavailable
 from modelpod.protocol import native
 from modelpod.runtime.deadline import clamp_wait
+from modelpod.runtime.formats import ModelFile
 from modelpod.workers import shm
 from modelpod.workers.process_main import worker_main
 
@@ -196,6 +197,8 @@ def reference_of(target: Any) -> str:
     """
     if isinstance(target, str):
         return target
+    if isinstance(target, ModelFile):
+        return target.reference()
     module_name = getattr(target, "__module__", None)
     qualname = getattr(target, "__qualname__", None)
     if not (inspect.isclass(target) or inspect.isfunction(target)) or not module_name or not qualname:

@@ -56,11 +56,16 @@ def _load_runner(
     reference: str, version: str, name: str, data_path: str, runner_options: dict[str, Any]
 ) -> Any:
     from modelpod.runtime.adapters import as_model
+    from modelpod.runtime.formats import REFERENCE_PREFIX, from_reference
     from modelpod.runtime.loader import load_object
     from modelpod.runtime.runner import Runner
 
     try:
-        target = load_object(reference)
+        # A model file's reference carries its options (allow_pickle among them); only the parent
+        # writes one, so it is read here, never by load_object, which also reads a store's records.
+        target = (
+            from_reference(reference) if reference.startswith(REFERENCE_PREFIX) else load_object(reference)
+        )
     except Exception as error:
         raise ModelLoadError(
             f"a worker process of model {name}:{version} cannot find {reference!r}: {error}"

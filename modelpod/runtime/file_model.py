@@ -1,0 +1,129 @@
+"""The base of every runtime that serves a model file: a tensor model whose inputs and outputs come
+from the file, not from a class someone wrote.
+
+A runtime (ONNX, scikit-learn, ...) says what the file takes and answers (`describe`) and runs it
+(`setup`, `run`). A user adds pre- or post-processing by subclassing the runtime:
+
+    class Iris(SklearnModel):
+        model_file = "iris.joblib"          # or give path= when creating it
+
+        def postprocess(self, outputs):
+            outputs["predict"] = outputs["predict"] + 1
+            return outputs
+
+and serves it like any class (`modelpod serve iris.py:Iris --allow-pickle`). A subclass whose
+processing changes the tensors overrides `input_specs` / `output_specs` as well, so that the
+metadata stays exact.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from modelpod.errors import ModelLoadError
+from modelpod.runtime.model import DEFAULT_VERSION, Model
+from modelpod.types import BatchConfig, TensorSpec
+
+Arrays = dict[str, np.ndarray[Any, Any]]
+
+
+@dataclass(frozen=True)
+class Description:
+    """What a model file takes and answers, and whether requests can be stacked into one call."""
+
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    batchable: bool
+
+
+def name_of_file(path: Path) -> str:
+    """The model name a file is served under by default: its stem, made a valid name."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "-", path.stem).strip("-.") or "model"
+    return name[:128]
+
+
+class FileModel(Model):
+    """A model served from a file. Subclasses implement `describe`, `setup` and `run`."""
+
+    runtime_name: ClassVar[str] = "file"
+    model_file: ClassVar[str | None] = None  # the file, for a subclass that always serves the same one
+    default_max_batch_size: ClassVar[int] = 32  # when the file allows stacking requests
+    default_batch_delay_ms: ClassVar[float] = 2.0
+
+    def __init__(
+        self,
+        version: str = DEFAULT_VERSION,
+        *,
+        path: str | os.PathLike[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        chosen = path if path is not None else self.model_file
+        if chosen is None:
+            raise ValueError(f"{type(self).__name__} needs a model file: pass path=, or set model_file")
+        self.path = Path(chosen)
+        if not self.path.exists():
+            raise ModelLoadError(f"no such model file: {self.path}")
+        kwargs.setdefault("name", self.name or name_of_file(self.path))
+        super().__init__(version, **kwargs)
+        self.description = self.describe()
+
+    # -- what a runtime implements ----------------------------------------------------------------
+
+    def describe(self) -> Description:
+        """The file's inputs and outputs; called once per instance, before `setup`."""
+        raise NotImplementedError
+
+    def run(self, inputs: Arrays) -> Arrays:
+        """Run the loaded file on a batch of inputs (batch first) -> its outputs by name."""
+        raise NotImplementedError
+
+    # -- what a user may override ------------------------------------------------------------------
+
+    def preprocess(self, inputs: Arrays) -> Arrays:
+        """The request's tensors -> the file's inputs. Unchanged by default."""
+        return inputs
+
+    def postprocess(self, outputs: Arrays) -> Arrays:
+        """The file's outputs -> the answer's tensors. Unchanged by default."""
+        return outputs
+
+    # -- the model contract --------------------------------------------------------------------------
+
+    def predict(self, **inputs: Any) -> Arrays:
+        return self.postprocess(self.run(self.preprocess(inputs)))
+
+    def input_specs(self) -> tuple[TensorSpec, ...]:
+        return self.description.inputs
+
+    def output_specs(self) -> tuple[TensorSpec, ...]:
+        return self.description.outputs
+
+    def is_tensor_model(self) -> bool:
+        return True
+
+    def batch_config(self) -> BatchConfig:
+        """Batching on when every input and output is batch first with a free first dimension."""
+        if not self.description.batchable or self.max_batch_size > 1:
+            return super().batch_config()  # a subclass's own max_batch_size wins
+        return BatchConfig(
+            max_batch_size=self.default_max_batch_size,
+            max_batch_delay_ms=self.default_batch_delay_ms,
+            max_queue_size=self.max_queue_size,
+        )
+
+    def source(self) -> Any:
+        return type(self)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.model_name}:{self.version} {self.path.name}>"
+
+
+def batch_first(specs: tuple[TensorSpec, ...]) -> bool:
+    """Whether every spec has a first dimension of any size, which stacking requests fills."""
+    return all(len(spec.shape) >= 1 and spec.shape[0] < 0 for spec in specs)
