@@ -111,6 +111,7 @@ async def decoded(decode: Callable[..., T], body: bytearray, *args: Any) -> T:
 
 WATCH_AFTER = 0.05  # seconds a request may wait before the server watches for its client hanging up
 PRIORITY_HEADER = "x-priority"
+TRAFFIC_KEY_HEADER = "x-modelpod-traffic-key"  # hashed to keep a caller on one version (sticky split)
 TIMEOUT_HEADER = "request-timeout"  # seconds
 
 
@@ -124,7 +125,7 @@ def options_of(
     timeout: Any = request.headers.get(TIMEOUT_HEADER)
     if timeout is None and params.get("timeout") is not None:
         timeout = _microseconds(params["timeout"])
-    return request_options(priority, timeout, protocol)
+    return request_options(priority, timeout, protocol, request.headers.get(TRAFFIC_KEY_HEADER))
 
 
 def _microseconds(value: Any) -> float:

@@ -41,6 +41,8 @@ from modelpod.serving.served_pipeline import ServedPipeline
 from modelpod.serving.streams import Streams
 from modelpod.serving.tensor_requests import TensorRequests
 from modelpod.serving.tensors import Arrays
+from modelpod.serving.traffic import Traffic
+from modelpod.serving.traffic_policy import TrafficPolicy
 from modelpod.serving.trainer import Trainer
 from modelpod.serving.versions import Versions
 
@@ -80,6 +82,7 @@ class InferenceService:
         self.streaming = Streams(self.execution, self.composition, self.tensor_requests)
         self.trainer = Trainer(repository, pool, self.recorder, self.changes)
         self.versions = Versions(self.execution)
+        self.traffic = Traffic(repository)
         self.openai = OpenAIServing(self.execution, self.streaming)
         self.catalog = Catalog(name, self.execution, self.batchers, self.trainer, self.statistics)
 
@@ -107,6 +110,8 @@ class InferenceService:
             return await self.changes.make(
                 CHANGED, name, resolved, lambda: run(initialize, name, version, dict(arguments))
             )
+        if method == "predict":
+            version = self.traffic.version_for(name, version, options.traffic_key)
         hosted, version = self.execution.available(name, version)
         if method == "log":
             return await run(lambda: self.repository.instance(hosted, version).log())
@@ -205,6 +210,7 @@ class InferenceService:
         options: Options = DEFAULT_OPTIONS,
     ) -> tuple[str, Arrays]:
         """Run tensors through one version; returns the version that ran and its outputs."""
+        version = self.traffic.version_for(name, version, options.traffic_key)
         hosted, version = self.execution.available(name, version)
         target = self.composition.route(hosted, version, query_params, inputs)
         if target is not None:
@@ -272,6 +278,19 @@ class InferenceService:
         return await self.changes.make(
             DEFAULT, name, resolved, lambda: self.versions.set_default(name, resolved)
         )
+
+    def traffic_policy(self, name: str) -> dict[str, Any]:
+        """The model's traffic policy (see `modelpod.serving.traffic`)."""
+        self.repository.get(name)
+        return self.traffic.policy(name).document()
+
+    def set_traffic(self, name: str, document: Any) -> dict[str, Any]:
+        """Check, save and apply a new traffic policy; requests in flight finish where they went."""
+        self.traffic.set(name, document)
+        return self.traffic_policy(name)
+
+    def configure_traffic(self, policies: dict[str, TrafficPolicy]) -> None:
+        self.traffic.configure(policies)
 
     # -- shutdown ------------------------------------------------------------------------------------
 
