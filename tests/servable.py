@@ -213,3 +213,15 @@ class Tagged(Model):
         with (self.data_path / "tags.log").open("a") as file:
             file.write(tag + "\n")
         return tag
+
+
+class Scaled(Model):
+    """Versions for a shadow: x times its config's `scale`, after `sleep` seconds; `fail` raises."""
+
+    name = "scaled"
+
+    def predict(self, x: float) -> dict[str, Any]:
+        time.sleep(float(self.config.get("sleep", 0)))
+        if self.config.get("fail"):
+            raise ValueError("this version fails on purpose")
+        return {"y": x * float(self.config.get("scale", 1.0)), "label": "big" if x > 1 else "small"}

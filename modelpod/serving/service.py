@@ -17,6 +17,7 @@ extension, Prometheus metrics and the status page's activity, plus any the calle
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from typing import Any
 
@@ -36,8 +37,9 @@ from modelpod.serving.execution import Execution
 from modelpod.serving.openai import Finished, OpenAIServing, Prepared
 from modelpod.serving.options import DEFAULT_OPTIONS, Options
 from modelpod.serving.pool import ModelPool
-from modelpod.serving.repository import Repository
+from modelpod.serving.repository import HostedModel, Repository
 from modelpod.serving.served_pipeline import ServedPipeline
+from modelpod.serving.shadowing import Shadowing
 from modelpod.serving.streams import Streams
 from modelpod.serving.tensor_requests import TensorRequests
 from modelpod.serving.tensors import Arrays
@@ -83,6 +85,7 @@ class InferenceService:
         self.trainer = Trainer(repository, pool, self.recorder, self.changes)
         self.versions = Versions(self.execution)
         self.traffic = Traffic(repository)
+        self.shadowing = Shadowing(self.execution, self.recorder)
         self.openai = OpenAIServing(self.execution, self.streaming)
         self.catalog = Catalog(name, self.execution, self.batchers, self.trainer, self.statistics)
 
@@ -110,6 +113,7 @@ class InferenceService:
             return await self.changes.make(
                 CHANGED, name, resolved, lambda: run(initialize, name, version, dict(arguments))
             )
+        requested = version
         if method == "predict":
             version = self.traffic.version_for(name, version, options.traffic_key)
         hosted, version = self.execution.available(name, version)
@@ -127,8 +131,11 @@ class InferenceService:
         request = dict(arguments)
         if query_params is not None and hosted.query_params:
             request.setdefault("query_params", dict(query_params))
+        started = time.monotonic()
         work = self.execution.predict_many(hosted, version, [request], options)
-        return (await self.execution.observed(hosted, version, options, work))[0]
+        answers = await self.execution.observed(hosted, version, options, work)
+        self._shadow(hosted, requested, [request], answers, started)
+        return answers[0]
 
     def training_progress(
         self, name: str, version: str, after: int = 0
@@ -210,7 +217,7 @@ class InferenceService:
         options: Options = DEFAULT_OPTIONS,
     ) -> tuple[str, Arrays]:
         """Run tensors through one version; returns the version that ran and its outputs."""
-        version = self.traffic.version_for(name, version, options.traffic_key)
+        requested, version = version, self.traffic.version_for(name, version, options.traffic_key)
         hosted, version = self.execution.available(name, version)
         target = self.composition.route(hosted, version, query_params, inputs)
         if target is not None:
@@ -218,8 +225,10 @@ class InferenceService:
         if isinstance(hosted.probe, ServedPipeline):
             return version, await self.composition.infer(hosted, version, inputs, query_params, options)
         calls = await self.tensor_requests.calls(hosted, inputs)
+        started = time.monotonic()
         work = self.execution.predict_many(hosted, version, calls, options)
         results = await self.execution.observed(hosted, version, options, work)
+        self._shadow(hosted, requested, calls, results, started)
         return version, await self.tensor_requests.outputs(hosted.probe, len(calls), inputs, results)
 
     def decode_budget(self, name: str, version: str | None) -> DecodeBudget:
@@ -279,10 +288,21 @@ class InferenceService:
             DEFAULT, name, resolved, lambda: self.versions.set_default(name, resolved)
         )
 
+    def _shadow(
+        self, hosted: HostedModel, requested: str | None, calls: list[Any], answers: list[Any], started: float
+    ) -> None:
+        """Once the caller's answer is decided: a request to the bare name may go to the shadow too."""
+        shadow = None if requested else self.traffic.policy(hosted.name).shadows()
+        if shadow is not None:
+            copies = [dict(call) if isinstance(call, dict) else call for call in calls]
+            self.shadowing.send(hosted, shadow, copies, answers, time.monotonic() - started)
+
     def traffic_policy(self, name: str) -> dict[str, Any]:
-        """The model's traffic policy (see `modelpod.serving.traffic`)."""
+        """The model's traffic policy (see `modelpod.serving.traffic`) and its shadow's results."""
         self.repository.get(name)
-        return self.traffic.policy(name).document()
+        document = self.traffic.policy(name).document()
+        shadow = document["shadow"]["version"] if document["shadow"] else None
+        return {**document, "shadow_results": self.shadowing.document(name, shadow)}
 
     def set_traffic(self, name: str, document: Any) -> dict[str, Any]:
         """Check, save and apply a new traffic policy; requests in flight finish where they went."""
@@ -307,6 +327,7 @@ class InferenceService:
         return self.admission.in_flight
 
     def close(self) -> None:
+        self.shadowing.close()
         self.batchers.close()
         self.admission.close()
         self.pool.close()
