@@ -13,6 +13,8 @@ from typing import Any
 
 from modelpod.errors import InvalidInput
 
+MAX_WEIGHT = 1e12  # weights are relative; a bound keeps their sum finite
+
 
 @dataclass(frozen=True)
 class Shadow:
@@ -78,10 +80,12 @@ def _split_of(split: Any) -> dict[str, float]:
         raise InvalidInput('split must be an object of version: weight, like {"1": 90, "2": 10}')
     weights: dict[str, float] = {}
     for version, weight in split.items():
+        if not version:
+            raise InvalidInput('a version in the split is empty: name each version, like {"1": 90}')
         if isinstance(weight, bool) or not isinstance(weight, int | float) or not weight >= 0:
             raise InvalidInput(f"the weight of version {version!r} must be a number >= 0, not {weight!r}")
-        if weight == float("inf"):
-            raise InvalidInput(f"the weight of version {version!r} must be finite")
+        if not 0 <= weight <= MAX_WEIGHT:
+            raise InvalidInput(f"the weight of version {version!r} must be at most {MAX_WEIGHT:g}")
         weights[str(version)] = float(weight)
     if weights and sum(weights.values()) <= 0:
         raise InvalidInput("the split's weights sum to zero: give at least one version a positive weight")
