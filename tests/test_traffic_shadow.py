@@ -92,3 +92,16 @@ def test_a_slow_or_failing_shadow_is_invisible_to_callers(start_server: StartSer
         failing = _settled(http, 10)
         assert failing["errors"] > 0, failing
         assert failing["compared"] == 0
+
+
+def test_v2_inference_is_shadowed_and_compared(start_server: StartServer, tmp_path: Path) -> None:
+    server = _scaled_server(start_server, tmp_path)
+    body = {"inputs": [{"name": "x", "shape": [2], "datatype": "FP64", "data": [0.5, 3.0]}]}
+    with httpx.Client(base_url=server.http_url, timeout=30) as http:
+        _shadow(http, "3")
+        for _ in range(10):
+            answer = http.post("/v2/models/scaled/infer", json=body).json()
+            assert answer["model_version"] == "1"
+        results = _settled(http, 10)
+    assert results["compared"] > 0, results
+    assert results["agreement"] == {"y": 0.0, "label": 1.0}
