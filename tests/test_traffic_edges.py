@@ -38,6 +38,8 @@ def test_v2_and_grpc_follow_the_policy(start_server: StartServer, tmp_path: Path
         assert http.post("/models/echo/versions/2/initialize", json={}).status_code == 200
         assert http.put("/models/echo/traffic", json={"split": {"2": 1}}).status_code == 200
         assert http.post("/v2/models/echo/infer", json=V2_BODY).json()["model_version"] == "2"
+        answered = http.post("/models/echo/predict", json={"text": "hi"})
+        assert (answered.headers["x-modelpod-model"], answered.headers["x-modelpod-version"]) == ("echo", "2")
         assert http.post("/v2/models/echo/versions/1/infer", json=V2_BODY).json()["model_version"] == "1"
         assert _grpc_version(server.grpc_address, "anyone") == "2"
         assert _grpc_version(server.grpc_address, "anyone", version="1") == "1"
