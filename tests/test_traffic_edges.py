@@ -62,7 +62,12 @@ def test_only_an_admin_changes_the_policy(start_server: StartServer, tmp_path: P
         assert http.get("/models/echo/traffic", headers=reader).status_code == 200
         assert http.put("/models/echo/traffic", json={"split": {"1": 1}}, headers=reader).status_code == 403
         assert http.put("/models/echo/traffic", json={"split": {"1": 1}}).status_code == 401
-        assert http.put("/models/echo/traffic", json={"split": {"1": 1}}, headers=admin).status_code == 200
+        changed = http.put("/models/echo/traffic", json={"split": {"1": 1}}, headers=admin)
+        assert changed.status_code == 200
+        assert changed.json()["warning"] is None
+        assert http.post("/models/echo/versions/2/initialize", json={}, headers=admin).status_code == 200
+        both = http.put("/models/echo/traffic", json={"split": {"1": 1, "2": 1}}, headers=admin).json()
+        assert "MODELPOD_MODEL_POOL_SIZE to 2" in both["warning"]  # the pool keeps one: it would thrash
 
 
 def test_the_flag_and_documents_parse_or_are_refused_naming_the_problem() -> None:

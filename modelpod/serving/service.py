@@ -84,7 +84,7 @@ class InferenceService:
         self.streaming = Streams(self.execution, self.composition, self.tensor_requests)
         self.trainer = Trainer(repository, pool, self.recorder, self.changes)
         self.versions = Versions(self.execution)
-        self.traffic = Traffic(repository)
+        self.traffic = Traffic(repository, pool.per_model)
         self.shadowing = Shadowing(self.execution, self.recorder)
         self.openai = OpenAIServing(self.execution, self.streaming)
         self.catalog = Catalog(name, self.execution, self.batchers, self.trainer, self.statistics)
@@ -302,7 +302,8 @@ class InferenceService:
         self.repository.get(name)
         document = self.traffic.policy(name).document()
         shadow = document["shadow"]["version"] if document["shadow"] else None
-        return {**document, "shadow_results": self.shadowing.document(name, shadow)}
+        results = self.shadowing.document(name, shadow)
+        return {**document, "shadow_results": results, "warning": self.traffic.warning(name)}
 
     def set_traffic(self, name: str, document: Any) -> dict[str, Any]:
         """Check, save and apply a new traffic policy; requests in flight finish where they went."""

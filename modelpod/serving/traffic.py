@@ -25,8 +25,9 @@ NO_POLICY = TrafficPolicy()
 class Traffic:
     """The traffic policies of a repository's models."""
 
-    def __init__(self, repository: Repository) -> None:
+    def __init__(self, repository: Repository, pool_size: int = 1) -> None:
         self.repository = repository
+        self.pool_size = pool_size  # versions of a model kept loaded at once
         self.configured: dict[str, TrafficPolicy] = {}  # from the flag or environment, at start
         self._policies: dict[str, TrafficPolicy] = {}  # restored or set; read lazily per model
 
@@ -61,7 +62,21 @@ class Traffic:
         write_json(self._path(name), {"policy": policy.document(), "configured": configured})
         self._policies[name] = policy
         logger.info("%s: traffic policy set to %s", name, policy.document())
+        if self.warning(name):
+            logger.warning("%s: %s", name, self.warning(name))
         return policy
+
+    def warning(self, name: str) -> str | None:
+        """Why the policy will be slow: it sends traffic to more versions than the pool keeps, so
+        each request may load the version it goes to (evicting another)."""
+        versions = self.policy(name).versions() | {self.repository.get(name).default_version}
+        if len(versions) <= self.pool_size:
+            return None
+        return (
+            f"the policy uses {len(versions)} versions (with the default) but the pool keeps "
+            f"{self.pool_size} per model: versions will be loaded and evicted in turn; "
+            f"set MODELPOD_MODEL_POOL_SIZE to {len(versions)} or more"
+        )
 
     def _check(self, name: str, policy: TrafficPolicy) -> None:
         for version in sorted(policy.versions()):
