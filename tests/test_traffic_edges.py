@@ -71,11 +71,19 @@ def test_only_an_admin_changes_the_policy(start_server: StartServer, tmp_path: P
 
 
 def test_the_flag_and_documents_parse_or_are_refused_naming_the_problem() -> None:
-    policies = parse_flag("iris=1:90,2:10; echo=a:1,b:1+sticky")
+    policies = parse_flag("iris=1:90,2:10; echo=a:1,b:1+sticky+shadow=c@0.25")
     assert policies["iris"].split == {"1": 90.0, "2": 10.0}
     assert policies["echo"].sticky
-    for bad, message in [("iris", "MODEL=VERSION:WEIGHT"), ("iris=1:x", "VERSION:WEIGHT"),
-                         ("iris=1:1+often", "+sticky"), ("iris=1:0", "sum to zero")]:  # fmt: skip
+    assert policies["echo"].document()["shadow"] == {"version": "c", "share": 0.25}
+    refused = {
+        "iris": "MODEL=VERSION:WEIGHT",
+        "iris=1:x": "not a number",
+        "iris=1": "VERSION:WEIGHT",
+        "iris=1:1+shadow=2@5": "share",
+        "iris=1:1+often": "+sticky or",
+        "iris=1:0": "sum to zero",
+    }
+    for bad, message in refused.items():
         with pytest.raises(InvalidInput, match=message.replace("+", r"\+")):
             parse_flag(bad)
     assert policy_of({"split": {"1": 1}}).choose("k") == "1"

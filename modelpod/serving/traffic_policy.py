@@ -104,7 +104,7 @@ def _shadow_of(shadow: Any) -> Shadow | None:
 
 
 def parse_flag(text: str) -> dict[str, TrafficPolicy]:
-    """`iris=1:90,2:10;echo=1:50,2:50+sticky` (the `--traffic` flag) as a policy per model."""
+    """`iris=1:90,2:10+sticky+shadow=3@0.1;echo=2:1` (the `--traffic` flag) as a policy per model."""
     policies: dict[str, TrafficPolicy] = {}
     for entry in filter(None, (part.strip() for part in text.split(";"))):
         name, separator, rest = entry.partition("=")
@@ -112,17 +112,34 @@ def parse_flag(text: str) -> dict[str, TrafficPolicy]:
             raise InvalidInput(
                 f"traffic entry {entry!r} is not MODEL=VERSION:WEIGHT,... (e.g. iris=1:90,2:10)"
             )
-        rest, _, option = rest.partition("+")
-        if option.strip() not in ("", "sticky"):
-            raise InvalidInput(f"traffic entry {entry!r}: the only option is +sticky, not +{option}")
-        split: dict[str, Any] = {}
-        for pair in filter(None, (p.strip() for p in rest.split(","))):
-            version, colon, weight = pair.partition(":")
-            try:
-                split[version.strip()] = float(weight)
-            except ValueError:
-                raise InvalidInput(f"traffic entry {entry!r}: {pair!r} is not VERSION:WEIGHT") from None
-            if not colon:
-                raise InvalidInput(f"traffic entry {entry!r}: {pair!r} is not VERSION:WEIGHT")
-        policies[name.strip()] = policy_of({"split": split, "sticky": option.strip() == "sticky"})
+        pairs, *options = rest.split("+")
+        document: dict[str, Any] = {"split": _flag_split(entry, pairs)}
+        for option in (o.strip() for o in options):
+            if option == "sticky":
+                document["sticky"] = True
+            elif option.startswith("shadow="):
+                version, _, share = option.removeprefix("shadow=").partition("@")
+                document["shadow"] = {"version": version.strip(), "share": _number(entry, share or "1")}
+            else:
+                raise InvalidInput(
+                    f"traffic entry {entry!r}: +{option} is not +sticky or +shadow=VERSION@SHARE"
+                )
+        policies[name.strip()] = policy_of(document)
     return policies
+
+
+def _flag_split(entry: str, pairs: str) -> dict[str, Any]:
+    split: dict[str, Any] = {}
+    for pair in filter(None, (p.strip() for p in pairs.split(","))):
+        version, colon, weight = pair.partition(":")
+        if not colon:
+            raise InvalidInput(f"traffic entry {entry!r}: {pair!r} is not VERSION:WEIGHT")
+        split[version.strip()] = _number(entry, weight)
+    return split
+
+
+def _number(entry: str, text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise InvalidInput(f"traffic entry {entry!r}: {text!r} is not a number") from None
