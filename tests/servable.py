@@ -225,3 +225,12 @@ class Scaled(Model):
         if self.config.get("fail"):
             raise ValueError("this version fails on purpose")
         return {"y": x * float(self.config.get("scale", 1.0)), "label": "big" if x > 1 else "small"}
+
+
+class Lenient(Scaled):
+    """`Scaled` with its own comparison: numbers within 1 of each other agree."""
+
+    name = "lenient"
+
+    def compare(self, served: dict[str, Any], shadow: dict[str, Any]) -> dict[str, bool]:
+        return {"y": abs(served["y"] - shadow["y"]) < 1, "label": served["label"] == shadow["label"]}

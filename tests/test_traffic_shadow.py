@@ -105,3 +105,18 @@ def test_v2_inference_is_shadowed_and_compared(start_server: StartServer, tmp_pa
         results = _settled(http, 10)
     assert results["compared"] > 0, results
     assert results["agreement"] == {"y": 0.0, "label": 1.0}
+
+
+def test_a_model_compare_decides_agreement(start_server: StartServer, tmp_path: Path) -> None:
+    server = start_server(servable("Lenient"), args=("--model-pool-size", "2"), data_path=tmp_path / "data")
+    with httpx.Client(base_url=server.http_url, timeout=30) as http:
+        assert http.post("/models/lenient/versions/2/initialize", json={"scale": 1.5}).status_code == 200
+        policy = {"split": {"1": 1}, "shadow": {"version": "2", "share": 1}}
+        assert http.put("/models/lenient/traffic", json=policy).status_code == 200
+        for _ in range(10):
+            assert http.post("/models/lenient/predict", json={"x": 0.5}).status_code == 200
+        deadline = time.monotonic() + 10
+        while (results := http.get("/models/lenient/traffic").json()["shadow_results"])["compared"] < 1:
+            assert time.monotonic() < deadline, results
+            time.sleep(0.05)
+    assert results["agreement"] == {"y": 1.0, "label": 1.0}  # 0.5 and 0.75: within 1, by its compare
