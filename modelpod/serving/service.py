@@ -10,6 +10,8 @@ service is a facade: each call goes to the collaborator whose one job it is.
 - `Trainer`: training jobs.
 - `Versions`: initialize, load, unload, switch the default (each passed through `Changes`).
 - `Catalog`: what the server says about what it serves.
+- `Traffic`: which version a request to a bare model name goes to (a split, sticky or not).
+- `Shadowing`: a share of those requests also sent to a shadow version, the answers compared.
 
 What happens is published as events (`modelpod.observe.events`) to the recorders: the statistics
 extension, Prometheus metrics and the status page's activity, plus any the caller adds.
