@@ -213,3 +213,24 @@ class Tagged(Model):
         with (self.data_path / "tags.log").open("a") as file:
             file.write(tag + "\n")
         return tag
+
+
+class Scaled(Model):
+    """Versions for a shadow: x times its config's `scale`, after `sleep` seconds; `fail` raises."""
+
+    name = "scaled"
+
+    def predict(self, x: float) -> dict[str, Any]:
+        time.sleep(float(self.config.get("sleep", 0)))
+        if self.config.get("fail"):
+            raise ValueError("this version fails on purpose")
+        return {"y": x * float(self.config.get("scale", 1.0)), "label": "big" if x > 1 else "small"}
+
+
+class Lenient(Scaled):
+    """`Scaled` with its own comparison: numbers within 1 of each other agree."""
+
+    name = "lenient"
+
+    def compare(self, served: dict[str, Any], shadow: dict[str, Any]) -> dict[str, bool]:
+        return {"y": abs(served["y"] - shadow["y"]) < 1, "label": served["label"] == shadow["label"]}

@@ -10,8 +10,8 @@ event loop, a batcher's thread, a training job's thread): they must be quick and
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 logger = logging.getLogger("modelpod.observe")
 
@@ -54,6 +54,17 @@ class TrainingChanged:
     state: str
 
 
+@dataclass(frozen=True, slots=True)
+class ShadowDone:
+    """A request also sent to a shadow version, after its caller was answered: how that went."""
+
+    model: str
+    version: str  # the shadow version
+    outcome: str  # "compared"; "error" (the shadow failed); "shed" (skipped under load)
+    agreement: Mapping[str, bool] = field(default_factory=dict)  # per output: shadow agreed?
+    latency_difference: float | None = None  # shadow seconds minus served seconds
+
+
 class Recorder:
     """Told of what the serving core does; every hook does nothing until a subclass overrides it."""
 
@@ -64,6 +75,9 @@ class Recorder:
         return None
 
     def on_training(self, event: TrainingChanged) -> None:
+        return None
+
+    def on_shadow(self, event: ShadowDone) -> None:
         return None
 
 
@@ -94,3 +108,10 @@ class Recorders(Recorder):
                 recorder.on_training(event)
             except Exception:
                 logger.exception("%s failed to record a training job", type(recorder).__name__)
+
+    def on_shadow(self, event: ShadowDone) -> None:
+        for recorder in self.all:
+            try:
+                recorder.on_shadow(event)
+            except Exception:
+                logger.exception("%s failed to record a shadow request", type(recorder).__name__)

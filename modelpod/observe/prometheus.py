@@ -10,11 +10,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Summary, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from modelpod.observe.events import BatchDone, Recorder, RequestDone, TrainingChanged
+from modelpod.observe.events import BatchDone, Recorder, RequestDone, ShadowDone, TrainingChanged
 
 
 class PoolCounts(Protocol):
@@ -81,6 +81,18 @@ class ServerMetrics(Recorder):
         self.stream_items = Counter(
             "modelpod_stream_items", "Items streamed to clients", _MODEL, registry=self.registry
         )
+        self.shadow_requests = Counter(
+            "modelpod_shadow_requests", "Requests also sent to a shadow version, by outcome (compared, "
+            "error, shed)", [*_MODEL, "outcome"], registry=self.registry,
+        )  # fmt: skip
+        self.shadow_agreement = Counter(
+            "modelpod_shadow_agreement", "Shadow answers compared with the served ones, per output, by "
+            "whether they agreed", [*_MODEL, "output", "agreed"], registry=self.registry,
+        )  # fmt: skip
+        self.shadow_latency_difference = Summary(
+            "modelpod_shadow_latency_difference_seconds", "The shadow's time minus the served answer's",
+            _MODEL, registry=self.registry,
+        )  # fmt: skip
         self.registry.register(_LiveState(pool_counts, queue_depths, in_flight))
 
     def on_request(self, event: RequestDone) -> None:
@@ -91,6 +103,15 @@ class ServerMetrics(Recorder):
 
     def on_batch(self, event: BatchDone) -> None:
         self.batch(event.model, event.version, event.rows, event.compute, event.waits)
+
+    def on_shadow(self, event: ShadowDone) -> None:
+        self.shadow_requests.labels(event.model, event.version, event.outcome).inc()
+        for output, agreed in event.agreement.items():
+            self.shadow_agreement.labels(event.model, event.version, output, str(agreed).lower()).inc()
+        if event.latency_difference is not None:
+            self.shadow_latency_difference.labels(event.model, event.version).observe(
+                event.latency_difference
+            )
 
     def on_training(self, event: TrainingChanged) -> None:
         if event.state == "running":

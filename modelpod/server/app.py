@@ -28,6 +28,7 @@ from modelpod.server.tls import load_tls
 from modelpod.serving.pool import ModelPool
 from modelpod.serving.repository import Repository
 from modelpod.serving.service import InferenceService
+from modelpod.serving.traffic_policy import parse_flag
 
 if TYPE_CHECKING:
     from modelpod.server.from_store import Announcer
@@ -63,6 +64,8 @@ class ModelServer:
         self.service = InferenceService(
             repository, self.pool, settings.rpc_max_workers, slow_ms=settings.slow_ms, limits=limits
         )
+        if settings.traffic:
+            self.service.configure_traffic(parse_flag(settings.traffic))
         self.http_port = 0
         self.grpc_port = 0
         self._http: _Uvicorn | None = None

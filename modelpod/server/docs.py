@@ -74,6 +74,18 @@ _SCHEMAS = {
         "required": ["version"],
         "properties": {"version": {"type": ["string", "integer"]}},
     },
+    "TrafficPolicy": {
+        "type": "object",
+        "properties": {
+            "split": {"type": "object", "additionalProperties": {"type": "number", "minimum": 0}},
+            "sticky": {"type": "boolean"},
+            "shadow": {
+                "type": ["object", "null"],
+                "required": ["version"],
+                "properties": {"version": {"type": ["string", "integer"]}, "share": {"type": "number"}},
+            },
+        },
+    },
     "Readiness": {
         "type": "object",
         "required": ["name", "ready"],
@@ -168,6 +180,12 @@ def openapi_document(models: Sequence[str] = ()) -> dict[str, Any]:
         "/models/{name}": {"get": _operation("one model's versions", m)},
         "/models/{name}/default": {
             "put": _operation("switch the default version without downtime", m, "DefaultVersion")
+        },
+        "/models/{name}/traffic": {
+            "get": _operation("the traffic policy between versions, and its shadow's results", m),
+            "put": _operation(
+                "set the traffic policy: a split, sticky or not, and a shadow", m, "TrafficPolicy"
+            ),
         },
         "/models/{name}/{method}": {"post": call},
         "/models/{name}/versions/{version}/{method}": {"post": call_v},

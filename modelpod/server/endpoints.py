@@ -111,6 +111,8 @@ async def decoded(decode: Callable[..., T], body: bytearray, *args: Any) -> T:
 
 WATCH_AFTER = 0.05  # seconds a request may wait before the server watches for its client hanging up
 PRIORITY_HEADER = "x-priority"
+ANSWERED_BY_MODEL, ANSWERED_BY_VERSION = "x-modelpod-model", "x-modelpod-version"
+TRAFFIC_KEY_HEADER = "x-modelpod-traffic-key"  # hashed to keep a caller on one version (sticky split)
 TIMEOUT_HEADER = "request-timeout"  # seconds
 
 
@@ -124,7 +126,7 @@ def options_of(
     timeout: Any = request.headers.get(TIMEOUT_HEADER)
     if timeout is None and params.get("timeout") is not None:
         timeout = _microseconds(params["timeout"])
-    return request_options(priority, timeout, protocol)
+    return request_options(priority, timeout, protocol, request.headers.get(TRAFFIC_KEY_HEADER))
 
 
 def _microseconds(value: Any) -> float:
@@ -192,6 +194,11 @@ def handled(endpoint: Endpoint) -> Endpoint:
         timing = timings.begin()
         response = await _answer(endpoint, request)
         response.headers[logs.REQUEST_ID_HEADER] = rid
+        if timing.version:  # which model and version answered: a traffic split may have chosen it
+            response.headers[ANSWERED_BY_MODEL], response.headers[ANSWERED_BY_VERSION] = (
+                timing.model,
+                timing.version,
+            )
         timing.log_if_slow(service_of(request).slow_ms)
         return response
 

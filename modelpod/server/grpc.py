@@ -315,11 +315,14 @@ async def _unpacked(payload: bytes) -> Any:
 
 
 def options_of(context: Any, parameters: Mapping[str, Any] | None = None, protocol: str = "grpc") -> Options:
-    """Priority from `x-priority` metadata or the `priority` parameter; the timeout is the call's deadline."""
+    """Priority from `x-priority` metadata or the `priority` parameter; the timeout is the call's
+    deadline; `x-modelpod-traffic-key` metadata keeps a caller on one version of a sticky split."""
     metadata = dict(context.invocation_metadata() or ())
     priority = metadata.get("x-priority", (parameters or {}).get("priority"))
-    remaining = context.time_remaining()
-    return request_options(priority, remaining, protocol)
+    key = metadata.get("x-modelpod-traffic-key")
+    return request_options(
+        priority, context.time_remaining(), protocol, key if isinstance(key, str) else None
+    )
 
 
 def _packed(item: Any) -> bytes:

@@ -48,6 +48,8 @@ def routes() -> list[BaseRoute]:
         Route("/models", list_models, methods=["GET"]),
         Route("/models/{name}", show_model, methods=["GET"]),
         Route("/models/{name}/default", set_default, methods=["PUT"]),
+        Route("/models/{name}/traffic", show_traffic, methods=["GET"]),
+        Route("/models/{name}/traffic", set_traffic, methods=["PUT"]),
         Route("/models/{name}/log", call_method, methods=["GET"]),
         Route("/models/{name}/versions/{version}/log", call_method, methods=["GET"]),
         Route("/models/{name}/train", training_job, methods=["GET"]),
@@ -78,6 +80,20 @@ async def set_default(request: Request) -> Response:
     if not isinstance(version, str | int) or isinstance(version, bool):
         raise InvalidInput('the body must be {"version": "<version>"}')
     return json_response(await service_of(request).set_default(request.path_params["name"], str(version)))
+
+
+@handled
+async def show_traffic(request: Request) -> Response:
+    return json_response(service_of(request).traffic_policy(request.path_params["name"]))
+
+
+@handled
+async def set_traffic(request: Request) -> Response:
+    """Replace the model's traffic policy: `{"split": {"1": 90, "2": 10}, "sticky": true}`."""
+    raw = await read_body(request)
+    check_parsed_size(request, len(raw))
+    body = await decoded(jsoncodec.loads, raw)
+    return json_response(service_of(request).set_traffic(request.path_params["name"], body))
 
 
 @handled

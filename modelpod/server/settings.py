@@ -136,6 +136,11 @@ class Settings(BaseSettings):
     api_key_file: Path | None = Field(
         None, description="a file of ROLE:KEY lines (# comments), added to the API keys"
     )
+    traffic: str | None = Field(
+        None,
+        description="traffic policies at start, MODEL=VERSION:WEIGHT,...[+sticky][+shadow=VERSION@SHARE] "
+        "separated by ';', e.g. iris=1:90,2:10 (a policy an admin saved since is kept until this changes)",
+    )
     tls_cert: Path | None = Field(None, description="PEM certificate (chain): serve HTTPS and gRPC over TLS")
     tls_key: Path | None = Field(None, description="PEM private key of the TLS certificate")
 

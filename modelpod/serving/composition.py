@@ -152,6 +152,6 @@ class Composition:
         if query_params is not None and hosted.query_params:
             request.setdefault("query_params", dict(query_params))
         remaining = None if deadline is None else deadline - time.monotonic()
-        step_options = Options(options.priority, remaining, "pipeline")
+        step_options = Options(options.priority, remaining, "pipeline", options.traffic_key)
         work = self.execution.predict_many(hosted, version, [request], step_options)
         return (await self.execution.observed(hosted, version, step_options, work))[0]

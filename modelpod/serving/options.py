@@ -15,12 +15,15 @@ class Options:
     priority: int = 0
     timeout: float | None = None  # seconds from arrival; past it the request is answered Timeout
     protocol: str = "python"  # which edge it came through, for the metrics
+    traffic_key: str | None = None  # keeps a caller on one version under a sticky traffic split
 
 
 DEFAULT_OPTIONS = Options()
 
 
-def request_options(priority: Any = None, timeout: Any = None, protocol: str = "python") -> Options:
+def request_options(
+    priority: Any = None, timeout: Any = None, protocol: str = "python", traffic_key: str | None = None
+) -> Options:
     """Options from what a transport received (header or parameter text), checked."""
     try:
         chosen_priority = int(priority) if priority not in (None, "") else 0
@@ -31,4 +34,4 @@ def request_options(priority: Any = None, timeout: Any = None, protocol: str = "
         ) from None
     if seconds is not None and not seconds >= 0:  # also refuses NaN
         raise InvalidInput(f"timeout must be a non-negative number of seconds, not {timeout!r}")
-    return Options(chosen_priority, clamp_wait(seconds), protocol)
+    return Options(chosen_priority, clamp_wait(seconds), protocol, traffic_key or None)

@@ -10,6 +10,8 @@ service is a facade: each call goes to the collaborator whose one job it is.
 - `Trainer`: training jobs.
 - `Versions`: initialize, load, unload, switch the default (each passed through `Changes`).
 - `Catalog`: what the server says about what it serves.
+- `Traffic`: which version a request to a bare model name goes to (a split, sticky or not).
+- `Shadowing`: a share of those requests also sent to a shadow version, the answers compared.
 
 What happens is published as events (`modelpod.observe.events`) to the recorders: the statistics
 extension, Prometheus metrics and the status page's activity, plus any the caller adds.
@@ -17,6 +19,7 @@ extension, Prometheus metrics and the status page's activity, plus any the calle
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from typing import Any
 
@@ -36,11 +39,14 @@ from modelpod.serving.execution import Execution
 from modelpod.serving.openai import Finished, OpenAIServing, Prepared
 from modelpod.serving.options import DEFAULT_OPTIONS, Options
 from modelpod.serving.pool import ModelPool
-from modelpod.serving.repository import Repository
+from modelpod.serving.repository import HostedModel, Repository
 from modelpod.serving.served_pipeline import ServedPipeline
+from modelpod.serving.shadowing import Shadowing
 from modelpod.serving.streams import Streams
 from modelpod.serving.tensor_requests import TensorRequests
 from modelpod.serving.tensors import Arrays
+from modelpod.serving.traffic import Traffic
+from modelpod.serving.traffic_policy import TrafficPolicy
 from modelpod.serving.trainer import Trainer
 from modelpod.serving.versions import Versions
 
@@ -80,6 +86,8 @@ class InferenceService:
         self.streaming = Streams(self.execution, self.composition, self.tensor_requests)
         self.trainer = Trainer(repository, pool, self.recorder, self.changes)
         self.versions = Versions(self.execution)
+        self.traffic = Traffic(repository, pool.per_model)
+        self.shadowing = Shadowing(self.execution, self.recorder)
         self.openai = OpenAIServing(self.execution, self.streaming)
         self.catalog = Catalog(name, self.execution, self.batchers, self.trainer, self.statistics)
 
@@ -107,6 +115,9 @@ class InferenceService:
             return await self.changes.make(
                 CHANGED, name, resolved, lambda: run(initialize, name, version, dict(arguments))
             )
+        requested = version
+        if method == "predict":
+            version = self.traffic.version_for(name, version, options.traffic_key)
         hosted, version = self.execution.available(name, version)
         if method == "log":
             return await run(lambda: self.repository.instance(hosted, version).log())
@@ -122,8 +133,11 @@ class InferenceService:
         request = dict(arguments)
         if query_params is not None and hosted.query_params:
             request.setdefault("query_params", dict(query_params))
+        started = time.monotonic()
         work = self.execution.predict_many(hosted, version, [request], options)
-        return (await self.execution.observed(hosted, version, options, work))[0]
+        answers = await self.execution.observed(hosted, version, options, work)
+        self._shadow(hosted, requested, [request], answers, started)
+        return answers[0]
 
     def training_progress(
         self, name: str, version: str, after: int = 0
@@ -205,6 +219,7 @@ class InferenceService:
         options: Options = DEFAULT_OPTIONS,
     ) -> tuple[str, Arrays]:
         """Run tensors through one version; returns the version that ran and its outputs."""
+        requested, version = version, self.traffic.version_for(name, version, options.traffic_key)
         hosted, version = self.execution.available(name, version)
         target = self.composition.route(hosted, version, query_params, inputs)
         if target is not None:
@@ -212,8 +227,10 @@ class InferenceService:
         if isinstance(hosted.probe, ServedPipeline):
             return version, await self.composition.infer(hosted, version, inputs, query_params, options)
         calls = await self.tensor_requests.calls(hosted, inputs)
+        started = time.monotonic()
         work = self.execution.predict_many(hosted, version, calls, options)
         results = await self.execution.observed(hosted, version, options, work)
+        self._shadow(hosted, requested, calls, results, started)
         return version, await self.tensor_requests.outputs(hosted.probe, len(calls), inputs, results)
 
     def decode_budget(self, name: str, version: str | None) -> DecodeBudget:
@@ -273,6 +290,31 @@ class InferenceService:
             DEFAULT, name, resolved, lambda: self.versions.set_default(name, resolved)
         )
 
+    def _shadow(
+        self, hosted: HostedModel, requested: str | None, calls: list[Any], answers: list[Any], started: float
+    ) -> None:
+        """Once the caller's answer is decided: a request to the bare name may go to the shadow too."""
+        shadow = None if requested else self.traffic.policy(hosted.name).shadows()
+        if shadow is not None:
+            copies = [dict(call) if isinstance(call, dict) else call for call in calls]
+            self.shadowing.send(hosted, shadow, copies, answers, time.monotonic() - started)
+
+    def traffic_policy(self, name: str) -> dict[str, Any]:
+        """The model's traffic policy (see `modelpod.serving.traffic`) and its shadow's results."""
+        self.repository.get(name)
+        document = self.traffic.policy(name).document()
+        shadow = document["shadow"]["version"] if document["shadow"] else None
+        results = self.shadowing.document(name, shadow)
+        return {**document, "shadow_results": results, "warning": self.traffic.warning(name)}
+
+    def set_traffic(self, name: str, document: Any) -> dict[str, Any]:
+        """Check, save and apply a new traffic policy; requests in flight finish where they went."""
+        self.traffic.set(name, document)
+        return self.traffic_policy(name)
+
+    def configure_traffic(self, policies: dict[str, TrafficPolicy]) -> None:
+        self.traffic.configure(policies)
+
     # -- shutdown ------------------------------------------------------------------------------------
 
     def start_draining(self) -> None:
@@ -288,6 +330,7 @@ class InferenceService:
         return self.admission.in_flight
 
     def close(self) -> None:
+        self.shadowing.close()
         self.batchers.close()
         self.admission.close()
         self.pool.close()
