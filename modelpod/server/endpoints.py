@@ -190,9 +190,13 @@ def handled(endpoint: Endpoint) -> Endpoint:
         rid = logs.new_request_id(request.headers.get(logs.REQUEST_ID_HEADER))
         logs.request_id.set(rid)  # each request runs in a task of its own: this is its context
         timing = timings.begin()
+        service = service_of(request)
+        span = None if service.tracer is None else service.tracer.start(request.headers, endpoint.__name__)
         response = await _answer(endpoint, request)
         response.headers[logs.REQUEST_ID_HEADER] = rid
-        timing.log_if_slow(service_of(request).slow_ms)
+        timing.log_if_slow(service.slow_ms)
+        if span is not None:  # a streamed body is still to come: the span covers the answer's start
+            span.finish(str(response.status_code), response.headers.get("x-error-id", ""))
         return response
 
     return wrapper

@@ -51,17 +51,25 @@ def guarded(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
 
     @functools.wraps(handler)
     async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext[Any, Any]) -> Resp:
-        given = dict(context.invocation_metadata() or ()).get(logs.REQUEST_ID_HEADER)
+        metadata: dict[str, Any] = dict(context.invocation_metadata() or ())  # traceparent too
+        given = metadata.get(logs.REQUEST_ID_HEADER)
         rid = logs.new_request_id(given if isinstance(given, str) else None)
         logs.request_id.set(rid)  # each call runs in a task of its own: this is its context
         timing = timings.begin()
+        tracer = self.service.tracer
+        span = None if tracer is None else tracer.start(metadata, f"grpc {handler.__name__}")
         try:
             answer = await handler(self, request, context)
         except Exception as error:
-            await abort(context, typed(error, handler.__name__), rid)
+            failure = typed(error, handler.__name__)
+            if span is not None:
+                span.finish(grpc_status_name(failure), getattr(failure, "error_id", ""))
+            await abort(context, failure, rid)
             raise AssertionError("abort() always raises") from None  # pragma: no cover
         finally:
             timing.log_if_slow(self.service.slow_ms)
+        if span is not None:
+            span.finish("OK")
         context.set_trailing_metadata(((logs.REQUEST_ID_HEADER, rid),))
         return answer
 
