@@ -4,6 +4,7 @@ without `--otel` nothing of OpenTelemetry is even imported."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -11,6 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 from opentelemetry import trace
@@ -18,7 +20,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from opentelemetry.sdk.trace import TracerProvider
 
-from modelpod.client import Client
+from modelpod.client import AsyncClient, Client
 from modelpod.errors import ModelError
 
 from conftest import ServerProcess, StartServer, servable
@@ -208,11 +210,19 @@ def test_clients_send_the_current_trace_and_errors_carry_their_id(
             pytest.raises(ModelError) as raised,
         ):
             client.predict(x=1)
+        asyncio.run(_infer_async(server.http_url))  # the task copies this context: the same trace
     context = caller.get_span_context()
     error_id = str(raised.value).rsplit("error id ", 1)[1].strip(")")
+    garbled = {"traceparent": "00-not-a-trace-01"}  # ignored: the request starts a trace of its own
+    response = httpx.get(f"{server.http_url}/v2/models/batched", headers=garbled)
+    assert response.status_code == 200, response.text
 
-    spans = collector.wait_for(lambda s: len([x for x in s if x.kind == Span.SPAN_KIND_SERVER]) >= 2)
-    served = {s.name: s for s in spans if s.kind == Span.SPAN_KIND_SERVER}
+    spans = collector.wait_for(lambda s: len([x for x in s if x.kind == Span.SPAN_KIND_SERVER]) >= 4)
+    (fresh,) = [s for s in spans if s.name == "model_metadata"]
+    assert fresh.trace_id != context.trace_id.to_bytes(16, "big")
+    assert not fresh.parent_span_id
+    served = {s.name: s for s in spans if s.kind == Span.SPAN_KIND_SERVER and s is not fresh}
+    assert sorted(served) == ["call_method", "grpc ModelInfer", "infer"]
     for span in served.values():
         assert span.trace_id == context.trace_id.to_bytes(16, "big")
         assert span.parent_span_id == context.span_id.to_bytes(8, "big")
@@ -227,6 +237,11 @@ def test_clients_send_the_current_trace_and_errors_carry_their_id(
     line = server.wait_for_line(f"error id {error_id}")
     assert f"trace {context.trace_id:032x}]" in line
     assert trace.get_current_span() is trace.INVALID_SPAN  # the test left no span current
+
+
+async def _infer_async(address: str) -> None:
+    async with AsyncClient(address, model="batched") as client:
+        await client.infer({"x": np.ones((1, 4), np.float32)})
 
 
 def test_nothing_of_opentelemetry_is_loaded_without_otel(start_server: StartServer, tmp_path: Path) -> None:
