@@ -8,15 +8,17 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent import futures
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import numpy as np
 import pytest
 from opentelemetry import trace
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from opentelemetry.sdk.trace import TracerProvider
 
@@ -242,6 +244,45 @@ def test_clients_send_the_current_trace_and_errors_carry_their_id(
 async def _infer_async(address: str) -> None:
     async with AsyncClient(address, model="batched") as client:
         await client.infer({"x": np.ones((1, 4), np.float32)})
+
+
+class GrpcCollector(trace_service_pb2_grpc.TraceServiceServicer):
+    """An OTLP/gRPC receiver built from the OTLP protos, on a loopback port."""
+
+    def __init__(self, spans: Collector) -> None:
+        self.spans = spans
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(self, self.server)
+        self.endpoint = f"http://127.0.0.1:{self.server.add_insecure_port('127.0.0.1:0')}"
+        self.server.start()
+
+    def Export(  # noqa: N802 - the name the OTLP service defines
+        self, request: trace_service_pb2.ExportTraceServiceRequest, context: Any
+    ) -> trace_service_pb2.ExportTraceServiceResponse:
+        self.spans.receive(request)
+        return trace_service_pb2.ExportTraceServiceResponse()
+
+
+def test_spans_go_over_otlp_grpc_too(start_server: StartServer, tmp_path: Path, collector: Collector) -> None:
+    receiver = GrpcCollector(collector)  # the HTTP collector only keeps what this one is sent
+    try:
+        env = {
+            "MODELPOD_OTEL": "1",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+            "OTEL_BSP_SCHEDULE_DELAY": "50",
+        }
+        server = start_server(servable("Batched"), env=env)
+        with Client(server.grpc_address, model="batched") as client:
+            client.infer({"x": np.ones((3, 4), np.float32)})
+        spans = collector.wait_for(lambda s: any(x.name == "batch" for x in s))
+        (request,) = [s for s in spans if s.name == "grpc ModelInfer"]
+        (batch,) = [s for s in spans if s.name == "batch"]
+        assert (batch.trace_id, batch.parent_span_id) == (request.trace_id, request.span_id)
+        assert attributes(batch)["modelpod.batch_rows"] == 3
+        assert collector.service_names == {"modelpod"}  # no OTEL_SERVICE_NAME: the default
+    finally:
+        receiver.server.stop(grace=None)
 
 
 def test_nothing_of_opentelemetry_is_loaded_without_otel(start_server: StartServer, tmp_path: Path) -> None:
