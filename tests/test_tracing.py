@@ -25,7 +25,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from modelpod.client import AsyncClient, Client
 from modelpod.errors import ModelError
 
-from conftest import ServerProcess, StartServer, servable
+from conftest import ROOT, ServerProcess, StartServer, servable
 
 # Run in the server process at start and exit (a sitecustomize on its path): which OpenTelemetry
 # modules it loaded, printed when it exits.
@@ -272,10 +272,22 @@ def test_spans_go_over_otlp_grpc_too(start_server: StartServer, tmp_path: Path, 
             "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
             "OTEL_BSP_SCHEDULE_DELAY": "50",
         }
-        server = start_server(servable("Batched"), env=env)
+        streaming = f"{ROOT / 'tests' / 'servable_streaming.py'}:Counter"
+        server = start_server(servable("Batched"), streaming, env=env)
         with Client(server.grpc_address, model="batched") as client:
             client.infer({"x": np.ones((3, 4), np.float32)})
-        spans = collector.wait_for(lambda s: any(x.name == "batch" for x in s))
+        with Client(server.grpc_address, model="counter") as client:
+            assert list(client.predict_stream(n=3)) == [{"i": 0}, {"i": 1}, {"i": 2}]
+        spans = collector.wait_for(lambda s: {"batch", "grpc CallStream"} <= {x.name for x in s})
+        (stream,) = [s for s in spans if s.name == "grpc CallStream"]
+        assert attributes(stream) == {
+            "modelpod.model": "counter",
+            "modelpod.version": "1",
+            "modelpod.protocol": "grpc",
+            "modelpod.outcome": "ok",
+            "modelpod.stream_items": 3,
+            "modelpod.status": "OK",
+        }
         (request,) = [s for s in spans if s.name == "grpc ModelInfer"]
         (batch,) = [s for s in spans if s.name == "batch"]
         assert (batch.trace_id, batch.parent_span_id) == (request.trace_id, request.span_id)

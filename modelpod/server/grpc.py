@@ -30,6 +30,7 @@ from modelpod.protocol._generated import grpc_service_pb2 as pb
 from modelpod.protocol._generated import grpc_service_pb2_grpc as pb_grpc
 from modelpod.protocol._generated import native_pb2, native_pb2_grpc
 from modelpod.protocol.cost import DecodeBudget
+from modelpod.server.grpc_tracing import call_span, finish, traced_stream
 from modelpod.server.grpc_wire import add_servicer
 from modelpod.serving.options import Options, request_options
 from modelpod.serving.service import InferenceService
@@ -56,20 +57,17 @@ def guarded(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
         rid = logs.new_request_id(given if isinstance(given, str) else None)
         logs.request_id.set(rid)  # each call runs in a task of its own: this is its context
         timing = timings.begin()
-        tracer = self.service.tracer
-        span = None if tracer is None else tracer.start(metadata, f"grpc {handler.__name__}")
+        span = call_span(self.service, metadata, handler.__name__)
         try:
             answer = await handler(self, request, context)
         except Exception as error:
             failure = typed(error, handler.__name__)
-            if span is not None:
-                span.finish(grpc_status_name(failure), getattr(failure, "error_id", ""))
+            finish(span, grpc_status_name(failure), getattr(failure, "error_id", ""))
             await abort(context, failure, rid)
             raise AssertionError("abort() always raises") from None  # pragma: no cover
         finally:
             timing.log_if_slow(self.service.slow_ms)
-        if span is not None:
-            span.finish("OK")
+        finish(span, "OK")
         context.set_trailing_metadata(((logs.REQUEST_ID_HEADER, rid),))
         return answer
 
@@ -130,6 +128,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
         return await self._infer(request, context)
 
+    @traced_stream
     async def ModelStreamInfer(
         self, requests: AsyncIterator[pb.ModelInferRequest], context: Any
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
@@ -279,6 +278,7 @@ class NativeServicer(native_pb2_grpc.ModelServiceServicer):
             result = _unwrap(result)
         return native_pb2.CallResponse(payload=native.pack(result))
 
+    @traced_stream
     async def CallStream(
         self, request: native_pb2.CallRequest, context: Any
     ) -> AsyncIterator[native_pb2.CallResponse]:
