@@ -263,7 +263,9 @@ class GrpcCollector(trace_service_pb2_grpc.TraceServiceServicer):
         return trace_service_pb2.ExportTraceServiceResponse()
 
 
-def test_spans_go_over_otlp_grpc_too(start_server: StartServer, tmp_path: Path, collector: Collector) -> None:
+def test_spans_over_otlp_grpc_and_a_stream_in_one_span(
+    start_server: StartServer, tmp_path: Path, collector: Collector
+) -> None:
     receiver = GrpcCollector(collector)  # the HTTP collector only keeps what this one is sent
     try:
         env = {
@@ -278,15 +280,28 @@ def test_spans_go_over_otlp_grpc_too(start_server: StartServer, tmp_path: Path, 
             client.infer({"x": np.ones((3, 4), np.float32)})
         with Client(server.grpc_address, model="counter") as client:
             assert list(client.predict_stream(n=3)) == [{"i": 0}, {"i": 1}, {"i": 2}]
-        spans = collector.wait_for(lambda s: {"batch", "grpc CallStream"} <= {x.name for x in s})
-        (stream,) = [s for s in spans if s.name == "grpc CallStream"]
-        assert attributes(stream) == {
-            "modelpod.model": "counter",
-            "modelpod.version": "1",
-            "modelpod.protocol": "grpc",
-            "modelpod.outcome": "ok",
-            "modelpod.stream_items": 3,
-            "modelpod.status": "OK",
+        with Client(server.http_url, model="counter") as client:  # a streamed HTTP body
+            assert list(client.predict_stream(n=2)) == [{"i": 0}, {"i": 1}]
+        names = {"batch", "grpc CallStream", "call_method"}
+        spans = collector.wait_for(lambda s: names <= {x.name for x in s})
+        streams = {s.name: attributes(s) for s in spans if s.name in ("grpc CallStream", "call_method")}
+        assert streams == {  # each span outlived its stream, so it has what the stream ended with
+            "grpc CallStream": {
+                "modelpod.model": "counter",
+                "modelpod.version": "1",
+                "modelpod.protocol": "grpc",
+                "modelpod.outcome": "ok",
+                "modelpod.stream_items": 3,
+                "modelpod.status": "OK",
+            },
+            "call_method": {
+                "modelpod.model": "counter",
+                "modelpod.version": "1",
+                "modelpod.protocol": "http",
+                "modelpod.outcome": "ok",
+                "modelpod.stream_items": 2,
+                "modelpod.status": "200",
+            },
         }
         (request,) = [s for s in spans if s.name == "grpc ModelInfer"]
         (batch,) = [s for s in spans if s.name == "batch"]

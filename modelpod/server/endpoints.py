@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from modelpod.errors import (
     ERROR_NAME_HEADER,
@@ -23,6 +23,7 @@ from modelpod.errors import (
 )
 from modelpod.observe import logs
 from modelpod.observe import timing as timings
+from modelpod.observe.events import RequestSpan
 from modelpod.protocol import jsoncodec
 from modelpod.protocol.body import BodyBuffer
 from modelpod.serving.options import Options, request_options
@@ -195,11 +196,29 @@ def handled(endpoint: Endpoint) -> Endpoint:
         response = await _answer(endpoint, request)
         response.headers[logs.REQUEST_ID_HEADER] = rid
         timing.log_if_slow(service.slow_ms)
-        if span is not None:  # a streamed body is still to come: the span covers the answer's start
-            span.finish(str(response.status_code), response.headers.get("x-error-id", ""))
+        if span is not None:
+            _finish_span(span, response)
         return response
 
     return wrapper
+
+
+def _finish_span(span: RequestSpan, response: Response) -> None:
+    """End the request's span now, or once its streamed body is sent (the stream is the request)."""
+    status, error_id = str(response.status_code), response.headers.get("x-error-id", "")
+    if not isinstance(response, StreamingResponse):
+        span.finish(status, error_id)
+        return
+    body = response.body_iterator
+
+    async def finishing() -> AsyncIterator[Any]:
+        try:
+            async for chunk in body:
+                yield chunk
+        finally:
+            span.finish(status, error_id)
+
+    response.body_iterator = finishing()
 
 
 async def _answer(endpoint: Endpoint, request: Request) -> Response:
