@@ -5,6 +5,7 @@ without `--otel` nothing of OpenTelemetry is even imported."""
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -273,6 +274,8 @@ def test_spans_over_otlp_grpc_and_a_stream_in_one_span(
             "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
             "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
             "OTEL_BSP_SCHEDULE_DELAY": "50",
+            "MODELPOD_SLOW_MS": "0",  # every request's breakdown is logged: a line about a request
+            "MODELPOD_LOG_FORMAT": "json",
         }
         streaming = f"{ROOT / 'tests' / 'servable_streaming.py'}:Counter"
         server = start_server(servable("Batched"), streaming, env=env)
@@ -307,6 +310,9 @@ def test_spans_over_otlp_grpc_and_a_stream_in_one_span(
         (batch,) = [s for s in spans if s.name == "batch"]
         assert (batch.trace_id, batch.parent_span_id) == (request.trace_id, request.span_id)
         assert attributes(batch)["modelpod.batch_rows"] == 3
+        line = json.loads(server.wait_for_line(r'"message":"slow request to batched'))
+        assert line["trace_id"] == request.trace_id.hex()  # the log line names the request's trace
+        assert line["request_id"]
         assert collector.service_names == {"modelpod"}  # no OTEL_SERVICE_NAME: the default
     finally:
         receiver.server.stop(grace=None)
