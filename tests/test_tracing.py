@@ -235,6 +235,10 @@ def test_clients_send_the_current_trace_and_errors_carry_their_id(
     assert attributes(failed)["modelpod.error_id"] == error_id
     assert attributes(failed)["modelpod.status"] == "500"
     assert failed.status.code == failed.status.STATUS_CODE_ERROR
+    # A model that does not batch runs each call on a model thread: a queue and a batch span still.
+    spans = collector.wait_for(lambda s: len([x for x in s if x.parent_span_id == failed.span_id]) >= 2)
+    below = sorted(s.name for s in spans if s.parent_span_id == failed.span_id)
+    assert below == ["batch", "queue"]
 
     # The log line about the failure names its trace beside its request.
     line = server.wait_for_line(f"error id {error_id}")
