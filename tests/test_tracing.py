@@ -172,6 +172,8 @@ def test_a_batch_links_the_requests_it_served(
         request = requests[context.trace_id.to_bytes(16, "big")]
         assert request.parent_span_id == context.span_id.to_bytes(8, "big")  # a child of its caller
         assert attributes(request) == {
+            "http.request.method": "POST",
+            "url.path": "/models/tagged/predict",
             "modelpod.model": "tagged",
             "modelpod.version": "1",
             "modelpod.protocol": "http",
@@ -294,6 +296,8 @@ def test_spans_over_otlp_grpc_and_a_stream_in_one_span(
         streams = {s.name: attributes(s) for s in spans if s.name in ("grpc CallStream", "call_method")}
         assert streams == {  # each span outlived its stream, so it has what the stream ended with
             "grpc CallStream": {
+                "rpc.system": "grpc",
+                "rpc.method": "CallStream",
                 "modelpod.model": "counter",
                 "modelpod.version": "1",
                 "modelpod.protocol": "grpc",
@@ -302,6 +306,8 @@ def test_spans_over_otlp_grpc_and_a_stream_in_one_span(
                 "modelpod.status": "OK",
             },
             "call_method": {
+                "http.request.method": "POST",
+                "url.path": "/models/counter/predict",
                 "modelpod.model": "counter",
                 "modelpod.version": "1",
                 "modelpod.protocol": "http",

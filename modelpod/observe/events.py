@@ -32,7 +32,7 @@ class SpanStarter(Protocol):
     """Starts a request's span at an edge, continuing the caller's trace from its headers or
     metadata (`carrier`), and makes it the context's `request_trace`."""
 
-    def start(self, carrier: Mapping[str, str], name: str) -> RequestSpan: ...
+    def start(self, carrier: Mapping[str, str], name: str, attributes: Mapping[str, str]) -> RequestSpan: ...
 
 
 @dataclass(frozen=True, slots=True)

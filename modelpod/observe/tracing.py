@@ -77,10 +77,10 @@ class Tracing(Recorder):
         self.provider = tracer_provider
         self.tracer = tracer_provider.get_tracer("modelpod", __version__)
 
-    def start(self, carrier: Mapping[str, str], name: str) -> ServerSpan:
+    def start(self, carrier: Mapping[str, str], name: str, attributes: Mapping[str, str]) -> ServerSpan:
         """A server span continuing the caller's trace, current in this context (a request's task)."""
         parent = _PROPAGATOR.extract(carrier)
-        span = self.tracer.start_span(name, context=parent, kind=SpanKind.SERVER)
+        span = self.tracer.start_span(name, context=parent, kind=SpanKind.SERVER, attributes=attributes)
         request_trace.set(span)
         logs.trace_id.set(trace_id_of(span))
         # Current for OpenTelemetry too, so that calls a model makes (RemoteModel, Client) join it.

@@ -23,7 +23,7 @@ from modelpod.errors import (
 )
 from modelpod.observe import logs
 from modelpod.observe import timing as timings
-from modelpod.observe.events import RequestSpan
+from modelpod.observe.events import RequestSpan, SpanStarter
 from modelpod.protocol import jsoncodec
 from modelpod.protocol.body import BodyBuffer
 from modelpod.serving.options import Options, request_options
@@ -192,7 +192,7 @@ def handled(endpoint: Endpoint) -> Endpoint:
         logs.request_id.set(rid)  # each request runs in a task of its own: this is its context
         timing = timings.begin()
         service = service_of(request)
-        span = None if service.tracer is None else service.tracer.start(request.headers, endpoint.__name__)
+        span = None if service.tracer is None else _start_span(service.tracer, request, endpoint.__name__)
         response = await _answer(endpoint, request)
         response.headers[logs.REQUEST_ID_HEADER] = rid
         timing.log_if_slow(service.slow_ms)
@@ -201,6 +201,13 @@ def handled(endpoint: Endpoint) -> Endpoint:
         return response
 
     return wrapper
+
+
+def _start_span(tracer: SpanStarter, request: Request, name: str) -> RequestSpan:
+    """The request's span, continuing the trace of its `traceparent` header (OpenTelemetry's names
+    for the method and path, so that tracing tools show them)."""
+    attributes = {"http.request.method": request.method, "url.path": request.url.path}
+    return tracer.start(request.headers, name, attributes)
 
 
 def _finish_span(span: RequestSpan, response: Response) -> None:

@@ -18,7 +18,9 @@ StreamHandler = Callable[[Any, Req, Any], AsyncIterator[Resp]]
 
 def call_span(service: InferenceService, metadata: Mapping[str, Any], name: str) -> RequestSpan | None:
     """The call's span, continuing the caller's trace; None when tracing is off."""
-    return None if service.tracer is None else service.tracer.start(metadata, f"grpc {name}")
+    if service.tracer is None:
+        return None
+    return service.tracer.start(metadata, f"grpc {name}", {"rpc.system": "grpc", "rpc.method": name})
 
 
 def finish(span: RequestSpan | None, status: str, error_id: str = "") -> None:
