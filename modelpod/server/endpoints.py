@@ -183,8 +183,13 @@ async def _cancel_on_disconnect(request: Request, handler: asyncio.Task[Any], go
     handler.cancel()
 
 
+# Probes, scrapes and the status page's polling: a span each would bury the requests in traces.
+UNTRACED = frozenset({"live", "ready", "metrics", "status_page", "activity"})
+
+
 def handled(endpoint: Endpoint) -> Endpoint:
     """Every endpoint answers errors itself: typed errors by the table, anything else a logged 500."""
+    traced = endpoint.__name__ not in UNTRACED
 
     @functools.wraps(endpoint)
     async def wrapper(request: Request) -> Response:
@@ -192,7 +197,8 @@ def handled(endpoint: Endpoint) -> Endpoint:
         logs.request_id.set(rid)  # each request runs in a task of its own: this is its context
         timing = timings.begin()
         service = service_of(request)
-        span = None if service.tracer is None else _start_span(service.tracer, request, endpoint.__name__)
+        tracer = service.tracer if traced else None
+        span = None if tracer is None else _start_span(tracer, request, endpoint.__name__)
         response = await _answer(endpoint, request)
         response.headers[logs.REQUEST_ID_HEADER] = rid
         timing.log_if_slow(service.slow_ms)

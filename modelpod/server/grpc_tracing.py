@@ -16,9 +16,12 @@ Resp = TypeVar("Resp")
 StreamHandler = Callable[[Any, Req, Any], AsyncIterator[Resp]]
 
 
+UNTRACED = frozenset({"ServerLive", "ServerReady"})  # health probes: a span each would bury the calls
+
+
 def call_span(service: InferenceService, metadata: Mapping[str, Any], name: str) -> RequestSpan | None:
     """The call's span, continuing the caller's trace; None when tracing is off."""
-    if service.tracer is None:
+    if service.tracer is None or name in UNTRACED:
         return None
     return service.tracer.start(metadata, f"grpc {name}", {"rpc.system": "grpc", "rpc.method": name})
 
