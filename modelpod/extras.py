@@ -22,6 +22,7 @@ FEATURES: dict[str, str] = {
     "torch": "torch tensors as inputs, devices (cuda, mps), custom_ops, torch profiling",
     "onnx": "modelpod serve model.onnx: ONNX graphs run by onnxruntime",
     "sklearn": "modelpod serve model.joblib: scikit-learn estimators from joblib or pickle files",
+    "otel": "modelpod serve --otel: OpenTelemetry traces of every request, exported over OTLP",
     "examples": "the bundled scikit-learn examples (examples/iris.py)",
     "embeddings": "the sentence-transformers embedding example",
 }

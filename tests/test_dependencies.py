@@ -36,6 +36,7 @@ MODULE_EXTRAS: dict[str, tuple[str, ...]] = {
     "modelpod.server.settings": ("server",),
     "modelpod.observe.logs": ("server",),
     "modelpod.observe.prometheus": ("server",),
+    "modelpod.observe.tracing": ("otel",),  # imported by `modelpod serve --otel` alone
     "modelpod.workers.shm": ("server",),
     "modelpod.serving": ("server",),  # the server's transport-free core: only a server runs it
     # The runtimes of model files: each imported by `modelpod serve FILE` only for its own format.

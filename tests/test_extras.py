@@ -58,6 +58,7 @@ def test_the_server_serves_without_the_store(tmp_path: Path) -> None:
     [
         ("sqlalchemy", ("serve", "--store", "sqlite:///{tmp}/s.db", "--model", "echo"), "--store", "store"),
         ("ray", ("serve", "--backend", "ray", servable("Echo")), "--backend ray", "ray"),
+        ("opentelemetry", ("serve", servable("Echo"), "--otel"), "--otel", "otel"),
         ("rich", ("train", "http://127.0.0.1:9", "echo", "--follow"), "modelpod train --follow", "client"),
         ("httpx", ("train", "http://127.0.0.1:9", "echo"), "modelpod train", "client"),
         ("sqlalchemy", ("models", "list"), "modelpod models", "store"),

@@ -38,6 +38,7 @@ from google.protobuf.message import Message
 from modelpod.client import _operations as op
 from modelpod.client._errors import server_error
 from modelpod.client._security import Security
+from modelpod.client._tracecontext import with_trace
 from modelpod.client._transport import AsyncTransport, Transport
 from modelpod.errors import (
     ERROR_NAME_HEADER,
@@ -166,14 +167,14 @@ class GRPCTransport(Transport):
         rpc = encode(operation)
         method = self.channel.unary_unary(rpc.path, _serialize, rpc.reply.FromString)
         with translated(self.address, timeout):
-            reply = method(rpc.request, timeout=timeout, metadata=self.metadata)
+            reply = method(rpc.request, timeout=timeout, metadata=with_trace(self.metadata))
         result: T = decode(operation, reply)
         return result
 
     def stream(self, call: op.Call, timeout: float | None) -> Generator[Any, None, None]:
         # No deadline: a stream may run long. `timeout` bounds the wait for each item instead.
         method = self.channel.unary_stream(_CALL_STREAM, _serialize, native_pb2.CallResponse.FromString)
-        replies = method(encode(call).request, metadata=self.metadata)
+        replies = method(encode(call).request, metadata=with_trace(self.metadata))
         watchdog = Watchdog(replies.cancel, timeout)
         try:
             for reply in replies:
@@ -214,13 +215,13 @@ class AsyncGRPCTransport(AsyncTransport):
         rpc = encode(operation)
         method = self._open().unary_unary(rpc.path, _serialize, rpc.reply.FromString)
         with translated(self.address, timeout):
-            reply = await method(rpc.request, timeout=timeout, metadata=self.metadata)
+            reply = await method(rpc.request, timeout=timeout, metadata=with_trace(self.metadata))
         result: T = decode(operation, reply)
         return result
 
     async def stream(self, call: op.Call, timeout: float | None) -> AsyncGenerator[Any, None]:
         method = self._open().unary_stream(_CALL_STREAM, _serialize, native_pb2.CallResponse.FromString)
-        replies = method(encode(call).request, metadata=self.metadata)
+        replies = method(encode(call).request, metadata=with_trace(self.metadata))
         items: AsyncIterator[native_pb2.CallResponse] = aiter(replies)
         try:
             with translated(self.address, timeout):

@@ -28,6 +28,7 @@ from modelpod.client import _operations as op
 from modelpod.client._errors import server_error
 from modelpod.client._security import Security
 from modelpod.client._stream import ItemReader
+from modelpod.client._tracecontext import trace_headers
 from modelpod.client._transport import AsyncTransport, Transport
 from modelpod.errors import (
     ERROR_NAME_HEADER,
@@ -53,6 +54,7 @@ def build_request(
 ) -> httpx.Request:
     """The HTTP request for an operation (the client only supplies its base URL)."""
     method, path, headers, content = _encode(operation)
+    headers.update(trace_headers())
     return client.build_request(
         method, path, headers=headers, content=content, timeout=httpx.Timeout(timeout)
     )

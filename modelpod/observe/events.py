@@ -11,9 +11,28 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
+from typing import Protocol
 
 logger = logging.getLogger("modelpod.observe")
+
+# The span of the request this context serves, set by an edge when tracing is on (None when off).
+# Opaque to the core: it only hands it on, in the events, to whichever recorder knows what it is.
+request_trace: ContextVar[object | None] = ContextVar("modelpod_request_trace", default=None)
+
+
+class RequestSpan(Protocol):
+    """A request's span as an edge holds it: ended once, with the status the client got."""
+
+    def finish(self, status: str, error_id: str = "") -> None: ...
+
+
+class SpanStarter(Protocol):
+    """Starts a request's span at an edge, continuing the caller's trace from its headers or
+    metadata (`carrier`), and makes it the context's `request_trace`."""
+
+    def start(self, carrier: Mapping[str, str], name: str, attributes: Mapping[str, str]) -> RequestSpan: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +46,7 @@ class RequestDone:
     seconds: float
     message: str = ""  # what the client was told of its error, never more
     items: int | None = None  # how many items a stream sent; None for a request with one answer
+    trace: object | None = None  # the request's span (`request_trace`), when tracing is on
 
     @property
     def served(self) -> bool:
@@ -43,6 +63,7 @@ class BatchDone:
     rows: int
     compute: float  # seconds the call took
     waits: Sequence[float]  # seconds each request of it waited
+    traces: Sequence[object | None] = ()  # each request's span, beside its wait (when tracing is on)
 
 
 @dataclass(frozen=True, slots=True)

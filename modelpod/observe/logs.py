@@ -1,5 +1,5 @@
 """Server logs: readable text, or one JSON object per line (`MODELPOD_LOG_FORMAT=json`), each line
-about a request carrying its request id.
+about a request carrying its request id (and its trace id, when tracing is on).
 
 The id comes from the client (`X-Request-Id` header, `x-request-id` gRPC metadata) or is made up,
 is returned to the client, and follows the request onto the threads that run its model.
@@ -17,6 +17,8 @@ import orjson
 
 REQUEST_ID_HEADER = "x-request-id"
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("modelpod_request_id", default=None)
+# The request's OpenTelemetry trace id (32 hex digits), set by the tracing edge; empty when off.
+trace_id: contextvars.ContextVar[str] = contextvars.ContextVar("modelpod_trace_id", default="")
 
 
 def new_request_id(given: str | None = None) -> str:
@@ -29,8 +31,10 @@ def new_request_id(given: str | None = None) -> str:
 class _RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         rid = request_id.get()
+        tid = trace_id.get()
         record.request_id = rid
-        record.request_tag = f" [request {rid}]" if rid else ""
+        record.trace_id = tid
+        record.request_tag = (f" [request {rid}" + (f" trace {tid}" if tid else "") + "]") if rid else ""
         return True
 
 
@@ -49,6 +53,9 @@ class _JsonFormatter(logging.Formatter):
         rid = getattr(record, "request_id", None)
         if rid:
             entry["request_id"] = rid
+        tid = getattr(record, "trace_id", "")
+        if tid:
+            entry["trace_id"] = tid
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return orjson.dumps(entry).decode()

@@ -46,7 +46,7 @@ class Timed(Protocol):
 
 
 # Told of every batch run: its rows, the seconds the model computed, and each request's wait in the queue.
-BatchObserver = Callable[[int, float, list[float]], None]
+BatchObserver = Callable[[int, float, list[float], list[Any]], None]  # rows, compute, waits, traces
 
 
 @dataclass(order=True)
@@ -58,6 +58,7 @@ class _Request:
     arrived: float = field(compare=False)
     future: Future[Any] | asyncio.Future[Any] = field(compare=False)
     timing: Timed | None = field(default=None, compare=False)
+    trace: Any = field(default=None, compare=False)  # the request's span, for the batch's observer
 
     @property
     def priority(self) -> int:
@@ -116,11 +117,12 @@ class Batcher:
         priority: int = 0,
         deadline: float | None = None,
         timing: Timed | None = None,
+        trace: Any = None,
     ) -> asyncio.Future[Any]:
         """`submit` for a caller on an event loop: an asyncio future, settled a whole batch at a time."""
         future = asyncio.get_running_loop().create_future()
         arrival = (-priority, next(self._arrivals))
-        self._enqueue(_Request(arrival, inputs, max(rows, 1), deadline, self._clock(), future, timing))
+        self._enqueue(_Request(arrival, inputs, max(rows, 1), deadline, self._clock(), future, timing, trace))
         return future
 
     def _enqueue(self, request: _Request) -> None:
@@ -251,7 +253,7 @@ class Batcher:
             call_deadline.reset(token)
         compute = self._clock() - started
         if self._observer is not None:
-            self._observer(rows, compute, [started - r.arrived for r in live])
+            self._observer(rows, compute, [started - r.arrived for r in live], [r.trace for r in live])
         for request in live:
             if request.timing is not None:
                 request.timing.ran(started - request.arrived, compute)

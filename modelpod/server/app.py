@@ -20,7 +20,7 @@ from modelpod.extras import needs_extra
 from modelpod.observe import logs
 from modelpod.protocol.cost import CostLimits
 from modelpod.server.auth import exposure_warning, grpc_interceptors, load_keys
-from modelpod.server.grpc import start_grpc_server
+from modelpod.server.grpc_server import start_grpc_server
 from modelpod.server.http import create_app
 from modelpod.server.http_connections import ConnectionLimits, guarded_protocol
 from modelpod.server.settings import Settings
@@ -31,6 +31,7 @@ from modelpod.serving.service import InferenceService
 from modelpod.serving.traffic_policy import parse_flag
 
 if TYPE_CHECKING:
+    from modelpod.observe.tracing import Tracing
     from modelpod.server.from_store import Announcer
 
 logger = logging.getLogger("modelpod.server")
@@ -61,9 +62,11 @@ class ModelServer:
         self.pool = ModelPool(settings.model_pool_size, settings.model_pool_memory)
         limits = CostLimits(settings.max_request_rows, settings.max_request_elements,
                             settings.max_request_decoded_bytes, settings.max_message_size)  # fmt: skip
+        self.tracing = start_tracing() if settings.otel else None
         self.service = InferenceService(
-            repository, self.pool, settings.rpc_max_workers, slow_ms=settings.slow_ms, limits=limits
-        )
+            repository, self.pool, settings.rpc_max_workers, slow_ms=settings.slow_ms, limits=limits,
+            recorders=[self.tracing] if self.tracing is not None else (), tracer=self.tracing,
+        )  # fmt: skip
         if settings.traffic:
             self.service.configure_traffic(parse_flag(settings.traffic))
         self.http_port = 0
@@ -173,6 +176,8 @@ class ModelServer:
         if self._http_task is not None:
             await self._http_task
         await asyncio.get_running_loop().run_in_executor(None, self.service.close)
+        if self.tracing is not None:  # the last spans leave before the process does
+            await asyncio.get_running_loop().run_in_executor(None, self.tracing.shutdown)
         if not quiet:
             _say("stopped" if drained else "stopped (some requests were still running at the drain timeout)")
 
@@ -238,6 +243,19 @@ def build_repository(targets: Iterable[Any], settings: Settings) -> Repository:
         name, model = target if isinstance(target, tuple) else (None, target)
         repository.add(model, name)
     return repository
+
+
+def start_tracing() -> Tracing:
+    """OpenTelemetry for `--otel`, imported only then; the process's tracer provider too, so that a
+    model's own instrumentation joins the requests' traces."""
+    with needs_extra("otel", "--otel"):
+        from opentelemetry import trace
+
+        from modelpod.observe import tracing as otel
+
+    tracing = otel.Tracing(otel.provider())
+    trace.set_tracer_provider(tracing.provider)
+    return tracing
 
 
 def _tune_garbage_collection() -> None:

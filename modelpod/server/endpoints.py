@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from modelpod.errors import (
     ERROR_NAME_HEADER,
@@ -23,6 +23,7 @@ from modelpod.errors import (
 )
 from modelpod.observe import logs
 from modelpod.observe import timing as timings
+from modelpod.observe.events import RequestSpan, SpanStarter
 from modelpod.protocol import jsoncodec
 from modelpod.protocol.body import BodyBuffer
 from modelpod.serving.options import Options, request_options
@@ -184,14 +185,22 @@ async def _cancel_on_disconnect(request: Request, handler: asyncio.Task[Any], go
     handler.cancel()
 
 
+# Probes, scrapes and the status page's polling: a span each would bury the requests in traces.
+UNTRACED = frozenset({"live", "ready", "metrics", "status_page", "activity"})
+
+
 def handled(endpoint: Endpoint) -> Endpoint:
     """Every endpoint answers errors itself: typed errors by the table, anything else a logged 500."""
+    traced = endpoint.__name__ not in UNTRACED
 
     @functools.wraps(endpoint)
     async def wrapper(request: Request) -> Response:
         rid = logs.new_request_id(request.headers.get(logs.REQUEST_ID_HEADER))
         logs.request_id.set(rid)  # each request runs in a task of its own: this is its context
         timing = timings.begin()
+        service = service_of(request)
+        tracer = service.tracer if traced else None
+        span = None if tracer is None else _start_span(tracer, request, endpoint.__name__)
         response = await _answer(endpoint, request)
         response.headers[logs.REQUEST_ID_HEADER] = rid
         if timing.version:  # which model and version answered: a traffic split may have chosen it
@@ -199,10 +208,37 @@ def handled(endpoint: Endpoint) -> Endpoint:
                 timing.model,
                 timing.version,
             )
-        timing.log_if_slow(service_of(request).slow_ms)
+        timing.log_if_slow(service.slow_ms)
+        if span is not None:
+            _finish_span(span, response)
         return response
 
     return wrapper
+
+
+def _start_span(tracer: SpanStarter, request: Request, name: str) -> RequestSpan:
+    """The request's span, continuing the trace of its `traceparent` header (OpenTelemetry's names
+    for the method and path, so that tracing tools show them)."""
+    attributes = {"http.request.method": request.method, "url.path": request.url.path}
+    return tracer.start(request.headers, name, attributes)
+
+
+def _finish_span(span: RequestSpan, response: Response) -> None:
+    """End the request's span now, or once its streamed body is sent (the stream is the request)."""
+    status, error_id = str(response.status_code), response.headers.get("x-error-id", "")
+    if not isinstance(response, StreamingResponse):
+        span.finish(status, error_id)
+        return
+    body = response.body_iterator
+
+    async def finishing() -> AsyncIterator[Any]:
+        try:
+            async for chunk in body:
+                yield chunk
+        finally:
+            span.finish(status, error_id)
+
+    response.body_iterator = finishing()
 
 
 async def _answer(endpoint: Endpoint, request: Request) -> Response:

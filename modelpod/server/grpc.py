@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import grpc
@@ -30,7 +30,7 @@ from modelpod.protocol._generated import grpc_service_pb2 as pb
 from modelpod.protocol._generated import grpc_service_pb2_grpc as pb_grpc
 from modelpod.protocol._generated import native_pb2, native_pb2_grpc
 from modelpod.protocol.cost import DecodeBudget
-from modelpod.server.grpc_wire import add_servicer
+from modelpod.server.grpc_tracing import call_span, finish, traced_stream
 from modelpod.serving.options import Options, request_options
 from modelpod.serving.service import InferenceService
 from modelpod.serving.tensor_requests import large_tensors
@@ -51,17 +51,22 @@ def guarded(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
 
     @functools.wraps(handler)
     async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext[Any, Any]) -> Resp:
-        given = dict(context.invocation_metadata() or ()).get(logs.REQUEST_ID_HEADER)
+        metadata: dict[str, Any] = dict(context.invocation_metadata() or ())  # traceparent too
+        given = metadata.get(logs.REQUEST_ID_HEADER)
         rid = logs.new_request_id(given if isinstance(given, str) else None)
         logs.request_id.set(rid)  # each call runs in a task of its own: this is its context
         timing = timings.begin()
+        span = call_span(self.service, metadata, handler.__name__)
         try:
             answer = await handler(self, request, context)
         except Exception as error:
-            await abort(context, typed(error, handler.__name__), rid)
+            failure = typed(error, handler.__name__)
+            finish(span, grpc_status_name(failure), getattr(failure, "error_id", ""))
+            await abort(context, failure, rid)
             raise AssertionError("abort() always raises") from None  # pragma: no cover
         finally:
             timing.log_if_slow(self.service.slow_ms)
+        finish(span, "OK")
         context.set_trailing_metadata(((logs.REQUEST_ID_HEADER, rid),))
         return answer
 
@@ -122,6 +127,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
         return await self._infer(request, context)
 
+    @traced_stream
     async def ModelStreamInfer(
         self, requests: AsyncIterator[pb.ModelInferRequest], context: Any
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
@@ -271,6 +277,7 @@ class NativeServicer(native_pb2_grpc.ModelServiceServicer):
             result = _unwrap(result)
         return native_pb2.CallResponse(payload=native.pack(result))
 
+    @traced_stream
     async def CallStream(
         self, request: native_pb2.CallRequest, context: Any
     ) -> AsyncIterator[native_pb2.CallResponse]:
@@ -343,52 +350,3 @@ def _unwrap(response: types.Response) -> Any:
     error = from_http_status(response.status, str(message))
     error.from_model = True  # the model's answer, not the server's refusal: not named as the server's
     raise error
-
-
-GRPC_HANDSHAKE_MS = 10_000  # a connection that has not finished its HTTP/2 (and TLS) handshake by then
-GRPC_IDLE_MS = 5 * 60_000  # with no call for this long, a connection is closed (clients reconnect)
-GRPC_STREAMS_PER_CONNECTION = 1000  # calls at once on one connection
-
-
-async def start_grpc_server(
-    service: InferenceService,
-    host: str,
-    port: int,
-    max_message_size: int | None,
-    interceptors: Sequence[grpc.aio.ServerInterceptor[Any, Any]] = (),
-    credentials: grpc.ServerCredentials | None = None,
-    max_connections: int | None = None,
-) -> tuple[grpc.aio.Server, int]:
-    """Bind and start both gRPC services (over TLS with `credentials`); returns the server and its port.
-
-    Connections are bounded as HTTP's are: at most `max_connections` open, a few seconds to finish
-    the handshake, a bounded number of calls each, and closed (GOAWAY, which clients follow by
-    reconnecting) after a while idle.
-    """
-    limit = max_message_size if max_message_size is not None else -1
-    options: list[tuple[str, Any]] = [
-        ("grpc.max_receive_message_length", limit),
-        ("grpc.max_send_message_length", limit),
-        ("grpc.so_reuseport", 0),
-        ("grpc.server_handshake_timeout_ms", GRPC_HANDSHAKE_MS),
-        ("grpc.max_connection_idle_ms", GRPC_IDLE_MS),
-        ("grpc.max_concurrent_streams", GRPC_STREAMS_PER_CONNECTION),
-    ]
-    if max_connections is not None:
-        options.append(("grpc.max_allowed_incoming_connections", max_connections))
-    server = grpc.aio.server(interceptors=interceptors, options=options)
-    add_servicer(pb_grpc.add_GRPCInferenceServiceServicer_to_server, InferenceServicer(service), server)
-    add_servicer(native_pb2_grpc.add_ModelServiceServicer_to_server, NativeServicer(service), server)
-    try:
-        address = f"{host}:{port}"
-        bound = (
-            server.add_insecure_port(address)
-            if credentials is None
-            else server.add_secure_port(address, credentials)
-        )
-    except RuntimeError:
-        bound = 0
-    if bound == 0:
-        raise OSError(f"cannot listen on {host}:{port} for gRPC: the port is in use or not available")
-    await server.start()
-    return server, bound

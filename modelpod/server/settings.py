@@ -108,6 +108,11 @@ class Settings(BaseSettings):
     slow_ms: float = Field(1000.0, ge=0, description="requests slower than this are logged as warnings")
     log_level: str = Field("info", description="debug, info, warning or error")
     log_format: Literal["text", "json"] = Field("text", description="text, or json: one object per line")
+    otel: bool = Field(
+        False,
+        description="OpenTelemetry traces over OTLP, configured by the OTEL_* variables "
+        "(needs the otel extra)",
+    )
     max_batch_size: int | None = Field(
         None, ge=1, description="rows per batch, for every model (else its own)"
     )

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 from modelpod.errors import InvalidInput, ModelpodError, Unavailable
 from modelpod.observe import timing as timings
-from modelpod.observe.events import BatchDone, Recorder, RequestDone
+from modelpod.observe.events import BatchDone, Recorder, RequestDone, request_trace
 from modelpod.runtime.batchers import Batchers
 from modelpod.runtime.batching import Batcher
 from modelpod.runtime.deadline import call_deadline
@@ -102,7 +102,8 @@ class Execution:
 
             def observe() -> None:
                 compute = time.monotonic() - started
-                self.observe_batch(hosted.name, version, rows, compute, [started - submitted])
+                waits = [started - submitted]
+                self.observe_batch(hosted.name, version, rows, compute, waits, [request_trace.get()])
                 if timing is not None:
                     timing.ran(started - submitted, compute)
 
@@ -137,6 +138,7 @@ class Execution:
                 priority=options.priority,
                 deadline=deadline,
                 timing=timing if len(requests) == 1 else None,  # several rows: their batches differ
+                trace=request_trace.get(),
             )
             for r in requests
         ]
@@ -151,8 +153,10 @@ class Execution:
                 future.cancel()  # a caller that gave up frees its place in the queue
         return [outcome] if len(futures) == 1 else outcome
 
-    def observe_batch(self, model: str, version: str, rows: int, compute: float, waits: list[float]) -> None:
-        self.recorder.on_batch(BatchDone(model, version, rows, compute, waits))
+    def observe_batch(
+        self, model: str, version: str, rows: int, compute: float, waits: list[float], traces: list[Any]
+    ) -> None:
+        self.recorder.on_batch(BatchDone(model, version, rows, compute, waits, traces))
 
     async def observed(self, hosted: HostedModel, version: str, options: Options, work: Awaitable[T]) -> T:
         """Publish a request's outcome and time once it is answered."""
@@ -171,7 +175,15 @@ class Execution:
         finally:
             seconds = time.monotonic() - started
             self.recorder.on_request(
-                RequestDone(hosted.name, version, options.protocol, outcome, seconds, message)
+                RequestDone(
+                    hosted.name,
+                    version,
+                    options.protocol,
+                    outcome,
+                    seconds,
+                    message,
+                    trace=request_trace.get(),
+                )
             )
             timing = timings.current.get()
             if timing is not None:

@@ -25,7 +25,7 @@ from typing import Any
 
 from modelpod.errors import InvalidInput, NotFound
 from modelpod.observe.activity import RecentActivity
-from modelpod.observe.events import Recorder, Recorders
+from modelpod.observe.events import Recorder, Recorders, SpanStarter
 from modelpod.observe.prometheus import ServerMetrics
 from modelpod.observe.statistics import Statistics
 from modelpod.protocol.cost import CostLimits, DecodeBudget
@@ -66,8 +66,10 @@ class InferenceService:
         recorders: Sequence[Recorder] = (),
         changes: Changes | None = None,
         limits: CostLimits | None = None,
+        tracer: SpanStarter | None = None,
     ) -> None:
         self.repository = repository
+        self.tracer = tracer  # the edges start each request's span with it; None: tracing is off
         self.pool = pool
         self.name = name
         self.slow_ms = slow_ms  # requests to a model that take longer are logged with their breakdown

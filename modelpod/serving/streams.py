@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from modelpod.errors import InvalidInput, ModelpodError
-from modelpod.observe.events import RequestDone
+from modelpod.observe.events import RequestDone, request_trace
 from modelpod.runtime.batchers import STREAMS
 from modelpod.runtime.batching import Batcher
 from modelpod.runtime.inputs import check_field_names
@@ -108,7 +108,9 @@ class Streams:
             if outcome == "cancelled" and ending.enough:
                 outcome = "ok"
             seconds = time.monotonic() - started
-            event = RequestDone(hosted.name, version, options.protocol, outcome, seconds, message, count)
+            event = RequestDone(
+                hosted.name, version, options.protocol, outcome, seconds, message, count, request_trace.get()
+            )
             self.execution.recorder.on_request(event)
 
     async def infer_stream(
