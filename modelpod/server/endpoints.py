@@ -101,6 +101,14 @@ def check_parsed_size(request: Request, size: int, what: str = "a JSON or msgpac
         )
 
 
+async def json_body(request: Request) -> Any:
+    """The request body as JSON: read, its size checked against what the server parses, decoded
+    (on a thread when large). Every route that takes a JSON document reads it here."""
+    body = await read_body(request)
+    check_parsed_size(request, len(body))
+    return await decoded(jsoncodec.loads, body)
+
+
 async def decoded(decode: Callable[..., T], body: bytearray, *args: Any) -> T:
     """`decode(body, *args)`, on a thread when the body is large, so that the event loop keeps
     reading other requests meanwhile. (A decoder that holds the GIL throughout, as orjson does,

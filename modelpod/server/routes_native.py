@@ -31,6 +31,7 @@ from modelpod.server.endpoints import (
     check_parsed_size,
     decoded,
     handled,
+    json_body,
     json_response,
     options_of,
     read_body,
@@ -73,9 +74,7 @@ async def show_model(request: Request) -> Response:
 
 @handled
 async def set_default(request: Request) -> Response:
-    raw = await read_body(request)
-    check_parsed_size(request, len(raw))
-    body = await decoded(jsoncodec.loads, raw)
+    body = await json_body(request)
     version = body.get("version") if isinstance(body, dict) else None
     if not isinstance(version, str | int) or isinstance(version, bool):
         raise InvalidInput('the body must be {"version": "<version>"}')
@@ -90,9 +89,7 @@ async def show_traffic(request: Request) -> Response:
 @handled
 async def set_traffic(request: Request) -> Response:
     """Replace the model's traffic policy: `{"split": {"1": 90, "2": 10}, "sticky": true}`."""
-    raw = await read_body(request)
-    check_parsed_size(request, len(raw))
-    body = await decoded(jsoncodec.loads, raw)
+    body = await json_body(request)
     return json_response(service_of(request).set_traffic(request.path_params["name"], body))
 
 

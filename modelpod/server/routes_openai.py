@@ -25,7 +25,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from modelpod.errors import ModelError, ModelpodError, NotFound
-from modelpod.protocol import jsoncodec, openai_shapes
+from modelpod.protocol import openai_shapes
 from modelpod.protocol.openai_requests import (
     GenerationRequest,
     chat_request,
@@ -36,11 +36,10 @@ from modelpod.protocol.openai_requests import (
 from modelpod.server.endpoints import (
     ClientGone,
     Endpoint,
-    decoded,
     handled,
+    json_body,
     json_response,
     options_of,
-    read_body,
     service_of,
     unless_disconnected,
 )
@@ -105,7 +104,7 @@ async def show_model(request: Request) -> Response:
 
 @openai_errors
 async def create_embeddings(request: Request) -> Response:
-    asked = embeddings_request(await _body(request))
+    asked = embeddings_request(await json_body(request))
     name, version = split_model_id(asked.model)
     work = service_of(request).embed(name, version, asked.texts, asked.dimensions, _options(request))
     vectors, tokens = await unless_disconnected(request, work)
@@ -114,12 +113,12 @@ async def create_embeddings(request: Request) -> Response:
 
 @openai_errors
 async def create_completion(request: Request) -> Response:
-    return await _generation(request, completion_request(await _body(request)), chat=False)
+    return await _generation(request, completion_request(await json_body(request)), chat=False)
 
 
 @openai_errors
 async def create_chat_completion(request: Request) -> Response:
-    return await _generation(request, chat_request(await _body(request)), chat=True)
+    return await _generation(request, chat_request(await json_body(request)), chat=True)
 
 
 async def _generation(request: Request, asked: GenerationRequest, chat: bool) -> Response:
@@ -184,7 +183,3 @@ def _usage(prepared: Prepared, completion_tokens: int) -> dict[str, int] | None:
 
 def _options(request: Request) -> Options:
     return options_of(request, protocol=PROTOCOL)
-
-
-async def _body(request: Request) -> Any:
-    return await decoded(jsoncodec.loads, await read_body(request))
