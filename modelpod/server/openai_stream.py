@@ -11,42 +11,29 @@ import logging
 from collections.abc import AsyncGenerator
 from typing import Any
 
-import anyio
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
-from starlette.types import Receive, Scope, Send
+from starlette.responses import Response
 
 from modelpod.errors import ModelError, ModelpodError
 from modelpod.protocol import jsoncodec, openai_shapes
 from modelpod.server.endpoints import unless_disconnected
+from modelpod.server.streaming import NOTHING, ClosingStream
 
 logger = logging.getLogger("modelpod.http")
 
-_NOTHING: Any = object()
-_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
-
-class ChunkStream(StreamingResponse):
+class ChunkStream(ClosingStream):
     def __init__(self, chunks: AsyncGenerator[dict[str, Any], None], first: Any) -> None:
         self.chunks = chunks
         self._first = first
-        self._events = self._frames()
-        super().__init__(self._events, media_type="text/event-stream", headers=_HEADERS)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            with anyio.CancelScope(shield=True):  # the request may be cancelled: close anyway
-                await self._events.aclose()
-                await self.chunks.aclose()
+        super().__init__(chunks, self._frames(), "text/event-stream")
 
     async def _frames(self) -> AsyncGenerator[bytes, None]:
         chunk = self._first
-        while chunk is not _NOTHING:
+        while chunk is not NOTHING:
             yield _event(chunk)
             try:
-                chunk = await anext(self.chunks, _NOTHING)
+                chunk = await anext(self.chunks, NOTHING)
             except ModelpodError as error:
                 yield _event(openai_shapes.error(error)[1])
                 return
@@ -62,7 +49,7 @@ async def open_stream(request: Request, chunks: AsyncGenerator[dict[str, Any], N
     """Wait for the first chunk, so that a request refused before it gets its error status; then
     stream them all."""
     try:
-        first = await unless_disconnected(request, anext(chunks, _NOTHING))
+        first = await unless_disconnected(request, anext(chunks, NOTHING))
     except BaseException:
         await chunks.aclose()
         raise

@@ -24,46 +24,57 @@ __all__ = ["Event", "ItemStreamResponse", "event_stream", "stream_response"]
 
 logger = logging.getLogger("modelpod.http")
 
-_NOTHING: Any = object()
+NOTHING: Any = object()
 _HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}  # no proxy may hold items back
 
 
-class ItemStreamResponse(StreamingResponse):
-    """Items as frames of `media_type`, then an `end` frame (unless `end=False`), or an `error` frame
-    when the items raise. However the response ends, its client hanging up included, the items are
-    closed, so a model's generator never runs on for nobody."""
+class ClosingStream(StreamingResponse):
+    """Frames made from a `source` generator. However the response ends, its client hanging up
+    included, both are closed, so a model's generator never runs on for nobody."""
 
     def __init__(
-        self, items: AsyncGenerator[Any, None], media_type: str, *, first: Any = _NOTHING, end: bool = True
+        self, source: AsyncGenerator[Any, None], frames: AsyncGenerator[bytes, None], media_type: str
     ) -> None:
-        self.items = items
-        self._format = media_type
-        self._first = first
-        self._end = end
-        self._body = self._frames()
-        super().__init__(self._body, media_type=media_type, headers=_HEADERS)
+        self._source = source
+        self._frames_sent = frames
+        super().__init__(frames, media_type=media_type, headers=_HEADERS)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
             with anyio.CancelScope(shield=True):  # the request may be cancelled: close anyway
-                await self._body.aclose()
-                await self.items.aclose()
+                await self._frames_sent.aclose()
+                await self._source.aclose()
+
+
+class ItemStreamResponse(ClosingStream):
+    """Items as frames of `media_type`, then an `end` frame (unless `end=False`), or an `error` frame
+    when the items raise. However the response ends, its client hanging up included, the items are
+    closed, so a model's generator never runs on for nobody."""
+
+    def __init__(
+        self, items: AsyncGenerator[Any, None], media_type: str, *, first: Any = NOTHING, end: bool = True
+    ) -> None:
+        self.items = items
+        self._format = media_type
+        self._first = first
+        self._end = end
+        super().__init__(items, self._frames(), media_type)
 
     async def _frames(self) -> AsyncGenerator[bytes, None]:
         item = self._first
         while True:
-            if item is _NOTHING:
+            if item is NOTHING:
                 try:
-                    item = await anext(self.items, _NOTHING)
+                    item = await anext(self.items, NOTHING)
                 except ModelpodError as error:
                     yield encode_error(self._format, error)
                     return
                 except Exception:
                     yield encode_error(self._format, _logged(ModelError("internal server error")))
                     return
-                if item is _NOTHING:
+                if item is NOTHING:
                     break
             try:
                 frame = encode_item(self._format, item)
@@ -71,7 +82,7 @@ class ItemStreamResponse(StreamingResponse):
                 message = f"the model's item cannot be sent as {self._format}: {error}"
                 yield encode_error(self._format, _logged(ModelError(message)))
                 return
-            item = _NOTHING
+            item = NOTHING
             yield frame
         if self._end:
             yield encode_end(self._format)
@@ -81,7 +92,7 @@ async def stream_response(request: Request, items: AsyncGenerator[Any, None], me
     """Wait for the first item, so that a request refused before it (an unknown model, bad input, a
     model that fails at once) gets its ordinary error status; then stream them all."""
     try:
-        first = await unless_disconnected(request, anext(items, _NOTHING))
+        first = await unless_disconnected(request, anext(items, NOTHING))
     except BaseException:
         await items.aclose()
         raise
