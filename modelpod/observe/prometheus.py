@@ -8,7 +8,7 @@ queue depth, requests in flight, and the pool's loads, evictions and load time.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Summary, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -94,6 +94,7 @@ class ServerMetrics(Recorder):
             _MODEL, registry=self.registry,
         )  # fmt: skip
         self.registry.register(_LiveState(pool_counts, queue_depths, in_flight))
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
 
     def on_request(self, event: RequestDone) -> None:
         if event.items is None:
@@ -120,17 +121,26 @@ class ServerMetrics(Recorder):
             self.training_ended(event.model, event.version, event.state)
 
     def request(self, model: str, version: str, protocol: str, outcome: str, seconds: float) -> None:
-        self.requests.labels(model, version, protocol, outcome).inc()
-        self.request_seconds.labels(model, version, protocol).observe(seconds)
+        self._labelled(self.requests, model, version, protocol, outcome).inc()
+        self._labelled(self.request_seconds, model, version, protocol).observe(seconds)
 
     def batch(
         self, model: str, version: str, rows: int, compute_seconds: float, waits: Sequence[float]
     ) -> None:
-        self.compute_seconds.labels(model, version).observe(compute_seconds)
-        self.batch_rows.labels(model, version).observe(rows)
-        queue = self.queue_seconds.labels(model, version)
+        self._labelled(self.compute_seconds, model, version).observe(compute_seconds)
+        self._labelled(self.batch_rows, model, version).observe(rows)
+        queue = self._labelled(self.queue_seconds, model, version)
         for wait in waits:
             queue.observe(wait)
+
+    def _labelled(self, metric: Any, *values: str) -> Any:
+        """`metric.labels(*values)`, kept: prometheus_client checks the labels and takes a lock on
+        every call, and every request records into the same few children."""
+        key = (id(metric), values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
 
     def training_started(self, model: str, version: str) -> None:
         self.training_running.labels(model, version).inc()

@@ -35,6 +35,23 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 T = TypeVar("T")
 
 
+def header(request: Request, name: str, default: str | None = None) -> str | None:
+    """The request's header `name` (any case). Starlette's `request.headers.get` scans the raw
+    list and raises and catches a KeyError for each header that is absent, as most of those an
+    inference request is asked about are: the headers are read into a dict once per request."""
+    scope = request.scope
+    headers: dict[str, str] | None = scope.get(_HEADERS)
+    if headers is None:
+        # reversed: the first of repeated headers wins, as with Starlette's `get`
+        headers = scope[_HEADERS] = {
+            k.decode("latin-1"): v.decode("latin-1") for k, v in reversed(scope["headers"])
+        }
+    return headers.get(name.lower(), default)
+
+
+_HEADERS = "modelpod.headers"
+
+
 def service_of(request: Request) -> InferenceService:
     service: InferenceService = request.app.state.service
     return service
@@ -48,7 +65,7 @@ async def read_body(request: Request) -> bytearray:
     decoded from it are views of it, writable, with no further copy.
     """
     limit: int | None = request.app.state.max_body_bytes
-    declared = request.headers.get("content-length", "")
+    declared = header(request, "content-length", "") or ""
     size = int(declared) if declared.isdigit() else None
     if limit is not None and size is not None and size > limit:
         raise PayloadTooLarge(f"the request body is {size} bytes; this server accepts at most {limit}")
@@ -123,6 +140,8 @@ PRIORITY_HEADER = "x-priority"
 ANSWERED_BY_MODEL, ANSWERED_BY_VERSION = "x-modelpod-model", "x-modelpod-version"
 TRAFFIC_KEY_HEADER = "x-modelpod-traffic-key"  # hashed to keep a caller on one version (sticky split)
 TIMEOUT_HEADER = "request-timeout"  # seconds
+_REQUEST_ID = logs.REQUEST_ID_HEADER.encode()
+_ANSWERED_BY_MODEL, _ANSWERED_BY_VERSION = ANSWERED_BY_MODEL.encode(), ANSWERED_BY_VERSION.encode()
 
 
 def options_of(
@@ -131,11 +150,18 @@ def options_of(
     """Priority and timeout from the headers, or from Open Inference Protocol parameters
     (`priority`, and `timeout` in microseconds, as Triton reads them)."""
     params = parameters or {}
-    priority = request.headers.get(PRIORITY_HEADER, params.get("priority"))
-    timeout: Any = request.headers.get(TIMEOUT_HEADER)
+    priority: Any = header(request, PRIORITY_HEADER)
+    if priority is None:
+        priority = params.get("priority")
+    timeout: Any = header(request, TIMEOUT_HEADER)
     if timeout is None and params.get("timeout") is not None:
         timeout = _microseconds(params["timeout"])
-    return request_options(priority, timeout, protocol, request.headers.get(TRAFFIC_KEY_HEADER))
+    return request_options(priority, timeout, protocol, header(request, TRAFFIC_KEY_HEADER))
+
+
+def query_params_of(request: Request) -> dict[str, str]:
+    """The query string's parameters (parsed only when there is one: most requests have none)."""
+    return dict(request.query_params) if request.scope.get("query_string") else {}
 
 
 def _microseconds(value: Any) -> float:
@@ -162,7 +188,7 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
     request would cost more than the few that are abandoned."""
     handler = asyncio.current_task()
     assert handler is not None
-    gone = asyncio.Event()
+    gone: list[bool] = []  # set by the watcher when the client has hung up
     watcher: asyncio.Task[None] | None = None
 
     def watch() -> None:
@@ -173,7 +199,7 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
     try:
         return await work
     except asyncio.CancelledError:
-        if not gone.is_set():
+        if not gone:
             raise
         handler.uncancel()
         logger.info(
@@ -186,10 +212,10 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
             watcher.cancel()
 
 
-async def _cancel_on_disconnect(request: Request, handler: asyncio.Task[Any], gone: asyncio.Event) -> None:
+async def _cancel_on_disconnect(request: Request, handler: asyncio.Task[Any], gone: list[bool]) -> None:
     while (await request.receive())["type"] != "http.disconnect":
         pass
-    gone.set()
+    gone.append(True)
     handler.cancel()
 
 
@@ -203,19 +229,19 @@ def handled(endpoint: Endpoint) -> Endpoint:
 
     @functools.wraps(endpoint)
     async def wrapper(request: Request) -> Response:
-        rid = logs.new_request_id(request.headers.get(logs.REQUEST_ID_HEADER))
+        rid = logs.new_request_id(header(request, logs.REQUEST_ID_HEADER))
         logs.request_id.set(rid)  # each request runs in a task of its own: this is its context
         timing = timings.begin()
         service = service_of(request)
         tracer = service.tracer if traced else None
         span = None if tracer is None else _start_span(tracer, request, endpoint.__name__)
         response = await _answer(endpoint, request)
-        response.headers[logs.REQUEST_ID_HEADER] = rid
+        # Appended to the raw list: `response.headers[...] =` builds a header view and scans it.
+        headers = response.raw_headers
+        headers.append((_REQUEST_ID, rid.encode("latin-1")))
         if timing.version:  # which model and version answered: a traffic split may have chosen it
-            response.headers[ANSWERED_BY_MODEL], response.headers[ANSWERED_BY_VERSION] = (
-                timing.model,
-                timing.version,
-            )
+            headers.append((_ANSWERED_BY_MODEL, timing.model.encode("latin-1")))
+            headers.append((_ANSWERED_BY_VERSION, timing.version.encode("latin-1")))
         timing.log_if_slow(service.slow_ms)
         if span is not None:
             _finish_span(span, response)

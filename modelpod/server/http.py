@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.routing import BaseRoute
+from starlette.routing import BaseRoute, Route
 
 from modelpod.server import docs, routes_metrics, routes_native, routes_openai, routes_v2, status_page
 from modelpod.server.auth import AuthMiddleware, KeyTable
@@ -21,14 +21,14 @@ def create_app(
 ) -> Starlette:
     """The whole HTTP API: native routes, the Open Inference Protocol, and the OpenAPI docs;
     behind API keys when `keys` holds any. Bodies may take `body_timeout` seconds to arrive."""
-    routes: list[BaseRoute] = [
+    routes: list[BaseRoute] = _inference_first([
         *routes_native.routes(),
         *routes_v2.routes(),
         *routes_openai.routes(),
         *routes_metrics.routes(),
         *docs.routes(),
         *status_page.routes(),
-    ]
+    ])  # fmt: skip
     not_found = {404: route_not_found, 405: route_not_found}
     middleware = [Middleware(AuthMiddleware, keys=keys)] if keys else []
     app = Starlette(routes=routes, exception_handlers=not_found, middleware=middleware)
@@ -40,3 +40,17 @@ def create_app(
     app.state.body_timeout = body_timeout
     app.state.max_parsed_bytes = max_parsed_bytes
     return app
+
+
+# The routes every inference request takes: a model's methods and V2 inference.
+_INFERENCE = (routes_native.call_method, routes_v2.infer)
+
+
+def _inference_first(routes: list[BaseRoute]) -> list[BaseRoute]:
+    """The inference routes first. Starlette tries routes in order, a regular expression each, and
+    an inference request would otherwise be tried against every metadata route before its own. No
+    other route matches their paths with POST, so the order changes no answer."""
+    first = [
+        r for r in routes if isinstance(r, Route) and r.endpoint in _INFERENCE and "POST" in (r.methods or ())
+    ]
+    return first + [r for r in routes if r not in first]

@@ -31,9 +31,11 @@ from modelpod.server.endpoints import (
     check_parsed_size,
     decoded,
     handled,
+    header,
     json_body,
     json_response,
     options_of,
+    query_params_of,
     read_body,
     service_of,
     unless_disconnected,
@@ -98,13 +100,13 @@ async def call_method(request: Request) -> Response:
     params = request.path_params
     method = params.get("method", "log")
     arguments = await _arguments(request)
-    stream_format = negotiate(request.headers.get("accept", "")) if method == "predict" else None
+    stream_format = negotiate(header(request, "accept", "") or "") if method == "predict" else None
     if stream_format is not None:
         items = service_of(request).stream(
             params["name"],
             params.get("version"),
             arguments,
-            query_params=dict(request.query_params),
+            query_params=query_params_of(request),
             options=options_of(request),
         )
         return await stream_response(request, items, stream_format)
@@ -113,7 +115,7 @@ async def call_method(request: Request) -> Response:
         params.get("version"),
         method,
         arguments,
-        query_params=dict(request.query_params),
+        query_params=query_params_of(request),
         options=options_of(request),
     )
     result = await unless_disconnected(request, work)
@@ -166,7 +168,7 @@ async def _arguments(request: Request) -> Any:
     body = await read_body(request)
     if not body:
         return {}
-    content_type = request.headers.get("content-type", "application/json").split(";")[0].strip()
+    content_type = (header(request, "content-type") or "application/json").split(";")[0].strip()
     if content_type == "application/octet-stream":
         return {"binary_data": body}
     check_parsed_size(request, len(body))
@@ -178,7 +180,8 @@ def _result(result: Any, request: Request, status: int = 200) -> Response:
         return _model_response(result)
     if isinstance(result, bytes | bytearray):
         return Response(bytes(result), media_type="application/octet-stream")
-    if any(t in request.headers.get("accept", "") for t in _MSGPACK_TYPES):
+    accept = header(request, "accept") or ""
+    if any(t in accept for t in _MSGPACK_TYPES):
         return Response(native.pack(result), status, media_type=MSGPACK)
     try:
         return json_response(result, status)

@@ -15,8 +15,10 @@ from modelpod.server.endpoints import (
     check_parsed_size,
     decoded,
     handled,
+    header,
     json_response,
     options_of,
+    query_params_of,
     read_body,
     service_of,
     unless_disconnected,
@@ -99,7 +101,7 @@ async def model_ready(request: Request) -> Response:
 @handled
 async def infer(request: Request) -> Response:
     name = request.path_params["name"]
-    header_length = v2.parse_header_length(request.headers.get(v2.HEADER_LENGTH))
+    header_length = v2.parse_header_length(header(request, v2.HEADER_LENGTH))
     body = await read_body(request)
     service = service_of(request)
     budget = service.decode_budget(name, request.path_params.get("version"))  # checked before data is read
@@ -110,7 +112,7 @@ async def infer(request: Request) -> Response:
         name,
         request.path_params.get("version"),
         request_body.inputs,
-        dict(request.query_params),
+        query_params_of(request),
         options_of(request, request_body.parameters, "http_v2"),
     )
     version, outputs = await unless_disconnected(request, work)
