@@ -161,8 +161,8 @@ def _json_numbers(where: str, datatype: str, flat: list[Any]) -> Array:
     if datatype == "BOOL":
         _check_json_types(where, datatype, flat, {bool})
     elif datatype in _FLOATS:
-        _check_json_types(where, datatype, flat, {int, float, str})
-        flat = [_special_float(where, item) if isinstance(item, str) else item for item in flat]
+        if str in _check_json_types(where, datatype, flat, {int, float, str}):  # "NaN", "Infinity"...
+            flat = [_special_float(where, item) if isinstance(item, str) else item for item in flat]
     else:
         _check_json_types(where, datatype, flat, {int})
         _check_int_range(where, datatype, flat)
@@ -173,11 +173,14 @@ def _json_numbers(where: str, datatype: str, flat: list[Any]) -> Array:
         raise InvalidInput(f"{where}: a value is out of range for {datatype}") from None
 
 
-def _check_json_types(where: str, datatype: str, flat: list[Any], allowed: set[type]) -> None:
-    wrong = set(map(type, flat)) - allowed
+def _check_json_types(where: str, datatype: str, flat: list[Any], allowed: set[type]) -> set[type]:
+    """The Python types of the values (all of them `allowed`, or InvalidInput)."""
+    kinds = set(map(type, flat))
+    wrong = kinds - allowed
     if wrong:
         found = _JSON_TYPES.get(next(iter(wrong)), "null")
         raise InvalidInput(f"{where}: {datatype} data cannot hold a JSON {found}")
+    return kinds
 
 
 def _check_int_range(where: str, datatype: str, flat: list[int]) -> None:

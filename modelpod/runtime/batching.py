@@ -95,6 +95,8 @@ class Batcher:
         self.batch_sizes: Counter[int] = Counter()  # rows per batch run -> how many batches
         self._running = False
         self._arrived_while_running = 0  # requests that came in while the last batch ran
+        self._idle = False  # the thread waits for a first request
+        self._filling = False  # the thread waits for a full batch or the delay's end
         self._thread = threading.Thread(target=self._loop, name=f"modelpod-batcher-{name}", daemon=True)
         self._thread.start()
 
@@ -136,7 +138,9 @@ class Batcher:
             self._rows_queued += request.rows
             if self._running:
                 self._arrived_while_running += 1
-            self._condition.notify()
+            if self._idle or (self._filling and self._rows_queued >= self.config.max_batch_size):
+                self._condition.notify()  # only when it changes what the thread does: each wake-up
+                # costs a thread switch, and up to a batch of them per batch would be paid for nothing
         if shed is not None:
             _settle([(shed, Unavailable(f"{self.name} is overloaded: shed for a higher priority", 1.0))])
 
@@ -180,8 +184,12 @@ class Batcher:
             while not self._queue:
                 if self._closing:
                     return None
+                self._idle = True
                 self._condition.wait()
+                self._idle = False
+            self._filling = True
             self._wait_for_more()
+            self._filling = False
             self._running, self._arrived_while_running = True, 0
             return self._take()
 
