@@ -29,6 +29,7 @@ import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from modelpod.protocol import jsoncodec
+from modelpod.server.coalesced_writes import CoalescedWrites
 
 logger = logging.getLogger("modelpod.http")
 
@@ -92,6 +93,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         limit = self.limits.max_connections
         self.app = functools.partial(_over_capacity, self._refused_at, limit) if refuse else self._own_app
         super().on_headers_complete()
+        if self.cycle is not None:  # the request's cycle, just made: its head and body in one write
+            self.cycle.transport = CoalescedWrites(self.transport, self.loop)  # type: ignore[assignment]
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
