@@ -12,7 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from modelpod import InvalidInput, Model, TensorSpec
-from modelpod.runtime.inputs import InputPreparer
+from modelpod.runtime.inputs import DeclaredTensors, InputPreparer
+from modelpod.serving.tensors import check_declared
 
 
 class Pair(Model):
@@ -146,3 +147,28 @@ def test_options_are_checked(pair: Pair, tmp_path: Path) -> None:
         InputPreparer(pair, convert="tensorflow")
     with pytest.raises(ValueError, match="add_batch_dim needs a tensor model"):
         InputPreparer(as_model(plain, data_path=tmp_path), add_batch_dim=True)
+
+
+def test_a_servers_declared_tensors_are_checked_once_each_property(pair: Pair) -> None:
+    """Names and datatypes at the edge (`check_declared`, strict); the shapes in the preparer, which
+    hands the same arrays on without converting them a second time."""
+    row = np.ones((2, 3), dtype=np.float32)
+    scale = np.ones(2, dtype=np.float64)
+    declared = check_declared({"row": row, "scale": scale}, pair.input_specs())
+    assert isinstance(declared, DeclaredTensors)
+    prepared = InputPreparer(pair).prepare(declared)
+    assert prepared.values["row"] is row
+    assert prepared.values["scale"] is scale
+    with pytest.raises(InvalidInput, match="input 'scale' is FP32, but the model declares FP64"):
+        check_declared({"row": row, "scale": scale.astype(np.float32)}, pair.input_specs())
+    with pytest.raises(InvalidInput, match="unknown input 'other'"):
+        check_declared({"row": row, "other": scale}, pair.input_specs())
+    wrong_shape = check_declared({"row": np.ones((2, 4), dtype=np.float32)}, pair.input_specs())
+    with pytest.raises(InvalidInput, match=r"input 'row' has shape \[2, 4\], expected \[-1, 3\]"):
+        InputPreparer(pair).prepare(wrong_shape)
+
+
+def test_in_process_callers_still_have_their_values_converted(pair: Pair) -> None:
+    as_float64 = {"row": np.ones((1, 3), dtype=np.float64), "scale": [1]}
+    prepared = InputPreparer(pair).prepare(as_float64)
+    assert prepared.values["row"].dtype == np.float32  # not a server's tensors: converted as declared

@@ -26,7 +26,7 @@ def chunk_results(
                 raise InvalidInput(
                     f"{where}expected a mapping of input names to values, got {type(item).__name__}"
                 )
-            prepared.append(calls.prepare(dict(item), where))
+            prepared.append(calls.prepare(item, where))
         except ModelpodError as error:
             if not skip_errors:
                 raise

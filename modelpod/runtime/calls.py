@@ -67,7 +67,9 @@ class ModelCalls:
         except ModelpodError as error:
             return error
 
-    def prepare(self, inputs: dict[str, Any], where: str) -> Prepared:
+    def prepare(self, inputs: Mapping[str, Any], where: str) -> Prepared:
+        if self.preprocessors:
+            inputs = dict(inputs)  # a copy for them to change, which is no longer a server's checked tensors
         for processor in self.preprocessors:
             inputs = _run_processor(processor, "preprocessor", inputs)
             if not isinstance(inputs, Mapping):

@@ -15,6 +15,13 @@ from modelpod.types import TensorSpec, numpy_dtype
 CONVERSIONS = (None, "numpy", "torch")
 
 
+class DeclaredTensors(dict[str, Any]):
+    """A tensor model's inputs as a server received them, their names and datatypes already checked
+    against the model's declared inputs (`serving.tensors.check_declared`, strict: over the wire a
+    datatype is never converted silently). The preparer does not convert them again: it checks their
+    shapes, the one property not checked at the edge (where `add_batch_dim` is not known)."""
+
+
 @dataclass
 class Prepared:
     """Inputs ready for the model, and how to undo the batch dimension on its output."""
@@ -55,6 +62,7 @@ class InputPreparer:
             raise InvalidInput(f"{where}the request has no inputs (got None)")
         values: dict[str, Any] = {}
         squeezed = set()
+        declared = isinstance(inputs, DeclaredTensors)
         for name, value in inputs.items():
             if value is None:
                 raise InvalidInput(f"{where}input {name!r} is None")
@@ -70,7 +78,8 @@ class InputPreparer:
                     f"{where}input {name!r} is reserved for raw bytes, got {type(value).__name__}"
                 )
             if spec is not None:
-                value = _as_array(value, spec, where)
+                if not declared:  # (a server's tensors are arrays of the declared datatype already)
+                    value = _as_array(value, spec, where)
                 if self.add_batch_dim and value.ndim == len(spec.shape) - 1:
                     value = value[np.newaxis, ...]
                     squeezed.add(name)

@@ -47,7 +47,7 @@ def stream_batch(
         try:
             if not isinstance(item, Mapping):
                 raise InvalidInput(f"item {index}: expected a mapping of input names to values")
-            prepared[index] = calls.prepare(dict(item), f"item {index}: ")
+            prepared[index] = calls.prepare(item, f"item {index}: ")
         except ModelpodError as error:
             yield index, error
     order = list(prepared)  # the model sees the good requests only: positions map back to indexes

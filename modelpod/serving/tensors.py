@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from modelpod.errors import InvalidInput, ModelError
+from modelpod.runtime.inputs import DeclaredTensors
 from modelpod.runtime.model import Model
 from modelpod.types import TensorSpec, datatype_of
 
@@ -61,8 +62,7 @@ def requests_of(model: Model, inputs: Arrays, batching: bool) -> list[dict[str, 
     """The model calls a tensor request means: itself for a tensor model, one per row otherwise
     (or one with the whole arrays: see the module's note)."""
     if model.is_tensor_model():
-        check_declared(inputs, model.input_specs())
-        return [dict(inputs)]
+        return [check_declared(inputs, model.input_specs())]
     hints = _hints(model.signature_target())
     rows = _row_count(inputs)
     if _whole(inputs, hints, batching):
@@ -111,8 +111,9 @@ def _answer_specs(hint: Any) -> tuple[TensorSpec, ...]:
     return (TensorSpec("output", scalars[hint], (-1,)),) if hint in scalars else ()
 
 
-def check_declared(inputs: Arrays, specs: Sequence[TensorSpec]) -> None:
-    """Tensors must be the ones the model declares, in its datatypes (no silent conversion)."""
+def check_declared(inputs: Arrays, specs: Sequence[TensorSpec]) -> DeclaredTensors:
+    """Tensors must be the ones the model declares, in its datatypes (no silent conversion). Checked
+    here, once: the runner's preparer then checks only their shapes (see `DeclaredTensors`)."""
     declared = {spec.name: spec for spec in specs}
     for name, array in inputs.items():
         spec = declared.get(name)
@@ -121,6 +122,7 @@ def check_declared(inputs: Arrays, specs: Sequence[TensorSpec]) -> None:
         datatype = datatype_of(array)
         if datatype != spec.datatype:
             raise InvalidInput(f"input {name!r} is {datatype}, but the model declares {spec.datatype}")
+    return DeclaredTensors(inputs)
 
 
 def tensor_outputs(output: Any, specs: Sequence[TensorSpec]) -> Arrays:
