@@ -81,7 +81,8 @@ class InferenceService:
         self.batchers = Batchers()
         self.statistics = Statistics()
         self.recent = RecentActivity()  # the status page's last few minutes
-        self.metrics = ServerMetrics(pool.stats, self.batchers.queue_depths, lambda: self.in_flight)
+        running = lambda: self.streaming.running()  # noqa: E731, PLW0108 - made below, read when scraped
+        self.metrics = ServerMetrics(pool.stats, self.batchers.queue_depths, lambda: self.in_flight, running)
         self.recorder = Recorders([self.statistics, self.metrics, self.recent, *recorders])
         self.execution = Execution(repository, pool, self.admission, self.batchers, self.recorder)
         self.composition = Composition(repository, self.execution, self.tensor_requests)
@@ -333,6 +334,7 @@ class InferenceService:
 
     def close(self) -> None:
         self.shadowing.close()
+        self.streaming.close()
         self.batchers.close()
         self.admission.close()
         self.pool.close()
