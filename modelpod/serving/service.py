@@ -81,8 +81,9 @@ class InferenceService:
         self.batchers = Batchers()
         self.statistics = Statistics()
         self.recent = RecentActivity()  # the status page's last few minutes
-        running = lambda: self.streaming.running()  # noqa: E731, PLW0108 - made below, read when scraped
-        self.metrics = ServerMetrics(pool.stats, self.batchers.queue_depths, lambda: self.in_flight, running)
+        self.metrics = ServerMetrics(
+            pool.stats, self.batchers.queue_depths, lambda: self.in_flight, self._running_sequences
+        )
         self.recorder = Recorders([self.statistics, self.metrics, self.recent, *recorders])
         self.execution = Execution(repository, pool, self.admission, self.batchers, self.recorder)
         self.composition = Composition(repository, self.execution, self.tensor_requests)
@@ -327,6 +328,9 @@ class InferenceService:
     async def drain(self, timeout: float) -> bool:
         """Wait for in-flight model calls to finish; False if some were still running at `timeout`."""
         return await self.admission.drain(timeout)
+
+    def _running_sequences(self) -> dict[tuple[str, str], int]:
+        return self.streaming.running()  # token-level batching's sequences, read when scraped
 
     @property
     def in_flight(self) -> int:
