@@ -67,16 +67,26 @@ class Steps(Model):
     def start_sequence(self, prompt: str, max_tokens: int = 50, seed: int | None = None) -> dict[str, Any]:
         if "refuse" in prompt:
             raise InvalidInput("this prompt is refused when its sequence starts")
-        return {"left": max_tokens, "at": len(prompt), "random": np.random.default_rng(seed)}
+        crash = "crash" in prompt  # its third step fails, with every sequence it holds
+        return {
+            "left": max_tokens,
+            "at": len(prompt),
+            "random": np.random.default_rng(seed),
+            "crash": crash,
+            "made": 0,
+        }
 
     def step_sequences(self, sequences: list[dict[str, Any]]) -> list[Any]:
         time.sleep(float(self.config.get("delay", 0.01)))
+        if any(sequence["crash"] and sequence["made"] == 2 for sequence in sequences):
+            raise RuntimeError("the step crashed")
         pieces: list[Any] = []
         for sequence in sequences:
             if sequence["left"] == 0:
                 pieces.append(STREAM_END)
                 continue
             sequence["left"] -= 1
+            sequence["made"] += 1
             sequence["at"] = (sequence["at"] + int(sequence["random"].integers(1, 7))) % len(self.WORDS)
             pieces.append(self.WORDS[sequence["at"]] + " ")
         return pieces

@@ -138,6 +138,20 @@ def test_a_sequence_that_fails_to_start_fails_alone(server: ServerProcess, clien
     )
 
 
+def test_a_step_that_fails_ends_its_sequences_with_an_error(
+    server: ServerProcess, client: openai.OpenAI
+) -> None:
+    failed = _sample(server, "modelpod_sequences_retired_total", "steps", reason="failed")
+    stream = client.completions.create(model="steps", prompt="crash", max_tokens=10, stream=True)
+    with pytest.raises(openai.APIError) as raised:
+        list(stream)
+    assert "raised RuntimeError" in raised.value.message
+    assert _sample(server, "modelpod_sequences_retired_total", "steps", reason="failed") == failed + 1
+    assert (
+        len(client.completions.create(model="steps", prompt="ok", max_tokens=4).choices[0].text.split()) == 4
+    )
+
+
 def test_time_to_first_token_and_tokens_are_counted(server: ServerProcess, client: openai.OpenAI) -> None:
     tokens = _sample(server, "modelpod_generated_tokens_total", "steps")
     firsts = _sample(server, "modelpod_time_to_first_token_seconds_count", "steps")

@@ -245,6 +245,6 @@ async def sequence_items(
 def _model_error(error: Exception, model: str, version: str) -> ModelpodError:
     if isinstance(error, ModelpodError):
         return error
-    failure = ModelError(f"model {model!r} failed: {type(error).__name__}: {error}")
+    failure = ModelError(f"model {model}:{version} raised {type(error).__name__}")  # the rest is logged
     logger.error("error id %s: a step of %s:%s failed", failure.error_id, model, version, exc_info=error)
     return failure
