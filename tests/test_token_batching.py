@@ -129,6 +129,39 @@ def test_stop_and_max_tokens_end_a_stepped_stream(client: openai.OpenAI) -> None
     assert chunks[0].choices[0].finish_reason is None
 
 
+def test_n_streamed_choices_come_side_by_side(client: openai.OpenAI) -> None:
+    asked: Any = {"model": "steps", "prompt": "n", "max_tokens": 20, "seed": 4, "n": 3}
+    whole = client.completions.create(**asked)
+    chunks = list(client.completions.create(**asked, stream=True, stream_options={"include_usage": True}))
+    indices = [chunk.choices[0].index for chunk in chunks if chunk.choices]
+    last_of_first = max(position for position, index in enumerate(indices) if index == 0)
+    assert indices.index(1) < last_of_first  # interleaved, not one choice after the other
+    assert indices.index(2) < last_of_first
+    for choice in whole.choices:
+        mine = [
+            chunk.choices[0] for chunk in chunks if chunk.choices and chunk.choices[0].index == choice.index
+        ]
+        assert "".join(part.text for part in mine) == choice.text
+        assert [part.finish_reason for part in mine][-1] == "length"
+    assert len({choice.text for choice in whole.choices}) == 3
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == 60
+
+
+def test_a_client_that_leaves_n_streamed_choices_frees_every_sequence(
+    server: ServerProcess, client: openai.OpenAI
+) -> None:
+    closed = _sample(server, "modelpod_sequences_retired_total", "steps", reason="closed")
+    stream = client.completions.create(model="steps", prompt="n", max_tokens=2000, n=2, stream=True)
+    chunks = iter(stream)
+    assert {next(chunks).choices[0].index for _ in range(6)} == {0, 1}
+    stream.close()
+    _until(lambda: _sample(server, "modelpod_running_sequences", "steps") == 0)
+    _until(
+        lambda: _sample(server, "modelpod_sequences_retired_total", "steps", reason="closed") == closed + 2
+    )
+
+
 def test_a_sequence_that_fails_to_start_fails_alone(server: ServerProcess, client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as refused:
         client.completions.create(model="steps", prompt="refuse me", max_tokens=5)
