@@ -9,10 +9,12 @@ BPE tokenizer trained on the short text below, and a GPT-2 of two small layers w
 (seeded, so every build is the same). Its text is noise in the tokenizer's words; what it shows is
 the machinery. Point `model_path` (its configuration) at another local GPT-2 folder to serve that.
 
-It offers the step contract (`modelpod.runtime.steps`): `start_sequence` makes a request's sequence,
-`step_sequences` runs one forward pass for every running sequence (left-padded into one batch) and
-samples each one's next token with the sequence's own generator, so that a sequence's text is the
-same alone or batched. Weights in float64 keep the batched pass's numbers equal to the lone one's.
+It offers the step contract (`modelpod.runtime.steps`): `start_sequence` runs a request's prompt
+through the model alone (its key/value cache, the logits of its first token); `step_sequences`
+samples every running sequence's next token with the sequence's own generator, then runs one
+forward pass of all the new tokens against their caches (left-padded to one length, the padding
+masked out). A sequence's text is thus the same alone or batched; weights in float64 keep the
+batched pass's numbers equal to the lone one's. Prompt and text together hold 256 tokens at most.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import os
 import sys
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -87,6 +89,12 @@ class Sequence:
     top_p: float
     random: np.random.Generator
     made: int = 0
+    logits: np.ndarray[Any, Any] | None = None  # for its next token, from the last forward pass
+    cache: list[tuple[Any, Any]] = field(default_factory=list)  # per layer: keys, values [1, heads, T, d]
+
+    @property
+    def length(self) -> int:
+        return len(self.tokens)
 
     def choose(self, logits: np.ndarray[Any, Any]) -> int:
         """The next token from its logits: greedy at temperature 0, else sampled (nucleus by top_p)
@@ -152,23 +160,31 @@ class TinyGPT2(Model):
             raise InvalidInput(f"prompt must be text, not {type(prompt).__name__}")
         if seed is not None and seed < 0:
             raise InvalidInput(f"seed must be a non-negative whole number, not {seed}")
-        tokens = self.tokenizer().encode(prompt) or [self.end]
-        return Sequence(tokens, max_tokens, temperature, top_p, np.random.default_rng(seed))
+        tokens = (self.tokenizer().encode(prompt) or [self.end])[-(self.window - 1) :]
+        sequence = Sequence(tokens, max_tokens, temperature, top_p, np.random.default_rng(seed))
+        self._prefill(sequence)
+        return sequence
 
     def step_sequences(self, sequences: list[Sequence]) -> list[Any]:
-        """One forward pass for every sequence still short of its max_tokens; each one's piece."""
-        going = [sequence for sequence in sequences if sequence.made < sequence.max_tokens]
-        rows = self._next_logits([sequence.tokens[-self.window :] for sequence in going]) if going else []
-        chosen = {id(sequence): sequence.choose(row) for sequence, row in zip(going, rows, strict=True)}
+        """Each sequence's next token, sampled from its logits; then one forward pass over the new
+        tokens of those that go on, against their caches, for their next logits."""
         pieces: list[Any] = []
+        going = []
         for sequence in sequences:
-            token = chosen.get(id(sequence), self.end)
+            token = self.end
+            if sequence.made < sequence.max_tokens and sequence.length < self.window:
+                assert sequence.logits is not None
+                token = sequence.choose(sequence.logits)
             if token == self.end:
                 pieces.append(STREAM_END)
                 continue
             sequence.tokens.append(token)
             sequence.made += 1
             pieces.append(self.tokenizer().decode([token]))
+            if sequence.made < sequence.max_tokens and sequence.length < self.window:
+                going.append(sequence)
+        if going:
+            self._extend(going)
         return pieces
 
     def count_tokens(self, text: str) -> int:
@@ -193,21 +209,49 @@ class TinyGPT2(Model):
                 build(folder)
         return folder
 
-    def _next_logits(self, windows: list[list[int]]) -> np.ndarray[Any, Any]:
-        """One forward pass over the windows, left-padded: each one's logits for its next token."""
+    def _prefill(self, sequence: Sequence) -> None:
+        """(Alone) the prompt through the model: its cache, and the logits of the first new token."""
         import torch
 
-        width = max(len(window) for window in windows)
-        ids = torch.full((len(windows), width), self.end, dtype=torch.long)
-        mask = torch.zeros((len(windows), width), dtype=torch.long)
-        for row, window in enumerate(windows):
-            ids[row, width - len(window) :] = torch.tensor(window)
-            mask[row, width - len(window) :] = 1
-        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
         with torch.inference_mode():
-            output = self.lm(input_ids=ids, attention_mask=mask, position_ids=positions)
-        logits: np.ndarray[Any, Any] = output.logits[:, -1, :].numpy()
-        return logits
+            ids = torch.tensor([sequence.tokens])
+            output = self.lm(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True)
+        sequence.cache = [(layer.keys, layer.values) for layer in output.cache.layers]
+        sequence.logits = output.logits[0, -1].numpy()
+
+    def _extend(self, sequences: list[Sequence]) -> None:
+        """One forward pass of each sequence's last token against its cache, the caches left-padded
+        to one length (the padding masked out); each keeps its part of the longer cache."""
+        import torch
+        from transformers import DynamicCache
+
+        longest = max(sequence.length - 1 for sequence in sequences)  # cached tokens, the new one aside
+        mask = torch.zeros((len(sequences), longest + 1), dtype=torch.long)
+        layers = []
+        for layer in range(len(sequences[0].cache)):
+            keys, values = [], []
+            for sequence in sequences:
+                key, value = sequence.cache[layer]
+                pad = (0, 0, longest - key.shape[2], 0)  # left, on the token axis
+                keys.append(torch.nn.functional.pad(key, pad))
+                values.append(torch.nn.functional.pad(value, pad))
+            layers.append((torch.cat(keys), torch.cat(values)))
+        for row, sequence in enumerate(sequences):
+            mask[row, longest + 1 - sequence.length :] = 1
+        ids = torch.tensor([[sequence.tokens[-1]] for sequence in sequences])
+        positions = torch.tensor([[sequence.length - 1] for sequence in sequences])
+        with torch.inference_mode():
+            output = self.lm(
+                input_ids=ids, attention_mask=mask, position_ids=positions,
+                cache=DynamicCache(ddp_cache_data=layers), use_cache=True,
+            )  # fmt: skip
+        cached = [(layer.keys, layer.values) for layer in output.cache.layers]
+        for row, sequence in enumerate(sequences):
+            start = longest + 1 - sequence.length
+            sequence.cache = [
+                (keys[row : row + 1, :, start:], values[row : row + 1, :, start:]) for keys, values in cached
+            ]
+            sequence.logits = output.logits[row, -1].numpy()
 
 
 if __name__ == "__main__":
