@@ -182,6 +182,15 @@ async def _chunks(
         yield completion.usage_chunk(_usage(prepared, made))
 
 
+async def _only(
+    choice: AsyncGenerator[str | Finished, None],
+) -> AsyncGenerator[tuple[int, str | Finished], None]:
+    """One choice's pieces shaped as `interleaved` gives them, without its task and queue."""
+    async with contextlib.aclosing(choice):
+        async for piece in choice:
+            yield 0, piece
+
+
 def _usage(prepared: Prepared, completion_tokens: int) -> dict[str, int] | None:
     return openai_shapes.usage(prepared.prompt_tokens, completion_tokens)
 

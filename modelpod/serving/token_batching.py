@@ -34,7 +34,7 @@ from modelpod.observe.events import Recorder, StepDone
 from modelpod.runtime import steps
 from modelpod.runtime.items import DONE
 from modelpod.runtime.model import STREAM_END, Model
-from modelpod.serving.channels import Channel
+from modelpod.serving.channels import Channel, put_each
 
 logger = logging.getLogger("modelpod.serving.token_batching")
 
@@ -149,6 +149,7 @@ class RunningBatch:
             return True
         done = time.monotonic()
         stepped, waits, made = len(self._running), [], 0
+        deliveries = []
         for sequence, piece in zip(self._running, pieces, strict=True):
             if piece is STREAM_END:
                 sequence.channel.end()
@@ -158,7 +159,8 @@ class RunningBatch:
             sequence.tokens += 1
             if sequence.tokens == 1:
                 waits.append(done - sequence.arrived)
-            sequence.channel.put(piece)
+            deliveries.append((sequence.channel, piece))
+        put_each(deliveries)  # one wake-up of the event loop per step (a sequence's frames keep their order)
         self._running = [sequence for sequence in self._running if not sequence.channel.ended]
         self._publish(stepped, made, done - started, waits, retired)
         return True
