@@ -18,6 +18,8 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from modelpod import Client
+
 from conftest import ROOT, ServerProcess, example, launch, load_example
 
 pytest.importorskip("transformers", reason="the tiny GPT-2 needs: pip install 'modelpod[generation]'")
@@ -183,6 +185,29 @@ def test_a_step_that_fails_ends_its_sequences_with_an_error(
     assert (
         len(client.completions.create(model="steps", prompt="ok", max_tokens=4).choices[0].text.split()) == 4
     )
+
+
+def test_a_deadline_ends_a_sequence_and_frees_its_place(server: ServerProcess, client: openai.OpenAI) -> None:
+    with pytest.raises(openai.APIStatusError) as late:
+        client.completions.create(
+            model="steps", prompt="slow", max_tokens=2000, extra_headers={"request-timeout": "0.3"}
+        )
+    assert late.value.status_code == 504  # Timeout, in the one error table
+    assert "deadline" in late.value.message
+    _until(lambda: _sample(server, "modelpod_running_sequences", "steps") == 0)
+
+
+def test_native_streams_of_a_stepped_model_run_in_the_batch_too(
+    server: ServerProcess, client: openai.OpenAI
+) -> None:
+    tokens = _sample(server, "modelpod_generated_tokens_total", "steps")
+    with Client(server.http_url, model="steps") as native:
+        pieces = list(native.predict_stream(prompt="native", max_tokens=6, seed=8))
+    assert _sample(server, "modelpod_generated_tokens_total", "steps") == tokens + 6
+    openai_text = (
+        client.completions.create(model="steps", prompt="native", max_tokens=6, seed=8).choices[0].text
+    )
+    assert "".join(pieces) == openai_text
 
 
 def test_time_to_first_token_and_tokens_are_counted(server: ServerProcess, client: openai.OpenAI) -> None:
