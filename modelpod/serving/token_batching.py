@@ -61,6 +61,7 @@ class RunningBatch:
         self, model: str, version: str, hold_model: HoldModel, recorder: Recorder, max_waiting: int
     ) -> None:
         self.model, self.version = model, version
+        self._key = (model, version)
         self._hold_model = hold_model
         self._recorder = recorder
         self._max_waiting = max_waiting
@@ -101,15 +102,23 @@ class RunningBatch:
             self._changed.notify()
 
     def _loop(self) -> None:
-        while self._next_batch():
-            with contextlib.ExitStack() as hold:
-                try:
-                    model = self._hold_model(hold)
-                except ModelpodError as error:
-                    self._fail(self._take_waiting(), error)
-                    continue
-                while self._step(model):
-                    pass
+        try:
+            while self._next_batch():
+                with contextlib.ExitStack() as hold:
+                    try:
+                        model = self._hold_model(hold)
+                    except Exception as error:  # it failed to load: the waiting fail with it
+                        self._fail(self._take_waiting(), _model_error(error, self.model, self.version))
+                        continue
+                    while self._step(model):
+                        pass
+        except BaseException as error:  # a bug here: no sequence may wait for ever on a dead thread
+            failure = _model_error(error if isinstance(error, Exception) else RuntimeError(), *self._key)
+            with self._changed:
+                self._thread = None
+            self._fail(self._running + self._take_waiting(), failure)
+            self._running = []
+            raise
 
     def _next_batch(self) -> bool:
         """Wait for a sequence; False (the thread ends) when closed or idle too long."""
