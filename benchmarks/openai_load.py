@@ -149,8 +149,8 @@ def main() -> None:
                 print(
                     f"{'mode':<22}{'clients':>8}{'requests':>10}{'tokens/s':>10}{'TTFT p50':>10}{'p99 ms':>8}"
                 )
-            for model in ("gpt2", "gpt2-per-request"):
-                for concurrency in options.concurrency:
+            for concurrency in options.concurrency:  # both modes side by side: they share the machine's load
+                for model in ("gpt2", "gpt2-per-request"):
                     point = asyncio.run(_point(url, model, concurrency, options.seconds, options.tokens))
                     _show(point, options.json)
         finally:
