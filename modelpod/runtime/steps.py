@@ -19,7 +19,9 @@ defining two methods beside its yielding `predict`:
 `start_sequence` takes the keywords `predict` takes. The server then keeps one running batch per
 version: a request becomes a sequence, joins the batch between two steps, and leaves it when it
 ends, when its reader has all it wants (a stop sequence, the token limit) or when its client goes.
-A sequence's tokens must not depend on the others stepped with it (each samples with its own
+Both run on the running batch's own thread, as they are: no processors, no torch mode (a model
+that wants `torch.inference_mode` enters it itself). A sequence's tokens must not depend on the
+others stepped with it (each samples with its own
 generator): its text is then the same alone or batched, which `predict` through `alone` is.
 """
 
