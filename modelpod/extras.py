@@ -25,6 +25,7 @@ FEATURES: dict[str, str] = {
     "otel": "modelpod serve --otel: OpenTelemetry traces of every request, exported over OTLP",
     "examples": "the bundled scikit-learn examples (examples/iris.py)",
     "embeddings": "the sentence-transformers embedding example",
+    "generation": "the tiny GPT-2 example (examples/tiny_gpt2.py): token-level batching with transformers",
 }
 
 

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from typing import Any
 
-from modelpod import Model
+import numpy as np
+
+from modelpod import STREAM_END, InvalidInput, Model
+from modelpod.runtime import steps
 
 
 class Words(Model):
@@ -46,3 +50,46 @@ class Turns(Model):
     def predict(self, messages: list[dict[str, str]], max_tokens: int = 100) -> Iterator[str]:
         for message in messages[:max_tokens]:
             yield f"[{message['role']}:{message['content']}]"
+
+
+class Steps(Model):
+    """Takes steps (token-level batching, `modelpod.runtime.steps`): each sequence draws its words
+    from its own seeded generator, so its text is the same alone or batched. A step sleeps `delay`
+    seconds however many sequences it holds, as a forward pass on an accelerator would."""
+
+    name = "steps"
+    max_running_sequences = 8
+    WORDS = ("river", "bridge", "lamp", "boat", "salt", "iron", "stone", "keeper", "swallow", "book")
+
+    def predict(self, prompt: str, max_tokens: int = 50, seed: int | None = None) -> Iterator[str]:
+        yield from steps.alone(self, prompt=prompt, max_tokens=max_tokens, seed=seed)
+
+    def start_sequence(self, prompt: str, max_tokens: int = 50, seed: int | None = None) -> dict[str, Any]:
+        if "refuse" in prompt:
+            raise InvalidInput("this prompt is refused when its sequence starts")
+        crash = "crash" in prompt  # its third step fails, with every sequence it holds
+        return {
+            "left": max_tokens,
+            "at": len(prompt),
+            "random": np.random.default_rng(seed),
+            "crash": crash,
+            "made": 0,
+        }
+
+    def step_sequences(self, sequences: list[dict[str, Any]]) -> list[Any]:
+        time.sleep(float(self.config.get("delay", 0.01)))
+        if any(sequence["crash"] and sequence["made"] == 2 for sequence in sequences):
+            raise RuntimeError("the step crashed")
+        pieces: list[Any] = []
+        for sequence in sequences:
+            if sequence["left"] == 0:
+                pieces.append(STREAM_END)
+                continue
+            sequence["left"] -= 1
+            sequence["made"] += 1
+            sequence["at"] = (sequence["at"] + int(sequence["random"].integers(1, 7))) % len(self.WORDS)
+            pieces.append(self.WORDS[sequence["at"]] + " ")
+        return pieces
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())

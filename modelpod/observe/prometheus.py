@@ -2,7 +2,9 @@
 
 Recorded as things happen: requests by protocol and outcome, request latency, model compute time,
 time queued, batch sizes, training jobs, streamed items and streams cancelled. Read when scraped:
-queue depth, requests in flight, and the pool's loads, evictions and load time.
+queue depth, requests in flight, and the pool's loads, evictions and load time. Token-level batching
+adds sequences per step, tokens made, time to first token, sequences retired and, read when
+scraped, the sequences running.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Summ
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from modelpod.observe.events import BatchDone, Recorder, RequestDone, ShadowDone, TrainingChanged
+from modelpod.observe.events import BatchDone, Recorder, RequestDone, ShadowDone, StepDone, TrainingChanged
 
 
 class PoolCounts(Protocol):
@@ -46,6 +48,7 @@ class ServerMetrics(Recorder):
         pool_counts: Callable[[], PoolCounts],
         queue_depths: Callable[[], Mapping[tuple[str, str], int]],
         in_flight: Callable[[], int],
+        running: Callable[[], Mapping[tuple[str, str], int]] = dict,
     ) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
@@ -93,8 +96,38 @@ class ServerMetrics(Recorder):
             "modelpod_shadow_latency_difference_seconds", "The shadow's time minus the served answer's",
             _MODEL, registry=self.registry,
         )  # fmt: skip
-        self.registry.register(_LiveState(pool_counts, queue_depths, in_flight))
+        self._add_step_metrics()
+        self.registry.register(_LiveState(pool_counts, queue_depths, in_flight, running))
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+    def _add_step_metrics(self) -> None:
+        self.step_sequences = Histogram(
+            "modelpod_step_sequences", "Sequences advanced together by one step of a running batch", _MODEL,
+            buckets=_ROWS, registry=self.registry,
+        )  # fmt: skip
+        self.tokens = Counter(
+            "modelpod_generated_tokens", "Tokens made by running batches", _MODEL, registry=self.registry
+        )
+        self.first_token_seconds = Histogram(
+            "modelpod_time_to_first_token_seconds", "Time from a sequence's arrival to its first token",
+            _MODEL, buckets=_SECONDS, registry=self.registry,
+        )  # fmt: skip
+        self.sequences_retired = Counter(
+            "modelpod_sequences_retired", "Sequences that left a running batch, by why: ended (by the "
+            "model), closed (their reader had enough, or their client left), failed",
+            [*_MODEL, "reason"], registry=self.registry,
+        )  # fmt: skip
+
+    def on_step(self, event: StepDone) -> None:
+        labels = (event.model, event.version)
+        if event.sequences:
+            self.step_sequences.labels(*labels).observe(event.sequences)
+            self.compute_seconds.labels(*labels).observe(event.compute)
+        self.tokens.labels(*labels).inc(event.tokens)
+        for wait in event.first_token_waits:
+            self.first_token_seconds.labels(*labels).observe(wait)
+        for reason, count in event.retired.items():
+            self.sequences_retired.labels(*labels, reason).inc(count)
 
     def on_request(self, event: RequestDone) -> None:
         if event.items is None:
@@ -171,10 +204,12 @@ class _LiveState(Collector):
         pool_counts: Callable[[], PoolCounts],
         queue_depths: Callable[[], Mapping[tuple[str, str], int]],
         in_flight: Callable[[], int],
+        running: Callable[[], Mapping[tuple[str, str], int]],
     ) -> None:
         self.pool_counts = pool_counts
         self.queue_depths = queue_depths
         self.in_flight = in_flight
+        self.running = running
 
     def collect(self) -> Iterator[Metric]:
         depth = GaugeMetricFamily(
@@ -185,6 +220,12 @@ class _LiveState(Collector):
         for (model, version), rows in self.queue_depths().items():
             depth.add_metric([model, version], rows)
         yield depth
+        running = GaugeMetricFamily(
+            "modelpod_running_sequences", "Sequences in a running batch (token-level batching)", labels=_MODEL
+        )
+        for (model, version), count in self.running().items():
+            running.add_metric([model, version], count)
+        yield running
         yield GaugeMetricFamily(
             "modelpod_in_flight_requests", "Requests being answered", value=self.in_flight()
         )

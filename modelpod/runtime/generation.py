@@ -14,6 +14,9 @@
   A `predict` that takes `messages` gets a chat's messages as they are; otherwise they become a prompt
   through the model's `chat_template(messages)`, or the plain one below.
 
+A generation model may also offer the step contract (`modelpod.runtime.steps`: `start_sequence`,
+`step_sequences`): its requests then run in one running batch per version (token-level batching).
+
 Optional, on the model, callable before `setup` (on the unloaded instance the server holds):
 `count_tokens(text) -> int`, so that answers carry `usage`; `chat_template(messages) -> str`.
 """

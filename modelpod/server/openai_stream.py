@@ -7,9 +7,11 @@ response ends, its client hanging up included, the chunks are closed: the model'
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncGenerator
-from typing import Any
+from collections.abc import AsyncGenerator, Sequence
+from typing import Any, TypeVar
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -20,6 +22,8 @@ from modelpod.server.endpoints import unless_disconnected
 from modelpod.server.streaming import NOTHING, ClosingStream
 
 logger = logging.getLogger("modelpod.http")
+T = TypeVar("T")
+_END: Any = object()
 
 
 class ChunkStream(ClosingStream):
@@ -58,3 +62,35 @@ async def open_stream(request: Request, chunks: AsyncGenerator[dict[str, Any], N
 
 def _event(chunk: dict[str, Any]) -> bytes:
     return b"data: " + jsoncodec.dumps(chunk) + b"\n\n"
+
+
+async def interleaved(sources: Sequence[AsyncGenerator[T, None]]) -> AsyncGenerator[tuple[int, T], None]:
+    """The items of several generators as each comes, with its source's index: `n` choices streamed
+    side by side. An error in one raises here; closing this closes them all (their models stop).
+    Each source runs at most one item ahead of the reader."""
+    ready: asyncio.Queue[tuple[int, Any, BaseException | None]] = asyncio.Queue(maxsize=len(sources))
+
+    async def pump(index: int, source: AsyncGenerator[T, None]) -> None:
+        try:
+            async with contextlib.aclosing(source):
+                async for item in source:
+                    await ready.put((index, item, None))
+            await ready.put((index, _END, None))
+        except Exception as error:
+            await ready.put((index, None, error))
+
+    tasks = [asyncio.create_task(pump(index, source)) for index, source in enumerate(sources)]
+    try:
+        going = len(tasks)
+        while going:
+            index, item, error = await ready.get()
+            if error is not None:
+                raise error
+            if item is _END:
+                going -= 1
+            else:
+                yield index, item
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

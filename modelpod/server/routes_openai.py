@@ -43,7 +43,7 @@ from modelpod.server.endpoints import (
     service_of,
     unless_disconnected,
 )
-from modelpod.server.openai_stream import open_stream
+from modelpod.server.openai_stream import interleaved, open_stream
 from modelpod.serving.openai import Finished, Prepared
 from modelpod.serving.options import Options
 
@@ -159,22 +159,36 @@ async def _chunks(
     completion: openai_shapes.Completion,
     options: Options,
 ) -> AsyncGenerator[dict[str, Any], None]:
-    """The stream's chunks: each choice in turn, then the usage chunk if asked for."""
+    """The stream's chunks: the `n` choices generated at once, each chunk as it comes (tagged with its
+    choice's index), then the usage chunk if asked for."""
     name, version = split_model_id(asked.model)
+    service = service_of(request)
+    choices = [
+        service.generate(name, version, prepared, asked.stop, options, index) for index in range(asked.n)
+    ]
     made = 0
-    for index in range(asked.n):
-        pieces = service_of(request).generate(name, version, prepared, asked.stop, options, index)
-        first = True
-        async with contextlib.aclosing(pieces):
-            async for piece in pieces:
-                if isinstance(piece, Finished):
-                    made += piece.tokens
-                    yield completion.chunk(index, None, piece.reason, first)
-                else:
-                    yield completion.chunk(index, piece, None, first)
-                first = False
+    started: set[int] = set()
+    pieces = interleaved(choices)
+    async with contextlib.aclosing(pieces):
+        async for index, piece in pieces:
+            first = index not in started
+            started.add(index)
+            if isinstance(piece, Finished):
+                made += piece.tokens
+                yield completion.chunk(index, None, piece.reason, first)
+            else:
+                yield completion.chunk(index, piece, None, first)
     if asked.include_usage:
         yield completion.usage_chunk(_usage(prepared, made))
+
+
+async def _only(
+    choice: AsyncGenerator[str | Finished, None],
+) -> AsyncGenerator[tuple[int, str | Finished], None]:
+    """One choice's pieces shaped as `interleaved` gives them, without its task and queue."""
+    async with contextlib.aclosing(choice):
+        async for piece in choice:
+            yield 0, piece
 
 
 def _usage(prepared: Prepared, completion_tokens: int) -> dict[str, int] | None:

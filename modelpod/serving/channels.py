@@ -196,6 +196,26 @@ class Channel:
         self.closed = True
 
 
+def put_each(deliveries: Sequence[tuple[Channel, Any]]) -> None:
+    """(A batch's thread) One item to each of several requests, with one wake-up of their event loop
+    rather than one per item: a running batch hands out a step's tokens this way."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Channel, Any]]] = {}
+    for channel, item in deliveries:
+        if not channel.done:
+            by_loop.setdefault(channel._loop, []).append((channel, item))
+    for loop, live in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_put_items, live)
+        except RuntimeError:  # the loop has closed: nobody is listening
+            for channel, _ in live:
+                channel.closed = True
+
+
+def _put_items(live: list[tuple[Channel, Any]]) -> None:
+    for channel, item in live:
+        channel._frames.put_nowait(("item", item))
+
+
 def feed(pairs: Generator[tuple[int, Any], None, None], channels: Sequence[Channel], label: str) -> None:
     """Hand each request the items a batch yields for it, then end every stream. Once no request is
     listening any more, the batch's generator is closed: its `finally` runs."""

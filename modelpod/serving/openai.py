@@ -7,6 +7,7 @@ cancellation and its recording), cut here at a stop sequence or at `max_tokens`.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
@@ -70,8 +71,11 @@ class OpenAIServing:
         for vector in vectors:
             if not isinstance(vector, Sequence) and not hasattr(vector, "__array__"):
                 raise ModelError(f"model {name!r} returned {type(vector).__name__}, not a vector")
-        counted = [face.count_tokens(text) for text in texts] if face.count_tokens else None
-        return list(vectors), sum(counted) if counted is not None else None
+        count = face.count_tokens
+        if count is None:
+            return list(vectors), None
+        counted = await asyncio.to_thread(lambda: sum(count(text) for text in texts))  # a tokenizer's work
+        return list(vectors), counted
 
     def prepare(
         self,

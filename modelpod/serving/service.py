@@ -81,7 +81,9 @@ class InferenceService:
         self.batchers = Batchers()
         self.statistics = Statistics()
         self.recent = RecentActivity()  # the status page's last few minutes
-        self.metrics = ServerMetrics(pool.stats, self.batchers.queue_depths, lambda: self.in_flight)
+        self.metrics = ServerMetrics(
+            pool.stats, self.batchers.queue_depths, lambda: self.in_flight, self._running_sequences
+        )
         self.recorder = Recorders([self.statistics, self.metrics, self.recent, *recorders])
         self.execution = Execution(repository, pool, self.admission, self.batchers, self.recorder)
         self.composition = Composition(repository, self.execution, self.tensor_requests)
@@ -327,12 +329,16 @@ class InferenceService:
         """Wait for in-flight model calls to finish; False if some were still running at `timeout`."""
         return await self.admission.drain(timeout)
 
+    def _running_sequences(self) -> dict[tuple[str, str], int]:
+        return self.streaming.running()  # token-level batching's sequences, read when scraped
+
     @property
     def in_flight(self) -> int:
         return self.admission.in_flight
 
     def close(self) -> None:
         self.shadowing.close()
+        self.streaming.close()
         self.batchers.close()
         self.admission.close()
         self.pool.close()

@@ -1,5 +1,6 @@
 """Requests whose answer is a stream of items: a `predict` that yields, for one request on a model
-thread (`ItemPump`), or for a batch of them (`BatchedStream` through the version's streaming batcher).
+thread (`ItemPump`), or for a batch of them (`BatchedStream` through the version's streaming batcher),
+or a sequence of the version's running batch for a model that takes steps (`TokenBatches`).
 A model that does not yield streams one item; a router forwards the stream; a pipeline answers once.
 """
 
@@ -18,7 +19,9 @@ from modelpod.runtime.batchers import STREAMS
 from modelpod.runtime.batching import Batcher
 from modelpod.runtime.inputs import check_field_names
 from modelpod.runtime.items import DONE
+from modelpod.runtime.model import Model
 from modelpod.runtime.runner import Runner
+from modelpod.runtime.steps import takes_steps
 from modelpod.serving.channels import BatchedStream, Channel, ItemPump, feed
 from modelpod.serving.composition import Composition
 from modelpod.serving.execution import AnyRunner, Execution, remaining, snake
@@ -27,6 +30,7 @@ from modelpod.serving.repository import HostedModel
 from modelpod.serving.served_pipeline import ServedPipeline
 from modelpod.serving.tensor_requests import TensorRequests
 from modelpod.serving.tensors import Arrays, outputs_of
+from modelpod.serving.token_batching import TokenBatches, sequence_items
 from modelpod.workers.process_runner import ProcessRunner
 
 
@@ -49,6 +53,14 @@ class Streams:
         self.composition = composition
         self.repository = execution.repository
         self.admission = execution.admission
+        self.token_batches = TokenBatches(execution.recorder)
+
+    def running(self) -> dict[tuple[str, str], int]:
+        """Sequences in running batches now, per version (token-level batching)."""
+        return self.token_batches.running()
+
+    def close(self) -> None:
+        self.token_batches.close()
 
     def streams(self, name: str, version: str | None = None) -> bool:
         """Whether a model's answer is a stream of items (what Triton calls a decoupled model)."""
@@ -135,7 +147,9 @@ class Streams:
         check_field_names(request)
         deadline = None if options.timeout is None else time.monotonic() + options.timeout
         probe, batching = hosted.probe, hosted.batching.enabled
-        if batching and probe.streams_batches() and hosted.workers == 0:
+        if takes_steps(probe) and hosted.workers == 0:
+            items = self._stepped(hosted, version, request, options, deadline)
+        elif batching and probe.streams_batches() and hosted.workers == 0:
             items = self._batched(hosted, version, request, options, deadline)
         elif batching and not probe.is_streaming():  # one answer: batched with the other requests
             yield (await self.execution.predict_many(hosted, version, [request], options))[0]
@@ -194,6 +208,34 @@ class Streams:
             channel.close()  # the batch sends it nothing more
             if future is not None:
                 future.cancel()  # and drops it if it is still queued
+            self.admission.leave()
+
+    async def _stepped(
+        self,
+        hosted: HostedModel,
+        version: str,
+        request: dict[str, Any],
+        options: Options,
+        deadline: float | None,
+    ) -> AsyncGenerator[Any, None]:
+        """A sequence of the version's running batch (token-level batching)."""
+
+        def hold_model(hold: contextlib.ExitStack) -> Model:
+            factory = functools.partial(self.repository.runner, hosted, version)
+            runner = hold.enter_context(
+                self.execution.pool.use((hosted.name, version), factory, hosted.memory_budget)
+            )
+            assert isinstance(runner, Runner)  # running batches run in this process (workers == 0)
+            return runner.model
+
+        batch = self.token_batches.batch(hosted.name, version, hold_model, hosted.batching.max_queue_size)
+        self.admission.enter()
+        items = sequence_items(batch, request, options.priority, lambda: remaining(deadline))
+        try:
+            async with contextlib.aclosing(items):
+                async for item in items:
+                    yield item
+        finally:
             self.admission.leave()
 
     def _batcher(self, hosted: HostedModel, version: str) -> Batcher:
