@@ -14,7 +14,14 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Summ
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from modelpod.observe.events import BatchDone, Recorder, RequestDone, ShadowDone, TrainingChanged
+from modelpod.observe.events import (
+    BatchDone,
+    Recorder,
+    RequestDone,
+    RolloutDecided,
+    ShadowDone,
+    TrainingChanged,
+)
 
 
 class PoolCounts(Protocol):
@@ -93,6 +100,10 @@ class ServerMetrics(Recorder):
             "modelpod_shadow_latency_difference_seconds", "The shadow's time minus the served answer's",
             _MODEL, registry=self.registry,
         )  # fmt: skip
+        self.rollout_decisions = Counter(
+            "modelpod_rollout_decisions", "Rollout decisions on a candidate version (step, promote, "
+            "rollback)", [*_MODEL, "decision"], registry=self.registry,
+        )  # fmt: skip
         self.registry.register(_LiveState(pool_counts, queue_depths, in_flight))
 
     def on_request(self, event: RequestDone) -> None:
@@ -112,6 +123,9 @@ class ServerMetrics(Recorder):
             self.shadow_latency_difference.labels(event.model, event.version).observe(
                 event.latency_difference
             )
+
+    def on_rollout(self, event: RolloutDecided) -> None:
+        self.rollout_decisions.labels(event.model, event.version, event.decision).inc()
 
     def on_training(self, event: TrainingChanged) -> None:
         if event.state == "running":

@@ -1,0 +1,68 @@
+"""Traffic between a model's versions, as the service offers it: the policies (`Traffic`), the shadow
+requests (`Shadowing`) and the rollouts decided by the numbers (`Rollouts`), behind one object."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from modelpod.observe.events import Recorder
+from modelpod.serving.execution import Execution
+from modelpod.serving.repository import HostedModel
+from modelpod.serving.rollout import Rollouts
+from modelpod.serving.rollout_watch import RolloutWatch
+from modelpod.serving.shadowing import Shadowing
+from modelpod.serving.traffic import Traffic
+from modelpod.serving.traffic_policy import TrafficPolicy
+
+
+class TrafficControl:
+    """The traffic policies of a service's models, their shadows and their rollouts."""
+
+    def __init__(
+        self,
+        execution: Execution,
+        pool_size: int,
+        watch: RolloutWatch,
+        recorder: Recorder,
+        promote: Callable[[str, str], Awaitable[Any]],
+    ) -> None:
+        self.repository = execution.repository
+        self.traffic = Traffic(execution.repository, pool_size)
+        self.shadowing = Shadowing(execution, recorder)
+        self.rollouts = Rollouts(self.traffic, watch, promote, recorder)
+        self.traffic.on_rollout = self.rollouts.check
+
+    def version_for(self, name: str, version: str | None, key: str | None) -> str | None:
+        return self.traffic.version_for(name, version, key)
+
+    def shadow(
+        self, hosted: HostedModel, requested: str | None, calls: list[Any], answers: list[Any], started: float
+    ) -> None:
+        """Once the caller's answer is decided: a request to the bare name may go to the shadow too."""
+        shadow = None if requested else self.traffic.policy(hosted.name).shadows()
+        if shadow is not None:
+            copies = [dict(call) if isinstance(call, dict) else call for call in calls]
+            self.shadowing.send(hosted, shadow, copies, answers, time.monotonic() - started)
+
+    def document(self, name: str) -> dict[str, Any]:
+        """The model's policy, its shadow's results and its rollout's window and decisions."""
+        self.repository.get(name)
+        document = self.traffic.policy(name).document()
+        shadow = document["shadow"]["version"] if document["shadow"] else None
+        results = self.shadowing.document(name, shadow)
+        return {**document, "shadow_results": results, "rollout_state": self.rollouts.document(name),
+                "warning": self.traffic.warning(name)}  # fmt: skip
+
+    def set(self, name: str, document: Any) -> dict[str, Any]:
+        """Check, save and apply a new policy; requests in flight finish where they went."""
+        self.traffic.set(name, document)
+        return self.document(name)
+
+    def configure(self, policies: dict[str, TrafficPolicy]) -> None:
+        self.traffic.configure(policies)
+
+    def close(self) -> None:
+        self.rollouts.close()
+        self.shadowing.close()
