@@ -88,7 +88,9 @@ def test_a_failing_canary_is_rolled_back_under_load(start_server: StartServer, t
             after = len(load.answers)
             time.sleep(0.5)
         metrics = http.get("/metrics").text
+        shown = http.get("/ui/activity").json()["rollouts"]  # what the status page shows
     assert document["split"] == {"1": 80.0, "4": 0.0}
+    assert [(d["model"], d["version"], d["decision"]) for d in shown] == [("scaled", "4", "rollback")]
     [decision] = document["rollout_state"]["decisions"]
     assert decision["decision"] == "rollback"
     assert decision["version"] == "4"
