@@ -100,6 +100,15 @@ class RolloutDecided:
     share: float | None = None  # the candidate's percent of the traffic after the decision
 
 
+@dataclass(frozen=True, slots=True)
+class QuotaRefused:
+    """A request refused before it ran: its caller was over a quota."""
+
+    caller: str  # the API key's name, "traffic-key" or "anonymous": never a key, nor a traffic key's value
+    model: str  # "" when the quota is the caller's over all models
+    limit: str  # "rate" or "concurrency"
+
+
 class Recorder:
     """Told of what the serving core does; every hook does nothing until a subclass overrides it."""
 
@@ -116,6 +125,9 @@ class Recorder:
         return None
 
     def on_rollout(self, event: RolloutDecided) -> None:
+        return None
+
+    def on_quota(self, event: QuotaRefused) -> None:
         return None
 
 
@@ -160,3 +172,10 @@ class Recorders(Recorder):
                 recorder.on_rollout(event)
             except Exception:
                 logger.exception("%s failed to record a rollout decision", type(recorder).__name__)
+
+    def on_quota(self, event: QuotaRefused) -> None:
+        for recorder in self.all:
+            try:
+                recorder.on_quota(event)
+            except Exception:
+                logger.exception("%s failed to record a quota refusal", type(recorder).__name__)

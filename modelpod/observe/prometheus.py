@@ -16,6 +16,7 @@ from prometheus_client.registry import Collector
 
 from modelpod.observe.events import (
     BatchDone,
+    QuotaRefused,
     Recorder,
     RequestDone,
     RolloutDecided,
@@ -104,6 +105,11 @@ class ServerMetrics(Recorder):
             "modelpod_rollout_decisions", "Rollout decisions on a candidate version (step, promote, "
             "rollback)", [*_MODEL, "decision"], registry=self.registry,
         )  # fmt: skip
+        self.quota_refusals = Counter(
+            "modelpod_quota_refusals", "Requests refused because their caller was over a quota, by the "
+            "caller's name and the limit (rate or concurrency)", ["caller", "model", "limit"],
+            registry=self.registry,
+        )  # fmt: skip
         self.registry.register(_LiveState(pool_counts, queue_depths, in_flight))
 
     def on_request(self, event: RequestDone) -> None:
@@ -126,6 +132,9 @@ class ServerMetrics(Recorder):
 
     def on_rollout(self, event: RolloutDecided) -> None:
         self.rollout_decisions.labels(event.model, event.version, event.decision).inc()
+
+    def on_quota(self, event: QuotaRefused) -> None:
+        self.quota_refusals.labels(event.caller, event.model, event.limit).inc()
 
     def on_training(self, event: TrainingChanged) -> None:
         if event.state == "running":
