@@ -166,13 +166,15 @@ class InferenceService:
         Close it (`aclose`, or cancel the task iterating it) to stop early: the model's generator is
         closed where it runs (its `finally` runs), its slot is freed, and the stream is counted as
         cancelled. An error, before the first item or midway, raises from the iteration. A deadline
-        (`options.timeout`) bounds the whole stream."""
+        (`options.timeout`) bounds the whole stream. The model's traffic split picks the version."""
+        version = self.traffic.version_for(name, version, options.traffic_key)
         return self.streaming.stream(name, version, arguments, query_params, options)
 
     def infer_stream(
         self, name: str, version: str | None, inputs: Arrays, options: Options = DEFAULT_OPTIONS
     ) -> AsyncGenerator[tuple[str, Arrays], None]:
         """Tensors in; the version that ran, and output tensors for each item the model yields."""
+        version = self.traffic.version_for(name, version, options.traffic_key)
         return self.streaming.infer_stream(name, version, inputs, options)
 
     # -- OpenAI's routes (see modelpod.serving.openai) --------------------------------------------------
@@ -185,6 +187,7 @@ class InferenceService:
         self, name: str, version: str | None, texts: Sequence[str], dimensions: int | None, options: Options
     ) -> tuple[list[Any], int | None]:
         """One vector per text, through the version's batcher; and the texts' token count if known."""
+        version = self.traffic.version_for(name, version, options.traffic_key)
         return await self.openai.embed(name, version, texts, dimensions, options)
 
     def prepare_generation(
@@ -194,8 +197,11 @@ class InferenceService:
         prompt: str | None,
         messages: list[dict[str, str]] | None,
         sampling: Sampling,
+        options: Options = DEFAULT_OPTIONS,
     ) -> Prepared:
-        """A generation request checked against the model (unsupported parameters refused)."""
+        """A generation request checked against the model (unsupported parameters refused), on the
+        version its traffic split picks (every choice of it generated there)."""
+        version = self.traffic.version_for(name, version, options.traffic_key)
         return self.openai.prepare(name, version, prompt, messages, sampling)
 
     def generate(
