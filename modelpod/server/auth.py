@@ -39,7 +39,7 @@ class Role(enum.IntEnum):
 
 
 # The model's own methods a predict key may call; any other method (initialize, train, ...) is admin's.
-PREDICT_METHODS = frozenset({"predict", "log", "training"})
+PREDICT_METHODS = frozenset({"predict", "log", "training", "traffic"})
 # Paths anyone may read: health, the V2 server metadata, the API description and the status page.
 OPEN_PATHS = frozenset({"/", "/ui", "/docs", "/docs/swagger-ui.css", "/docs/swagger-ui-bundle.js",
                         "/openapi.json", "/v2", "/v2/health/live", "/v2/health/ready"})  # fmt: skip

@@ -45,12 +45,12 @@ from modelpod.serving.served_pipeline import ServedPipeline
 from modelpod.serving.streams import Streams
 from modelpod.serving.tensor_requests import TensorRequests
 from modelpod.serving.tensors import Arrays
-from modelpod.serving.traffic_control import TrafficControl
+from modelpod.serving.traffic_control import TRAFFIC_METHODS, TrafficControl
 from modelpod.serving.traffic_policy import TrafficPolicy
 from modelpod.serving.trainer import Trainer
 from modelpod.serving.versions import Versions
 
-METHODS = ("predict", "initialize", "train", "training", "log")
+METHODS = ("predict", "initialize", "train", "training", "log", "traffic", "set_traffic")
 
 
 class InferenceService:
@@ -105,11 +105,13 @@ class InferenceService:
         options: Options = DEFAULT_OPTIONS,
     ) -> Any:
         """`predict`, `initialize`, `train` (starts a job), `training` (that job) or `log` on one
-        version, with keyword arguments."""
+        version, with keyword arguments; or the model's `traffic` policy (`set_traffic`: its `policy`)."""
         if method not in METHODS:
             raise NotFound(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
         if not isinstance(arguments, Mapping) or not all(isinstance(key, str) for key in arguments):
             raise InvalidInput("the arguments must be an object of keyword arguments, named by strings")
+        if method in TRAFFIC_METHODS:
+            return self.traffic.call(name, version, method, arguments)
         run = self.admission.run
         if method == "initialize":
             resolved = version or self.repository.get(name).default_version

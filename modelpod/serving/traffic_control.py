@@ -4,9 +4,10 @@ requests (`Shadowing`) and the rollouts decided by the numbers (`Rollouts`), beh
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from modelpod.errors import InvalidInput
 from modelpod.observe.events import Recorder
 from modelpod.serving.execution import Execution
 from modelpod.serving.repository import HostedModel
@@ -15,6 +16,8 @@ from modelpod.serving.rollout_watch import RolloutWatch
 from modelpod.serving.shadowing import Shadowing
 from modelpod.serving.traffic import Traffic
 from modelpod.serving.traffic_policy import TrafficPolicy
+
+TRAFFIC_METHODS = ("traffic", "set_traffic")  # as native calls: the gRPC native service and Client
 
 
 class TrafficControl:
@@ -59,6 +62,22 @@ class TrafficControl:
         """Check, save and apply a new policy; requests in flight finish where they went."""
         self.traffic.set(name, document)
         return self.document(name)
+
+    def call(
+        self, name: str, version: str | None, method: str, arguments: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """`traffic` (read) or `set_traffic` (`policy`: the new one) as a native call."""
+        if version:
+            raise InvalidInput(
+                f"a traffic policy is the model's, not a version's: call {method} without a version"
+            )
+        if method == "traffic":
+            return self.document(name)
+        if set(arguments) != {"policy"}:
+            raise InvalidInput(
+                'set_traffic takes one argument, policy: {"policy": {"split": {"1": 90, "2": 10}}}'
+            )
+        return self.set(name, arguments["policy"])
 
     def configure(self, policies: dict[str, TrafficPolicy]) -> None:
         self.traffic.configure(policies)
