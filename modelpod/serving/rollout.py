@@ -52,6 +52,7 @@ class Rollouts:
         self.promote = promote  # makes a version the model's default (through the replicas' Changes)
         self.recorder = recorder
         self.clock = watch.clock
+        self.decided: Callable[[str, TrafficPolicy], None] | None = None  # told of each policy it sets
         self.decisions: dict[str, collections.deque[dict[str, Any]]] = {}
         self._windows: dict[str, _Window] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -91,7 +92,7 @@ class Rollouts:
             changed = stepped(policy, rules, self.traffic.repository.get(name).default_version)
         else:
             changed = dataclasses.replace(policy, rollout=None)  # the split holds until the switch
-        self.traffic.set(name, changed.document())
+        self._set(name, changed)
         share = share_of(changed, rules.version)
         self._record(name, rules.version, decision, reason, numbers, share)
         if decision == PROMOTE:
@@ -108,7 +109,12 @@ class Rollouts:
             return
         policy = self.traffic.policy(name)
         shadow = None if policy.shadow is None or policy.shadow.version == version else policy.shadow
-        self.traffic.set(name, TrafficPolicy(sticky=policy.sticky, shadow=shadow).document())
+        self._set(name, TrafficPolicy(sticky=policy.sticky, shadow=shadow))
+
+    def _set(self, name: str, policy: TrafficPolicy) -> None:
+        self.traffic.set(name, policy.document())
+        if self.decided is not None:
+            self.decided(name, policy)
 
     def _record(
         self, name: str, version: str, decision: str, reason: str, numbers: Numbers, share: float | None

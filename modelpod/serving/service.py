@@ -89,7 +89,10 @@ class InferenceService:
         self.streaming = Streams(self.execution, self.composition, self.tensor_requests)
         self.trainer = Trainer(repository, pool, self.recorder, self.changes)
         self.versions = Versions(self.execution)
-        self.traffic = TrafficControl(self.execution, pool.per_model, watch, self.recorder, self.set_default)
+        promote = self.set_default
+        self.traffic = TrafficControl(
+            self.execution, pool.per_model, watch, self.recorder, promote, self.changes
+        )
         self.openai = OpenAIServing(self.execution, self.streaming)
         self.catalog = Catalog(name, self.execution, self.batchers, self.trainer, self.statistics)
 
@@ -111,7 +114,7 @@ class InferenceService:
         if not isinstance(arguments, Mapping) or not all(isinstance(key, str) for key in arguments):
             raise InvalidInput("the arguments must be an object of keyword arguments, named by strings")
         if method in TRAFFIC_METHODS:
-            return self.traffic.call(name, version, method, arguments)
+            return await self.traffic.call(name, version, method, arguments)
         run = self.admission.run
         if method == "initialize":
             resolved = version or self.repository.get(name).default_version
@@ -304,9 +307,10 @@ class InferenceService:
         """The model's traffic policy (see `modelpod.serving.traffic`), its shadow's and rollout's state."""
         return self.traffic.document(name)
 
-    def set_traffic(self, name: str, document: Any) -> dict[str, Any]:
-        """Check, save and apply a new traffic policy; requests in flight finish where they went."""
-        return self.traffic.set(name, document)
+    async def set_traffic(self, name: str, document: Any) -> dict[str, Any]:
+        """Check, save and apply a new traffic policy (shared with other replicas through `Changes`);
+        requests in flight finish where they went."""
+        return await self.traffic.set(name, document)
 
     def configure_traffic(self, policies: dict[str, TrafficPolicy]) -> None:
         self.traffic.configure(policies)
