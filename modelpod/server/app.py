@@ -71,6 +71,7 @@ class ModelServer:
         )  # fmt: skip
         if settings.traffic:
             self.service.configure_traffic(parse_flag(settings.traffic))
+        self.service.traffic.shadowing.max_in_flight = settings.shadow_max_in_flight
         self.quotas = Quotas(parse_quotas(settings.quotas or ""))
         self.http_port = 0
         self.grpc_port = 0
