@@ -14,12 +14,17 @@ from pathlib import Path
 
 import grpc
 import httpx
+import numpy as np
 import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
 
 from modelpod import errors
 from modelpod.client import AsyncClient, Client
 from modelpod.errors import InvalidInput, RateLimited
 from modelpod.protocol._generated import native_pb2, native_pb2_grpc
+from modelpod.server.auth import KeyTable, Role
 from modelpod.serving.quotas import Quota, Quotas, parse_quotas
 
 from conftest import ServerProcess, StartServer, servable
@@ -189,3 +194,33 @@ def test_token_buckets_and_per_model_quotas_by_the_clock() -> None:
 def test_bad_quotas_are_refused_naming_the_problem(text: str, message: str) -> None:
     with pytest.raises(InvalidInput, match=message.replace("[", r"\[").replace("]", r"\]")):
         parse_quotas(text)
+
+
+def test_tritonclient_sees_429_and_resource_exhausted(start_server: StartServer) -> None:
+    server = start_server(servable("Scaled"), args=("--quotas", "*=rate:0.2,burst:1"))
+    x = np.array([0.5], dtype=np.float64)
+    http = httpclient.InferenceServerClient(f"127.0.0.1:{server.http_port}")
+    tensor = httpclient.InferInput("x", [1], "FP64")
+    tensor.set_data_from_numpy(x)
+    http.infer("scaled", [tensor])
+    with pytest.raises(InferenceServerException) as over_http:
+        http.infer("scaled", [tensor])
+    assert "over its quota" in str(over_http.value)
+    http.close()
+    rpc = grpcclient.InferenceServerClient(server.grpc_address)
+    tensor = grpcclient.InferInput("x", [1], "FP64")
+    tensor.set_data_from_numpy(x)
+    with pytest.raises(InferenceServerException) as over_grpc:
+        rpc.infer("scaled", [tensor])
+    assert over_grpc.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
+    rpc.close()
+
+
+def test_keys_are_named_for_quotas_and_never_by_themselves() -> None:
+    table = KeyTable.parse([f"predict:{ALICE} name=alice", f"admin:{BOB}"], "the list", first=3)
+    assert table.name_of(ALICE.encode()) == "alice"
+    assert table.name_of(BOB.encode()) == "key-4"  # by its place among all keys
+    assert table.name_of(b"nobody") is None
+    assert table.role_of(ALICE.encode()) is Role.PREDICT
+    with pytest.raises(ValueError, match="only name=NAME may follow"):
+        KeyTable.parse([f"predict:{ALICE} colour=red"], "the list")
