@@ -40,7 +40,9 @@ def test_a_policy_set_on_one_replica_reaches_the_other(local_ray: None, tmp_path
         targets=ray.cloudpickle.dumps([Whoami]),
         import_paths=(str(TESTS),),
         store_models=(),
-        settings=Settings(data_path=tmp_path, http_port=1, model_pool_size=2).model_dump(),
+        settings=Settings(
+            data_path=tmp_path, http_port=1, model_pool_size=2, traffic="whoami=1:1", quotas="*=rate:1000"
+        ).model_dump(),
         state_name="modelpod-state:traffic",
         url="http://127.0.0.1:1",
         server_id="in-process",
@@ -63,6 +65,8 @@ def test_a_policy_set_on_one_replica_reaches_the_other(local_ray: None, tmp_path
         )
         followed = other.service.traffic.traffic
         async with here, there:
+            assert followed.policy("whoami").split == {"1": 1.0}  # from the settings, as `modelpod serve`
+            assert this.quotas
             assert (await here.post("/models/whoami/versions/2/initialize", json={})).status_code == 200
             put = await here.put("/models/whoami/traffic", json={"split": {"2": 1}})
             assert put.status_code == 200, put.text
