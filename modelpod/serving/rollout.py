@@ -95,6 +95,8 @@ class Rollouts:
         self._set(name, changed)
         share = share_of(changed, rules.version)
         self._record(name, rules.version, decision, reason, numbers, share)
+        if changed.rollout is None:  # it ended: its numbers are no longer kept
+            self.watch.forget(name)
         if decision == PROMOTE:
             task = asyncio.get_running_loop().create_task(self._promote(name, rules.version))
             self._tasks.add(task)

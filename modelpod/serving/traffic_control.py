@@ -70,7 +70,8 @@ class TrafficControl:
         flight finish where they went."""
 
         async def change() -> None:
-            self.traffic.set(name, document)
+            if self.traffic.set(name, document).rollout is None:
+                self.rollouts.watch.forget(name)  # an ended rollout's numbers are not kept
 
         self.repository.get(name)
         shared = json.dumps(policy_of(document).document())  # refused here before anything is shared
