@@ -4,6 +4,7 @@ its requests cross a bound. Against real `modelpod serve` processes, under load.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable
@@ -11,12 +12,18 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
-from modelpod.serving.rollout import rolled_back, stepped
+from modelpod.observe.events import Recorder, RequestDone
+from modelpod.serving.repository import Repository
+from modelpod.serving.rollout import Rollouts, rolled_back, stepped
 from modelpod.serving.rollout_rules import PROMOTE, ROLLBACK, STEP, WAIT, Numbers, RolloutRules, verdict
+from modelpod.serving.rollout_watch import RolloutWatch
+from modelpod.serving.traffic import Traffic
 from modelpod.serving.traffic_policy import policy_of
 
 from conftest import ServerProcess, StartServer, servable
+from servable import Echo
 
 SCALED = servable("Scaled")
 VERSIONS = {"2": {}, "3": {"scale": 1.5}, "4": {"fail_share": 0.2}}
@@ -206,3 +213,67 @@ def test_steps_and_rollbacks_rewrite_the_split() -> None:
     assert (into.split, into.shadow) == ({"1": 75.0, "2": 25.0}, None)
     assert into.rollout is not None
     assert into.rollout.min_agreement is None
+
+
+class _Bench:
+    """The real Rollouts on a real repository (echo, versions 1 and 2), its clock driven by hand."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        repository = Repository(tmp_path)
+        repository.instance(repository.add(Echo), "2").initialize()
+        self.now = 0.0
+        self.watch = RolloutWatch(clock=lambda: self.now)
+        self.promoted: list[tuple[str, str]] = []
+        self.traffic = Traffic(repository, pool_size=2)
+        self.rollouts = Rollouts(self.traffic, self.watch, self._promote, Recorder())
+        self.traffic.on_rollout = self.rollouts.check
+
+    async def _promote(self, name: str, version: str) -> None:
+        self.promoted.append((name, version))
+
+    def at(self, now: float, count: int = 0, outcome: str = "ok") -> dict[str, float]:
+        """At `now`, a request arrives (the rollout is judged if due), then `count` of the candidate's
+        are answered with `outcome`; the split as it then stands."""
+        self.now = now
+        self.traffic.version_for("echo", None, None)
+        for _ in range(count):
+            self.watch.on_request(RequestDone("echo", "2", "http", outcome, 0.01))
+        return self.traffic.policy("echo").split
+
+
+def test_windows_by_an_injected_clock(tmp_path: Path) -> None:
+    """A step waits for a whole window within bounds; a rollback for nothing but min_requests."""
+    bench = _Bench(tmp_path)
+    rollout = {"version": "2", "window_seconds": 10, "min_requests": 5, "max_error_rate": 0.2,
+               "steps": [50, 100], "promote": True}  # fmt: skip
+    bench.traffic.set("echo", {"split": {"1": 9, "2": 1}, "rollout": rollout})
+    bench.at(0.0)  # the window begins
+    bench.at(5.0, 10)
+    assert bench.at(5.5) == {"1": 9.0, "2": 1.0}  # within bounds, the window not over
+    assert bench.at(10.0) == {"1": 50.0, "2": 50.0}  # a whole window: the next step
+    bench.at(11.0)  # the new window begins: the old numbers no longer count
+    assert bench.at(21.0) == {"1": 50.0, "2": 50.0}  # no requests: no verdict
+    bench.at(21.0, 4, "model_error")
+    bench.at(21.0, 2, "invalid_input")  # the callers' faults are no failure of the candidate
+    assert bench.at(21.5) == {"1": 50.0, "2": 0.0}  # rolled back at once, mid-window
+    assert bench.traffic.policy("echo").rollout is None
+    assert [d["decision"] for d in bench.rollouts.decisions["echo"]] == ["step", "rollback"]
+    assert bench.rollouts.decisions["echo"][-1]["error_rate"] == pytest.approx(4 / 6)
+    assert bench.promoted == []
+
+
+def test_a_promotion_by_an_injected_clock(tmp_path: Path) -> None:
+    bench = _Bench(tmp_path)
+
+    async def scenario() -> None:
+        matching = {"version": "2", "min_requests": 1, "window_seconds": 1, "promote": True}
+        bench.traffic.set("echo", {"split": {"1": 1, "2": 1}, "rollout": matching})
+        bench.at(0.0)
+        bench.at(0.5, 1)
+        bench.at(1.0)
+        for _ in range(3):
+            await asyncio.sleep(0)  # the promotion runs as a task
+        assert bench.promoted == [("echo", "2")]
+        assert bench.traffic.policy("echo").split == {}  # every request to the new default
+
+    asyncio.run(scenario())
