@@ -23,11 +23,13 @@ from tritonclient.utils import InferenceServerException
 from modelpod import errors
 from modelpod.client import AsyncClient, Client
 from modelpod.errors import InvalidInput, RateLimited
+from modelpod.protocol._generated import grpc_service_pb2 as pb
+from modelpod.protocol._generated import grpc_service_pb2_grpc as pb_grpc
 from modelpod.protocol._generated import native_pb2, native_pb2_grpc
 from modelpod.server.auth import KeyTable, Role
 from modelpod.serving.quotas import Quota, Quotas, parse_quotas
 
-from conftest import ServerProcess, StartServer, servable
+from conftest import ROOT, ServerProcess, StartServer, servable
 
 ALICE, BOB = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
 ECHO = servable("Echo")
@@ -224,3 +226,22 @@ def test_keys_are_named_for_quotas_and_never_by_themselves() -> None:
     assert table.role_of(ALICE.encode()) is Role.PREDICT
     with pytest.raises(ValueError, match="only name=NAME may follow"):
         KeyTable.parse([f"predict:{ALICE} colour=red"], "the list")
+
+
+def test_streams_count_against_quotas_over_grpc(start_server: StartServer) -> None:
+    server = start_server(
+        f"{ROOT}/tests/servable_traffic.py:Versioned", args=("--quotas", "*=rate:0.2,burst:2")
+    )
+    with Client(server.grpc_address, model="versioned", retries=0) as client:
+        assert list(client.predict_stream(prompt="x")) == ["v1 ", "v1 "]  # CallStream: one of 2
+    prompt = pb.ModelInferRequest.InferInputTensor(name="prompt", datatype="BYTES", shape=[1])
+    prompt.contents.bytes_contents.append(b"x")
+    request = pb.ModelInferRequest(model_name="versioned", inputs=[prompt])
+    with grpc.insecure_channel(server.grpc_address) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        assert len(list(stub.ModelStreamInfer(iter([request]), timeout=30))) == 2  # two of 2
+        with pytest.raises(grpc.RpcError) as refused:
+            list(stub.ModelStreamInfer(iter([request]), timeout=30))
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    with Client(server.grpc_address, model="versioned", retries=0) as client, pytest.raises(RateLimited):
+        list(client.predict_stream(prompt="x"))
