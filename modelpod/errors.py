@@ -11,6 +11,7 @@
      │    └── ProcessorError                          a pre/post-processor raised; names the processor
      ├── ModelLoadError      503  UNAVAILABLE         the model could not be loaded
      ├── Unavailable         503  UNAVAILABLE         overloaded or shutting down; may carry retry_after
+     │    ├── RateLimited     429  RESOURCE_EXHAUSTED  the caller is over its quota; carries retry_after
      │    └── Interrupted                             (client side) the connection broke mid-request
      ├── Timeout             504  DEADLINE_EXCEEDED   the request's deadline passed
      └── BodyTimeout         408  DEADLINE_EXCEEDED   the request body did not arrive in time (HTTP)
@@ -94,6 +95,19 @@ class Unavailable(ModelpodError):
         self.retry_after = retry_after
 
 
+class RateLimited(Unavailable):
+    """The caller (its API key or traffic key) is over its rate or concurrency quota: the request did
+    not run; retrying after `retry_after` seconds may succeed. An `Unavailable`, so clients wait and
+    resend it as they do a 503."""
+
+    def __init__(
+        self, message: str, retry_after: float | None = None, limit: str = "", model: str = ""
+    ) -> None:
+        super().__init__(message, retry_after)
+        self.limit = limit  # which quota: "rate" or "concurrency" (the server's side only)
+        self.model = model  # the model the quota is for; "" for the caller's over all models
+
+
 class Interrupted(Unavailable):
     """The connection broke after the request went out: the server may have run it.
 
@@ -118,6 +132,7 @@ _STATUS: tuple[tuple[type[ModelpodError], int, str], ...] = (
     (Conflict, 409, "FAILED_PRECONDITION"),
     (PayloadTooLarge, 413, "RESOURCE_EXHAUSTED"),
     (ModelError, 500, "INTERNAL"),
+    (RateLimited, 429, "RESOURCE_EXHAUSTED"),
     (Unavailable, 503, "UNAVAILABLE"),
     (ModelLoadError, 503, "UNAVAILABLE"),
     (Timeout, 504, "DEADLINE_EXCEEDED"),
@@ -165,6 +180,7 @@ _BY_NAME: dict[str, type[ModelpodError]] = {
         BodyTimeout,
         ModelLoadError,
         Unavailable,
+        RateLimited,
         Timeout,
     )
 }

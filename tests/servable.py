@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import threading
 import time
 from typing import Any
@@ -216,13 +217,14 @@ class Tagged(Model):
 
 
 class Scaled(Model):
-    """Versions for a shadow: x times its config's `scale`, after `sleep` seconds; `fail` raises."""
+    """Versions for a shadow or canary: x times its config's `scale`, after `sleep` seconds; `fail`
+    raises, `fail_share` raises on that share of requests (at random)."""
 
     name = "scaled"
 
     def predict(self, x: float) -> dict[str, Any]:
         time.sleep(float(self.config.get("sleep", 0)))
-        if self.config.get("fail"):
+        if self.config.get("fail") or random.random() < float(self.config.get("fail_share", 0)):
             raise ValueError("this version fails on purpose")
         return {"y": x * float(self.config.get("scale", 1.0)), "label": "big" if x > 1 else "small"}
 

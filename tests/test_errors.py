@@ -19,6 +19,7 @@ from modelpod.errors import (
     NotFound,
     PayloadTooLarge,
     ProcessorError,
+    RateLimited,
     Timeout,
     Unauthenticated,
     Unavailable,
@@ -37,6 +38,7 @@ EXPECTED = [
     (ModelLoadError, 503, "UNAVAILABLE"),
     (Unavailable, 503, "UNAVAILABLE"),
     (Interrupted, 503, "UNAVAILABLE"),
+    (RateLimited, 429, "RESOURCE_EXHAUSTED"),
     (Timeout, 504, "DEADLINE_EXCEEDED"),
     (BodyTimeout, 408, "DEADLINE_EXCEEDED"),
 ]

@@ -14,6 +14,7 @@ from modelpod.client._grpc import AsyncGRPCTransport
 from modelpod.client._http import AsyncHTTPTransport
 from modelpod.client._operations import (
     Array,
+    Call,
     Live,
     Metadata,
     ModelInfo,
@@ -89,6 +90,17 @@ class AsyncClient(ClientBase[AsyncTransport]):
     async def log(self) -> Any:
         """See `Client.log`."""
         return await self._send(self._call(await self._name(), "log", {}))
+
+    async def traffic(self) -> dict[str, Any]:
+        """See `Client.traffic`."""
+        policy: dict[str, Any] = await self._send(Call(await self._name(), None, "traffic", {}))
+        return policy
+
+    async def set_traffic(self, policy: Mapping[str, Any]) -> dict[str, Any]:
+        """See `Client.set_traffic`."""
+        call = Call(await self._name(), None, "set_traffic", {"policy": dict(policy)})
+        changed: dict[str, Any] = await self._send(call)
+        return changed
 
     async def infer(
         self,

@@ -228,6 +228,20 @@ class Client(ClientBase[Transport]):
         """What training reported so far."""
         return self._send(self._call(self._name(), "log", {}))
 
+    def traffic(self) -> dict[str, Any]:
+        """The model's traffic policy between its versions (split, sticky, shadow, rollout), its
+        shadow's results and its rollout's window and decisions."""
+        policy: dict[str, Any] = self._send(Call(self._name(), None, "traffic", {}))
+        return policy
+
+    def set_traffic(self, policy: Mapping[str, Any]) -> dict[str, Any]:
+        """Replace the model's traffic policy (an admin key's), e.g. `{"split": {"1": 90, "2": 10}}`;
+        `{}` removes it. Returns the policy as `traffic()` shows it."""
+        changed: dict[str, Any] = self._send(
+            Call(self._name(), None, "set_traffic", {"policy": dict(policy)})
+        )
+        return changed
+
     # -- Open Inference Protocol and the server ----------------------------------------------------
 
     def infer(

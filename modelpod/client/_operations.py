@@ -54,7 +54,7 @@ class Call(Operation[Any]):
     def retry(self) -> Retry:
         if self.method in ("initialize", "train"):
             return Retry.NEVER
-        return Retry.IF_REFUSED if self.method == "predict" else Retry.ALWAYS
+        return Retry.IF_REFUSED if self.method in ("predict", "set_traffic") else Retry.ALWAYS
 
 
 @dataclass(frozen=True)

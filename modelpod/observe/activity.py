@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from modelpod.observe import logs
-from modelpod.observe.events import BatchDone, Recorder, RequestDone
+from modelpod.observe.events import BatchDone, Recorder, RequestDone, RolloutDecided
 
 WINDOW_SECONDS = 300  # how far back the series go
 RATE_SECONDS = 10  # the "now" figures: rate and percentiles over the last complete seconds
@@ -102,6 +102,7 @@ class RecentActivity(Recorder):
         self._lock = threading.Lock()
         self._versions: dict[tuple[str, str], _Version] = {}
         self._errors: deque[dict[str, Any]] = deque(maxlen=ERRORS_KEPT)
+        self._rollouts: deque[dict[str, Any]] = deque(maxlen=ERRORS_KEPT)  # decisions, newest last
 
     def on_request(self, event: RequestDone) -> None:
         outcome = "ok" if event.served else event.outcome
@@ -109,6 +110,12 @@ class RecentActivity(Recorder):
 
     def on_batch(self, event: BatchDone) -> None:
         self.batch(event.model, event.version, event.rows)
+
+    def on_rollout(self, event: RolloutDecided) -> None:
+        decision = {"time": self._clock(), "model": event.model, "version": event.version,
+                    "decision": event.decision, "reason": event.reason, "share": event.share}  # fmt: skip
+        with self._lock:
+            self._rollouts.append(decision)
 
     def request(self, model: str, version: str, outcome: str, seconds: float, message: str = "") -> None:
         """One answered request; `outcome` is "ok" or the error's kind (e.g. "invalid_input")."""
@@ -158,6 +165,7 @@ class RecentActivity(Recorder):
             }
             totals = {key: (entry.requests, entry.errors) for key, entry in self._versions.items()}
             errors = list(reversed(self._errors))
+            rollouts = list(reversed(self._rollouts))
         versions = [
             {
                 "model": model,
@@ -176,6 +184,7 @@ class RecentActivity(Recorder):
             "server": _summary(everything, now, requests, failures),
             "versions": versions,
             "errors": errors,
+            "rollouts": rollouts,
         }
 
 

@@ -100,6 +100,29 @@ class ShadowDone:
     outcome: str  # "compared"; "error" (the shadow failed); "shed" (skipped under load)
     agreement: Mapping[str, bool] = field(default_factory=dict)  # per output: shadow agreed?
     latency_difference: float | None = None  # shadow seconds minus served seconds
+    seconds: float | None = None  # the shadow's own time
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutDecided:
+    """A rollout's rule moved its candidate version: stepped its share up, promoted it to the
+    default, or rolled it back; `numbers` are what the decision was made on."""
+
+    model: str
+    version: str  # the candidate
+    decision: str  # "step", "promote", "rollback"
+    reason: str
+    numbers: Mapping[str, object] = field(default_factory=dict)
+    share: float | None = None  # the candidate's percent of the traffic after the decision
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaRefused:
+    """A request refused before it ran: its caller was over a quota."""
+
+    caller: str  # the API key's name, "traffic-key" or "anonymous": never a key, nor a traffic key's value
+    model: str  # "" when the quota is the caller's over all models
+    limit: str  # "rate" or "concurrency"
 
 
 class Recorder:
@@ -118,6 +141,12 @@ class Recorder:
         return None
 
     def on_shadow(self, event: ShadowDone) -> None:
+        return None
+
+    def on_rollout(self, event: RolloutDecided) -> None:
+        return None
+
+    def on_quota(self, event: QuotaRefused) -> None:
         return None
 
 
@@ -162,3 +191,17 @@ class Recorders(Recorder):
                 recorder.on_shadow(event)
             except Exception:
                 logger.exception("%s failed to record a shadow request", type(recorder).__name__)
+
+    def on_rollout(self, event: RolloutDecided) -> None:
+        for recorder in self.all:
+            try:
+                recorder.on_rollout(event)
+            except Exception:
+                logger.exception("%s failed to record a rollout decision", type(recorder).__name__)
+
+    def on_quota(self, event: QuotaRefused) -> None:
+        for recorder in self.all:
+            try:
+                recorder.on_quota(event)
+            except Exception:
+                logger.exception("%s failed to record a quota refusal", type(recorder).__name__)

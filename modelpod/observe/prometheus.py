@@ -16,7 +16,16 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Summ
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from modelpod.observe.events import BatchDone, Recorder, RequestDone, ShadowDone, StepDone, TrainingChanged
+from modelpod.observe.events import (
+    BatchDone,
+    QuotaRefused,
+    Recorder,
+    RequestDone,
+    RolloutDecided,
+    ShadowDone,
+    StepDone,
+    TrainingChanged,
+)
 
 
 class PoolCounts(Protocol):
@@ -96,6 +105,15 @@ class ServerMetrics(Recorder):
             "modelpod_shadow_latency_difference_seconds", "The shadow's time minus the served answer's",
             _MODEL, registry=self.registry,
         )  # fmt: skip
+        self.rollout_decisions = Counter(
+            "modelpod_rollout_decisions", "Rollout decisions on a candidate version (step, promote, "
+            "rollback)", [*_MODEL, "decision"], registry=self.registry,
+        )  # fmt: skip
+        self.quota_refusals = Counter(
+            "modelpod_quota_refusals", "Requests refused because their caller was over a quota, by the "
+            "caller's name and the limit (rate or concurrency)", ["caller", "model", "limit"],
+            registry=self.registry,
+        )  # fmt: skip
         self._add_step_metrics()
         self.registry.register(_LiveState(pool_counts, queue_depths, in_flight, running))
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
@@ -146,6 +164,12 @@ class ServerMetrics(Recorder):
             self.shadow_latency_difference.labels(event.model, event.version).observe(
                 event.latency_difference
             )
+
+    def on_rollout(self, event: RolloutDecided) -> None:
+        self.rollout_decisions.labels(event.model, event.version, event.decision).inc()
+
+    def on_quota(self, event: QuotaRefused) -> None:
+        self.quota_refusals.labels(event.caller, event.model, event.limit).inc()
 
     def on_training(self, event: TrainingChanged) -> None:
         if event.state == "running":

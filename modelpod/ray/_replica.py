@@ -29,8 +29,10 @@ from modelpod.server.from_store import add_store_models, open_store
 from modelpod.server.http import create_app
 from modelpod.server.settings import Settings
 from modelpod.serving.pool import ModelPool
+from modelpod.serving.quotas import Quotas, parse_quotas
 from modelpod.serving.repository import Repository
 from modelpod.serving.service import InferenceService
+from modelpod.serving.traffic_policy import parse_flag
 
 logger = logging.getLogger("modelpod.ray")
 
@@ -68,6 +70,10 @@ class ModelpodReplica:
             changes=self.changes,
         )
         self.changes.attach(self.service)
+        if self.settings.traffic:  # as `modelpod serve` does; then the policies shared by the replicas
+            self.service.configure_traffic(parse_flag(self.settings.traffic))
+        self.service.traffic.shadowing.max_in_flight = self.settings.shadow_max_in_flight
+        self.quotas = Quotas(parse_quotas(self.settings.quotas or ""))  # counted per replica
         self.keys = load_keys(self.settings)
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
@@ -89,6 +95,7 @@ class ModelpodReplica:
                 self.keys,
                 self.settings.body_timeout,
                 self.settings.max_parsed_size,
+                self.quotas,
             )
         )
 

@@ -46,10 +46,12 @@ class Snapshot:
     defaults: dict[str, str]
     unloaded: frozenset[str]
     changed: dict[Version, int] = field(default_factory=dict)  # version -> generation of its last change
+    traffic: dict[str, str] = field(default_factory=dict)  # model -> its traffic policy, as JSON
 
 
 class SharedState:
-    """Each model's default version, the unloaded models, and the versions changed on disk."""
+    """Each model's default version, the unloaded models, the versions changed on disk, and each
+    model's traffic policy."""
 
     def __init__(self, defaults: Mapping[str, str]) -> None:
         self._snapshot = Snapshot(uuid.uuid4().hex, 0, dict(defaults), frozenset())
@@ -62,6 +64,7 @@ class SharedState:
             old = self._snapshot
             generation = old.generation + 1
             defaults, unloaded, changed = dict(old.defaults), set(old.unloaded), dict(old.changed)
+            traffic = dict(old.traffic)
             if kind == "default":
                 defaults[name] = value
             elif kind == "unload":
@@ -70,9 +73,11 @@ class SharedState:
                 unloaded.discard(name)
             elif kind == "changed":
                 changed[(name, value)] = generation
+            elif kind == "traffic":
+                traffic[name] = value
             else:
                 raise ValueError(f"unknown change {kind!r}")
-            self._snapshot = Snapshot(old.epoch, generation, defaults, frozenset(unloaded), changed)
+            self._snapshot = Snapshot(old.epoch, generation, defaults, frozenset(unloaded), changed, traffic)
             self._changed.notify_all()
             return self._snapshot
 
@@ -233,6 +238,8 @@ class SharedChanges(Changes):
                 await versions.unload(name)
             elif name not in snapshot.unloaded and hosted.unloaded:
                 await versions.load(name)
+            if name in snapshot.traffic:
+                self.service.traffic.follow(name, snapshot.traffic[name])
         except Exception as error:  # e.g. the version is not on this node's disk: say so, keep serving
             logger.error("could not follow the shared state of %s: %s", name, error)
 

@@ -23,9 +23,11 @@ from modelpod.server.auth import exposure_warning, grpc_interceptors, load_keys
 from modelpod.server.grpc_server import start_grpc_server
 from modelpod.server.http import create_app
 from modelpod.server.http_connections import ConnectionLimits, guarded_protocol
+from modelpod.server.quota_edges import QuotaInterceptor
 from modelpod.server.settings import Settings
 from modelpod.server.tls import load_tls
 from modelpod.serving.pool import ModelPool
+from modelpod.serving.quotas import Quotas, parse_quotas
 from modelpod.serving.repository import Repository
 from modelpod.serving.service import InferenceService
 from modelpod.serving.traffic_policy import parse_flag
@@ -69,6 +71,8 @@ class ModelServer:
         )  # fmt: skip
         if settings.traffic:
             self.service.configure_traffic(parse_flag(settings.traffic))
+        self.service.traffic.shadowing.max_in_flight = settings.shadow_max_in_flight
+        self.quotas = Quotas(parse_quotas(settings.quotas or ""))
         self.http_port = 0
         self.grpc_port = 0
         self._http: _Uvicorn | None = None
@@ -85,7 +89,7 @@ class ModelServer:
                 self.settings.host,
                 self.settings.grpc_port,
                 self.settings.max_message_size,
-                grpc_interceptors(self.keys),
+                [*grpc_interceptors(self.keys), *self._quota_interceptors()],
                 self.tls.grpc_credentials() if self.tls is not None else None,
                 self.settings.max_connections,
             )
@@ -107,6 +111,10 @@ class ModelServer:
             await self.announcer.start(host, self.http_port, self.grpc_port, tls=self.tls is not None)
             _say(f"announced in the store {self.announcer.store}")
         _say("ready")
+
+    def _quota_interceptors(self) -> list[QuotaInterceptor]:
+        """Counted after the keys' check, as over HTTP; none without quotas."""
+        return [QuotaInterceptor(self.quotas, self.keys, self.service.recorder)] if self.quotas else []
 
     async def _start_http(self) -> None:
         sock = socket.socket(socket.AF_INET6 if ":" in self.settings.host else socket.AF_INET)
@@ -130,6 +138,7 @@ class ModelServer:
                 self.keys,
                 settings.body_timeout,
                 settings.max_parsed_size,
+                self.quotas,
             ),
             http=guarded_protocol(limits),
             timeout_keep_alive=settings.keep_alive_timeout,  # type: ignore[arg-type]  # a float works

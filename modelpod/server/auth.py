@@ -39,7 +39,7 @@ class Role(enum.IntEnum):
 
 
 # The model's own methods a predict key may call; any other method (initialize, train, ...) is admin's.
-PREDICT_METHODS = frozenset({"predict", "log", "training"})
+PREDICT_METHODS = frozenset({"predict", "log", "training", "traffic"})
 # Paths anyone may read: health, the V2 server metadata, the API description and the status page.
 OPEN_PATHS = frozenset({"/", "/ui", "/docs", "/docs/swagger-ui.css", "/docs/swagger-ui-bundle.js",
                         "/openapi.json", "/v2", "/v2/health/live", "/v2/health/ready"})  # fmt: skip
@@ -51,22 +51,33 @@ ADMIN_RPCS = frozenset(_V2_SERVICE + name for name in ("RepositoryModelLoad", "R
 
 @dataclass(frozen=True)
 class KeyTable:
-    """The known keys, as SHA-256 digests, each with its role."""
+    """The known keys, as SHA-256 digests, each with its role, and the names quotas and metrics
+    know them by (`ROLE:KEY name=NAME`; unnamed, `key-N` by its place: never the key itself)."""
 
     digests: tuple[tuple[bytes, Role], ...]
+    names: tuple[str, ...] = ()
 
     @classmethod
-    def parse(cls, entries: Iterable[str], where: str) -> KeyTable:
-        """Keys from `ROLE:KEY` entries; `where` names the source in errors (which never quote a key)."""
-        digests = []
+    def parse(cls, entries: Iterable[str], where: str, first: int = 1) -> KeyTable:
+        """Keys from `ROLE:KEY [name=NAME]` entries; `where` names the source in errors (which never
+        quote a key); `first` is the number of the first key, for the names of unnamed ones."""
+        digests, names = [], []
         for number, entry in enumerate(entries, 1):
-            role, separator, key = entry.strip().partition(":")
-            if not separator or role.strip().upper() not in Role.__members__ or not key.strip():
+            role, separator, rest = entry.strip().partition(":")
+            key, *attributes = rest.split() or [""]
+            if not separator or role.strip().upper() not in Role.__members__ or not key:
                 raise ValueError(
                     f"entry {number} of {where} is not ROLE:KEY, with ROLE predict or admin and a KEY"
                 )
-            digests.append((_digest(key.strip().encode()), Role[role.strip().upper()]))
-        return cls(tuple(digests))
+            name = f"key-{first + number - 1}"
+            for attribute in attributes:
+                label, equals, value = attribute.partition("=")
+                if label != "name" or not equals or not value:
+                    raise ValueError(f"entry {number} of {where}: after the key, only name=NAME may follow")
+                name = value
+            digests.append((_digest(key.encode()), Role[role.strip().upper()]))
+            names.append(name)
+        return cls(tuple(digests), tuple(names))
 
     def __bool__(self) -> bool:
         return bool(self.digests)
@@ -82,26 +93,40 @@ class KeyTable:
                 found = role
         return found
 
+    def name_of(self, key: bytes | None) -> str | None:
+        """The name of a presented key (None when unknown), compared as `role_of` compares."""
+        if key is None:
+            return None
+        presented = _digest(key)
+        found = None
+        for (digest, _), name in zip(self.digests, self.names, strict=True):
+            if hmac.compare_digest(presented, digest) and found is None:
+                found = name
+        return found
+
 
 def load_keys(settings: Settings) -> KeyTable:
     """The keys of `MODELPOD_API_KEYS` and of the key file together; empty when neither is set."""
     digests: list[tuple[bytes, Role]] = []
+    names: list[str] = []
     if settings.api_keys is not None:
         entries = [e for e in settings.api_keys.get_secret_value().split(",") if e.strip()]
-        digests += KeyTable.parse(entries, "the API keys (MODELPOD_API_KEYS)").digests
+        table = KeyTable.parse(entries, "the API keys (MODELPOD_API_KEYS)")
+        digests, names = [*table.digests], [*table.names]
     if settings.api_key_file is not None:
-        digests += _read_key_file(settings.api_key_file).digests
-    return KeyTable(tuple(digests))
+        table = _read_key_file(settings.api_key_file, len(digests) + 1)
+        digests, names = [*digests, *table.digests], [*names, *table.names]
+    return KeyTable(tuple(digests), tuple(names))
 
 
-def _read_key_file(path: Path) -> KeyTable:
+def _read_key_file(path: Path, first: int) -> KeyTable:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
         reason = error.strerror if isinstance(error, OSError) else "it is not UTF-8 text"
         raise ValueError(f"cannot read the API key file {path}: {reason}") from None
     lines = [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
-    table = KeyTable.parse(lines, f"the API key file {path} (comments and blank lines not counted)")
+    table = KeyTable.parse(lines, f"the API key file {path} (comments and blank lines not counted)", first)
     if not table:
         raise ValueError(f"the API key file {path} holds no key: write one ROLE:KEY per line")
     return table

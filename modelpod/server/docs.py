@@ -84,6 +84,20 @@ _SCHEMAS = {
                 "required": ["version"],
                 "properties": {"version": {"type": ["string", "integer"]}, "share": {"type": "number"}},
             },
+            "rollout": {
+                "type": ["object", "null"],
+                "required": ["version"],
+                "properties": {
+                    "version": {"type": ["string", "integer"]},
+                    "window_seconds": {"type": "number"},
+                    "min_requests": {"type": "integer", "minimum": 1},
+                    "max_error_rate": {"type": "number"},
+                    "max_p99_seconds": {"type": "number"},
+                    "min_agreement": {"type": "number"},
+                    "steps": {"type": "array", "items": {"type": "number"}},
+                    "promote": {"type": "boolean"},
+                },
+            },
         },
     },
     "Readiness": {

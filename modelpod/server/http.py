@@ -9,6 +9,8 @@ from starlette.routing import BaseRoute, Route
 from modelpod.server import docs, routes_metrics, routes_native, routes_openai, routes_v2, status_page
 from modelpod.server.auth import AuthMiddleware, KeyTable
 from modelpod.server.endpoints import route_not_found
+from modelpod.server.quota_edges import QuotaMiddleware
+from modelpod.serving.quotas import Quotas
 from modelpod.serving.service import InferenceService
 
 
@@ -18,9 +20,11 @@ def create_app(
     keys: KeyTable | None = None,
     body_timeout: float | None = None,
     max_parsed_bytes: int | None = None,
+    quotas: Quotas | None = None,
 ) -> Starlette:
     """The whole HTTP API: native routes, the Open Inference Protocol, and the OpenAPI docs;
-    behind API keys when `keys` holds any. Bodies may take `body_timeout` seconds to arrive."""
+    behind API keys when `keys` holds any, and per-caller `quotas`. Bodies may take `body_timeout`
+    seconds to arrive."""
     routes: list[BaseRoute] = _inference_first([
         *routes_native.routes(),
         *routes_v2.routes(),
@@ -31,6 +35,10 @@ def create_app(
     ])  # fmt: skip
     not_found = {404: route_not_found, 405: route_not_found}
     middleware = [Middleware(AuthMiddleware, keys=keys)] if keys else []
+    if quotas:  # inside the keys' check: a caller without a known key is refused before it counts
+        middleware.append(
+            Middleware(QuotaMiddleware, quotas=quotas, keys=keys or KeyTable(()), recorder=service.recorder)
+        )
     app = Starlette(routes=routes, exception_handlers=not_found, middleware=middleware)
     # Starlette would answer `/models/` with a redirect to an absolute URL built from the Host
     # header, which a client chooses: a 404 naming the path without the slash instead.

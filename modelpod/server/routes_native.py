@@ -92,7 +92,7 @@ async def show_traffic(request: Request) -> Response:
 async def set_traffic(request: Request) -> Response:
     """Replace the model's traffic policy: `{"split": {"1": 90, "2": 10}, "sticky": true}`."""
     body = await json_body(request)
-    return json_response(service_of(request).set_traffic(request.path_params["name"], body))
+    return json_response(await service_of(request).set_traffic(request.path_params["name"], body))
 
 
 @handled

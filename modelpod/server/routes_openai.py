@@ -124,9 +124,11 @@ async def create_chat_completion(request: Request) -> Response:
 async def _generation(request: Request, asked: GenerationRequest, chat: bool) -> Response:
     service = service_of(request)
     name, version = split_model_id(asked.model)
-    prepared = service.prepare_generation(name, version, asked.prompt, asked.messages, asked.sampling)
-    completion = openai_shapes.Completion(asked.model, chat)
     options = _options(request)
+    prepared = service.prepare_generation(
+        name, version, asked.prompt, asked.messages, asked.sampling, options
+    )
+    completion = openai_shapes.Completion(asked.model, chat)
     if asked.stream:
         chunks = _chunks(request, asked, prepared, completion, options)
         return await open_stream(request, chunks)

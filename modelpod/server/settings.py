@@ -146,6 +146,19 @@ class Settings(BaseSettings):
         description="traffic policies at start, MODEL=VERSION:WEIGHT,...[+sticky][+shadow=VERSION@SHARE] "
         "separated by ';', e.g. iris=1:90,2:10 (a policy an admin saved since is kept until this changes)",
     )
+    shadow_max_in_flight: int = Field(
+        4,
+        ge=1,
+        le=10_000,
+        description="shadow requests of one model running at once; more are shed, "
+        "never queued (each takes a model thread)",
+    )
+    quotas: str | None = Field(
+        None,
+        description="quotas per caller (an API key's name=NAME, else its traffic key), "
+        "CALLER[@MODEL]=rate:R,burst:B,concurrency:C separated by ';', CALLER * for any other; "
+        "e.g. alice=rate:10,burst:20;*=concurrency:4",
+    )
     tls_cert: Path | None = Field(None, description="PEM certificate (chain): serve HTTPS and gRPC over TLS")
     tls_key: Path | None = Field(None, description="PEM private key of the TLS certificate")
 

@@ -10,8 +10,9 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
-DEFAULT, LOAD, UNLOAD, CHANGED = "default", "load", "unload", "changed"
-"""The kinds of change: CHANGED means a version's files changed (initialized, or trained)."""
+DEFAULT, LOAD, UNLOAD, CHANGED, TRAFFIC = "default", "load", "unload", "changed", "traffic"
+"""The kinds of change: CHANGED means a version's files changed (initialized, or trained); TRAFFIC
+a model's traffic policy was replaced (its value: the policy's document as JSON)."""
 
 
 class Changes:

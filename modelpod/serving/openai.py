@@ -39,6 +39,7 @@ class Prepared:
     prompt_tokens: int | None
     limit: int | None  # max_tokens
     model_limits: bool  # whether the model itself was told max_tokens
+    version: str | None = None  # the version it was prepared for: its choices are generated there
 
 
 class OpenAIServing:
@@ -99,7 +100,7 @@ class OpenAIServing:
             text = (prompt or "") if messages is None else face.chat_template(messages)
             arguments["prompt"] = text
         tokens = face.count_tokens(text or "") if face.count_tokens else None
-        return Prepared(arguments, tokens, sampling.max_tokens, "max_tokens" in given)
+        return Prepared(arguments, tokens, sampling.max_tokens, "max_tokens" in given, version)
 
     async def generate(
         self,
@@ -116,7 +117,9 @@ class OpenAIServing:
         if seed_offset and "seed" in prepared.arguments:  # n choices with one seed: each its own text
             arguments["seed"] = arguments["seed"] + seed_offset
         ending = Ending()  # a stop sequence or the limit ends it: answered, not cancelled
-        pieces = self.streams.stream(name, version, arguments, options=options, ending=ending)
+        pieces = self.streams.stream(
+            name, version or prepared.version, arguments, options=options, ending=ending
+        )
         cutter = StopCutter(stop)
         tokens = 0
         async with contextlib.aclosing(pieces):

@@ -10,8 +10,8 @@ service is a facade: each call goes to the collaborator whose one job it is.
 - `Trainer`: training jobs.
 - `Versions`: initialize, load, unload, switch the default (each passed through `Changes`).
 - `Catalog`: what the server says about what it serves.
-- `Traffic`: which version a request to a bare model name goes to (a split, sticky or not).
-- `Shadowing`: a share of those requests also sent to a shadow version, the answers compared.
+- `TrafficControl`: which version a request to a bare model name goes to (a split, sticky or not),
+  a share of them also sent to a shadow version, and rollouts that step, promote or roll back.
 
 What happens is published as events (`modelpod.observe.events`) to the recorders: the statistics
 extension, Prometheus metrics and the status page's activity, plus any the caller adds.
@@ -39,18 +39,18 @@ from modelpod.serving.execution import Execution
 from modelpod.serving.openai import Finished, OpenAIServing, Prepared
 from modelpod.serving.options import DEFAULT_OPTIONS, Options
 from modelpod.serving.pool import ModelPool
-from modelpod.serving.repository import HostedModel, Repository
+from modelpod.serving.repository import Repository
+from modelpod.serving.rollout_watch import RolloutWatch
 from modelpod.serving.served_pipeline import ServedPipeline
-from modelpod.serving.shadowing import Shadowing
 from modelpod.serving.streams import Streams
 from modelpod.serving.tensor_requests import TensorRequests
 from modelpod.serving.tensors import Arrays
-from modelpod.serving.traffic import Traffic
+from modelpod.serving.traffic_control import TRAFFIC_METHODS, TrafficControl
 from modelpod.serving.traffic_policy import TrafficPolicy
 from modelpod.serving.trainer import Trainer
 from modelpod.serving.versions import Versions
 
-METHODS = ("predict", "initialize", "train", "training", "log")
+METHODS = ("predict", "initialize", "train", "training", "log", "traffic", "set_traffic")
 
 
 class InferenceService:
@@ -84,14 +84,17 @@ class InferenceService:
         self.metrics = ServerMetrics(
             pool.stats, self.batchers.queue_depths, lambda: self.in_flight, self._running_sequences
         )
-        self.recorder = Recorders([self.statistics, self.metrics, self.recent, *recorders])
+        watch = RolloutWatch()  # the numbers rollouts decide on
+        self.recorder = Recorders([self.statistics, self.metrics, self.recent, watch, *recorders])
         self.execution = Execution(repository, pool, self.admission, self.batchers, self.recorder)
         self.composition = Composition(repository, self.execution, self.tensor_requests)
         self.streaming = Streams(self.execution, self.composition, self.tensor_requests)
         self.trainer = Trainer(repository, pool, self.recorder, self.changes)
         self.versions = Versions(self.execution)
-        self.traffic = Traffic(repository, pool.per_model)
-        self.shadowing = Shadowing(self.execution, self.recorder)
+        promote = self.set_default
+        self.traffic = TrafficControl(
+            self.execution, pool.per_model, watch, self.recorder, promote, self.changes
+        )
         self.openai = OpenAIServing(self.execution, self.streaming)
         self.catalog = Catalog(name, self.execution, self.batchers, self.trainer, self.statistics)
 
@@ -107,11 +110,13 @@ class InferenceService:
         options: Options = DEFAULT_OPTIONS,
     ) -> Any:
         """`predict`, `initialize`, `train` (starts a job), `training` (that job) or `log` on one
-        version, with keyword arguments."""
+        version, with keyword arguments; or the model's `traffic` policy (`set_traffic`: its `policy`)."""
         if method not in METHODS:
             raise NotFound(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
         if not isinstance(arguments, Mapping) or not all(isinstance(key, str) for key in arguments):
             raise InvalidInput("the arguments must be an object of keyword arguments, named by strings")
+        if method in TRAFFIC_METHODS:
+            return await self.traffic.call(name, version, method, arguments)
         run = self.admission.run
         if method == "initialize":
             resolved = version or self.repository.get(name).default_version
@@ -140,7 +145,7 @@ class InferenceService:
         started = time.monotonic()
         work = self.execution.predict_many(hosted, version, [request], options)
         answers = await self.execution.observed(hosted, version, options, work)
-        self._shadow(hosted, requested, [request], answers, started)
+        self.traffic.shadow(hosted, requested, [request], answers, started)
         return answers[0]
 
     def training_progress(
@@ -168,13 +173,15 @@ class InferenceService:
         Close it (`aclose`, or cancel the task iterating it) to stop early: the model's generator is
         closed where it runs (its `finally` runs), its slot is freed, and the stream is counted as
         cancelled. An error, before the first item or midway, raises from the iteration. A deadline
-        (`options.timeout`) bounds the whole stream."""
+        (`options.timeout`) bounds the whole stream. The model's traffic split picks the version."""
+        version = self.traffic.version_for(name, version, options.traffic_key)
         return self.streaming.stream(name, version, arguments, query_params, options)
 
     def infer_stream(
         self, name: str, version: str | None, inputs: Arrays, options: Options = DEFAULT_OPTIONS
     ) -> AsyncGenerator[tuple[str, Arrays], None]:
         """Tensors in; the version that ran, and output tensors for each item the model yields."""
+        version = self.traffic.version_for(name, version, options.traffic_key)
         return self.streaming.infer_stream(name, version, inputs, options)
 
     # -- OpenAI's routes (see modelpod.serving.openai) --------------------------------------------------
@@ -187,6 +194,7 @@ class InferenceService:
         self, name: str, version: str | None, texts: Sequence[str], dimensions: int | None, options: Options
     ) -> tuple[list[Any], int | None]:
         """One vector per text, through the version's batcher; and the texts' token count if known."""
+        version = self.traffic.version_for(name, version, options.traffic_key)
         return await self.openai.embed(name, version, texts, dimensions, options)
 
     def prepare_generation(
@@ -196,8 +204,11 @@ class InferenceService:
         prompt: str | None,
         messages: list[dict[str, str]] | None,
         sampling: Sampling,
+        options: Options = DEFAULT_OPTIONS,
     ) -> Prepared:
-        """A generation request checked against the model (unsupported parameters refused)."""
+        """A generation request checked against the model (unsupported parameters refused), on the
+        version its traffic split picks (every choice of it generated there)."""
+        version = self.traffic.version_for(name, version, options.traffic_key)
         return self.openai.prepare(name, version, prompt, messages, sampling)
 
     def generate(
@@ -234,7 +245,7 @@ class InferenceService:
         started = time.monotonic()
         work = self.execution.predict_many(hosted, version, calls, options)
         results = await self.execution.observed(hosted, version, options, work)
-        self._shadow(hosted, requested, calls, results, started)
+        self.traffic.shadow(hosted, requested, calls, results, started)
         return version, await self.tensor_requests.outputs(hosted.probe, len(calls), inputs, results)
 
     def decode_budget(self, name: str, version: str | None) -> DecodeBudget:
@@ -294,27 +305,14 @@ class InferenceService:
             DEFAULT, name, resolved, lambda: self.versions.set_default(name, resolved)
         )
 
-    def _shadow(
-        self, hosted: HostedModel, requested: str | None, calls: list[Any], answers: list[Any], started: float
-    ) -> None:
-        """Once the caller's answer is decided: a request to the bare name may go to the shadow too."""
-        shadow = None if requested else self.traffic.policy(hosted.name).shadows()
-        if shadow is not None:
-            copies = [dict(call) if isinstance(call, dict) else call for call in calls]
-            self.shadowing.send(hosted, shadow, copies, answers, time.monotonic() - started)
-
     def traffic_policy(self, name: str) -> dict[str, Any]:
-        """The model's traffic policy (see `modelpod.serving.traffic`) and its shadow's results."""
-        self.repository.get(name)
-        document = self.traffic.policy(name).document()
-        shadow = document["shadow"]["version"] if document["shadow"] else None
-        results = self.shadowing.document(name, shadow)
-        return {**document, "shadow_results": results, "warning": self.traffic.warning(name)}
+        """The model's traffic policy (see `modelpod.serving.traffic`), its shadow's and rollout's state."""
+        return self.traffic.document(name)
 
-    def set_traffic(self, name: str, document: Any) -> dict[str, Any]:
-        """Check, save and apply a new traffic policy; requests in flight finish where they went."""
-        self.traffic.set(name, document)
-        return self.traffic_policy(name)
+    async def set_traffic(self, name: str, document: Any) -> dict[str, Any]:
+        """Check, save and apply a new traffic policy (shared with other replicas through `Changes`);
+        requests in flight finish where they went."""
+        return await self.traffic.set(name, document)
 
     def configure_traffic(self, policies: dict[str, TrafficPolicy]) -> None:
         self.traffic.configure(policies)
@@ -337,7 +335,7 @@ class InferenceService:
         return self.admission.in_flight
 
     def close(self) -> None:
-        self.shadowing.close()
+        self.traffic.close()
         self.streaming.close()
         self.batchers.close()
         self.admission.close()

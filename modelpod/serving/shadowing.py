@@ -93,7 +93,8 @@ class Shadowing:
         started = time.monotonic()
         try:
             answers = await self.execution.predict_many(hosted, version, requests, options)
-            difference = time.monotonic() - started - seconds
+            took = time.monotonic() - started
+            difference = took - seconds
             compare = getattr(hosted.probe, "compare", None)
             outputs: dict[str, bool] = collections.defaultdict(lambda: True)
             for served_answer, shadow_answer in zip(served, answers, strict=True):
@@ -102,7 +103,9 @@ class Shadowing:
         except Exception as error:  # the shadow's failure is counted, never the caller's
             results.errors += 1
             logger.info("%s: shadow version %s failed: %s", hosted.name, version, error)
-            self.recorder.on_shadow(ShadowDone(hosted.name, version, "error"))
+            self.recorder.on_shadow(
+                ShadowDone(hosted.name, version, "error", seconds=time.monotonic() - started)
+            )
             return
         finally:
             self._in_flight[hosted.name] -= 1
@@ -110,7 +113,7 @@ class Shadowing:
         results.latency_difference += difference
         for output, agreed in outputs.items():
             (results.agreed if agreed else results.disagreed)[output] += 1
-        self.recorder.on_shadow(ShadowDone(hosted.name, version, "compared", dict(outputs), difference))
+        self.recorder.on_shadow(ShadowDone(hosted.name, version, "compared", dict(outputs), difference, took))
 
     def document(self, name: str, version: str | None) -> dict[str, Any] | None:
         """The shadow results of a model's shadow version; None when it has none."""

@@ -8,6 +8,7 @@ assignment on the event loop), so requests in flight finish on the version they 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,8 @@ class Traffic:
         self.pool_size = pool_size  # versions of a model kept loaded at once
         self.configured: dict[str, TrafficPolicy] = {}  # from the flag or environment, at start
         self._policies: dict[str, TrafficPolicy] = {}  # restored or set; read lazily per model
+        # told of each bare-name request's policy when it has a rollout (`Rollouts.check`)
+        self.on_rollout: Callable[[str, TrafficPolicy], None] | None = None
 
     def configure(self, policies: dict[str, TrafficPolicy]) -> None:
         """The policies the server was started with; InvalidInput for an unknown model or version."""
@@ -46,7 +49,11 @@ class Traffic:
         the default)."""
         if version:
             return version
-        return self.policy(name).choose(key)
+        policy = self.policy(name)
+        if policy.rollout is not None and self.on_rollout is not None:
+            self.on_rollout(name, policy)
+            policy = self.policy(name)  # the rollout may have just changed it
+        return policy.choose(key)
 
     def policy(self, name: str) -> TrafficPolicy:
         if name not in self._policies:
@@ -96,7 +103,7 @@ class Traffic:
                 return configured
             if not isinstance(saved, dict):
                 raise DamagedState(f"{path} is damaged: it holds no policy")
-            if saved.get("configured", configured.document()) != configured.document():
+            if "configured" in saved and policy_of(saved["configured"]) != configured:
                 return configured
             return policy_of(saved.get("policy"))
         except ModelpodError as error:

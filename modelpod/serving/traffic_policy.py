@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from modelpod.errors import InvalidInput
+from modelpod.serving.rollout_rules import RolloutRules, rules_of
 
 MAX_WEIGHT = 1e12  # weights are relative; a bound keeps their sum finite
 
@@ -27,6 +28,7 @@ class TrafficPolicy:
     split: dict[str, float] = field(default_factory=dict)  # version -> weight; empty: the default
     sticky: bool = False  # a request's key (header) picks its version, so one user keeps one
     shadow: Shadow | None = None
+    rollout: RolloutRules | None = None  # a candidate version watched, stepped up, rolled back
 
     def choose(self, key: str | None) -> str | None:
         """The version a request to the bare model name goes to; None: the model's default."""
@@ -49,7 +51,8 @@ class TrafficPolicy:
 
     def document(self) -> dict[str, Any]:
         shadow = None if self.shadow is None else {"version": self.shadow.version, "share": self.shadow.share}
-        return {"split": dict(self.split), "sticky": self.sticky, "shadow": shadow}
+        rollout = None if self.rollout is None else self.rollout.document()
+        return {"split": dict(self.split), "sticky": self.sticky, "shadow": shadow, "rollout": rollout}
 
     def versions(self) -> set[str]:
         return set(self.split) | ({self.shadow.version} if self.shadow else set())
@@ -66,13 +69,32 @@ def policy_of(document: Any) -> TrafficPolicy:
     "share": 0.5}}`; every part optional; InvalidInput naming what is wrong."""
     if not isinstance(document, dict):
         raise InvalidInput('a traffic policy must be an object like {"split": {"1": 90, "2": 10}}')
-    unknown = set(document) - {"split", "sticky", "shadow"}
+    unknown = set(document) - {"split", "sticky", "shadow", "rollout"}
     if unknown:
-        raise InvalidInput(f"unknown traffic policy fields {sorted(unknown)}; use split, sticky, shadow")
+        raise InvalidInput(
+            f"unknown traffic policy fields {sorted(unknown)}; use split, sticky, shadow, rollout"
+        )
     sticky = document.get("sticky", False)
     if not isinstance(sticky, bool):
         raise InvalidInput(f"sticky must be true or false, not {sticky!r}")
-    return TrafficPolicy(_split_of(document.get("split") or {}), sticky, _shadow_of(document.get("shadow")))
+    split, shadow = _split_of(document.get("split") or {}), _shadow_of(document.get("shadow"))
+    return TrafficPolicy(split, sticky, shadow, _rollout_of(document.get("rollout"), split, shadow))
+
+
+def _rollout_of(document: Any, split: dict[str, float], shadow: Shadow | None) -> RolloutRules | None:
+    """The rules, whose candidate is a version of the split or the shadow."""
+    rules = rules_of(document)
+    if rules is None:
+        return None
+    shadowed = shadow is not None and shadow.version == rules.version
+    if rules.version not in split and not shadowed:
+        raise InvalidInput(
+            f"the rollout's version {rules.version!r} is neither in the split nor the shadow: "
+            'give it a weight (e.g. "split": {"1": 90, "2": 10}) or make it the shadow'
+        )
+    if rules.min_agreement is not None and not shadowed:
+        raise InvalidInput("rollout min_agreement needs the rollout's version to be the shadow")
+    return rules
 
 
 def _split_of(split: Any) -> dict[str, float]:
