@@ -1,0 +1,58 @@
+"""MLServer serving the benchmark MLP (`mlserver_runtime.MLPRuntime`) over V2 HTTP and gRPC.
+
+    benchmarks/.venv-mlserver/bin/python benchmarks/peers/mlserver_server.py \
+        --http-port 8080 --grpc-port 8081 --metrics-port 8082 [--batch 32]
+
+Writes the two files a user writes (`settings.json`, `mlp/model-settings.json`) into a temporary
+folder and runs `mlserver start` on it. `--batch 32` turns on MLServer's adaptive batching
+(`max_batch_size` 32, `max_batch_time` `--delay-s`); `--batch 0` leaves it off. Everything else is
+MLServer's default, one parallel inference worker process included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import mlserver
+
+
+def write_repository(folder: Path, options: argparse.Namespace) -> None:
+    settings = {
+        "host": "127.0.0.1",
+        "http_port": options.http_port,
+        "grpc_port": options.grpc_port,
+        "metrics_port": options.metrics_port,
+    }
+    (folder / "settings.json").write_text(json.dumps(settings))
+    model: dict[str, object] = {"name": "mlp", "implementation": "mlserver_runtime.MLPRuntime"}
+    if options.batch > 0:
+        model |= {"max_batch_size": options.batch, "max_batch_time": options.delay_s}
+    (folder / "mlp").mkdir()
+    (folder / "mlp" / "model-settings.json").write_text(json.dumps(model))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--http-port", type=int, required=True)
+    parser.add_argument("--grpc-port", type=int, required=True)
+    parser.add_argument("--metrics-port", type=int, required=True)
+    parser.add_argument("--batch", type=int, default=0, help="max_batch_size (0: no adaptive batching)")
+    parser.add_argument("--delay-s", type=float, default=0.002, help="max_batch_time in seconds")
+    options = parser.parse_args()
+    folder = Path(tempfile.mkdtemp(prefix="mlserver-bench-"))
+    write_repository(folder, options)
+    os.chdir(folder)  # MLServer keeps its metrics and environments folders in the working directory
+    mlserver_cli = Path(sys.executable).with_name("mlserver")
+    os.execv(mlserver_cli, [str(mlserver_cli), "start", str(folder)])
+
+
+if __name__ == "__main__":
+    assert mlserver.__version__
+    main()
