@@ -173,18 +173,22 @@ def litserve(log_dir: Path, batch: int, batch_timeout_s: float) -> Server:
     return Server(name, process, log, port, None, pid_file)
 
 
-def _v2_peer(peer: str, script: str, log_dir: Path, batch: int, env: dict[str, str]) -> Server:
+def _v2_peer(
+    peer: str, script: str, log_dir: Path, batch: int, env: dict[str, str], extra: list[str] | None = None
+) -> Server:
     """A peer speaking V2 over HTTP and gRPC on free ports (and one for the metrics it serves)."""
     http, grpc, metrics = free_port(), free_port(), free_port()
     command = [str(peer_python(peer)), str(PEERS / script), "--http-port", str(http)]
     command += ["--grpc-port", str(grpc), "--metrics-port", str(metrics), "--batch", str(batch)]
+    command += extra or []
     name = f"{peer}-batch{batch}"
     process, log, pid_file = _spawn(name, command, log_dir, env)
     return Server(name, process, log, http, grpc, pid_file)
 
 
 def mlserver(log_dir: Path, batch: int) -> Server:
-    return _v2_peer("mlserver", "mlserver_server.py", log_dir, batch, {})
+    repository = log_dir.parent / f"mlserver-batch{batch}"  # the work folder, removed after the run
+    return _v2_peer("mlserver", "mlserver_server.py", log_dir, batch, {}, ["--repository", str(repository)])
 
 
 def pytriton(log_dir: Path, batch: int) -> Server:

@@ -59,11 +59,10 @@ class Row:
         return not self.server.startswith(MODELPOD) and self.server != IN_PROCESS
 
 
-def sort_key(row: Row) -> tuple[int, int, int, int, int]:
-    modelpod_first = 0 if row.server == IN_PROCESS else 1 if not row.is_peer else 2
+def sort_key(row: Row) -> tuple[int, int, int, int]:
+    """Workload, then each load point (transport, concurrency) with modelpod first and its peers below."""
     return (
         WORKLOADS.index(row.workload),
-        modelpod_first,
         TRANSPORTS.index(row.transport),
         row.concurrency,
         SERVERS.index(row.server),

@@ -1,10 +1,10 @@
 """MLServer serving the benchmark MLP (`mlserver_runtime.MLPRuntime`) over V2 HTTP and gRPC.
 
     benchmarks/.venv-mlserver/bin/python benchmarks/peers/mlserver_server.py \
-        --http-port 8080 --grpc-port 8081 --metrics-port 8082 [--batch 32]
+        --http-port 8080 --grpc-port 8081 --metrics-port 8082 --repository /tmp/x [--batch 32]
 
-Writes the two files a user writes (`settings.json`, `mlp/model-settings.json`) into a temporary
-folder and runs `mlserver start` on it. `--batch 32` turns on MLServer's adaptive batching
+Writes the two files a user writes (`settings.json`, `mlp/model-settings.json`) into the new
+folder `--repository` and runs `mlserver start` on it. `--batch 32` turns on MLServer's adaptive batching
 (`max_batch_size` 32, `max_batch_time` `--delay-s`); `--batch 0` leaves it off. Everything else is
 MLServer's default, one parallel inference worker process included.
 """
@@ -15,10 +15,7 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
-
-import mlserver
 
 
 def write_repository(folder: Path, options: argparse.Namespace) -> None:
@@ -44,9 +41,11 @@ def main() -> None:
     parser.add_argument("--grpc-port", type=int, required=True)
     parser.add_argument("--metrics-port", type=int, required=True)
     parser.add_argument("--batch", type=int, default=0, help="max_batch_size (0: no adaptive batching)")
+    parser.add_argument("--repository", type=Path, required=True, help="a folder to create")
     parser.add_argument("--delay-s", type=float, default=0.002, help="max_batch_time in seconds")
     options = parser.parse_args()
-    folder = Path(tempfile.mkdtemp(prefix="mlserver-bench-"))
+    folder = options.repository.resolve()
+    folder.mkdir(parents=True)
     write_repository(folder, options)
     os.chdir(folder)  # MLServer keeps its metrics and environments folders in the working directory
     mlserver_cli = Path(sys.executable).with_name("mlserver")
@@ -54,5 +53,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    assert mlserver.__version__
     main()
