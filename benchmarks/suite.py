@@ -41,9 +41,12 @@ def log(message: str) -> None:
 
 
 def short(error: BaseException | str) -> str:
-    """The first line of an error, short enough for a table cell (the log has the rest)."""
-    text = str(error).strip().splitlines()
-    return (text[0] if text else type(error).__name__)[:120].replace("|", "/")
+    """An error in a table cell: its first line and, for a server's log tail, its last."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    text = lines[0] if len(lines) == 1 else f"{lines[0]} … {lines[-1]}"
+    return text[:160].replace("|", "/")
 
 
 class Suite:
