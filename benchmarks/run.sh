@@ -66,8 +66,10 @@ peer_env() {
     echo "$TORCH_PIN" >"$constraints"  # should a peer ever want torch, it gets the CPU build
     if ! { "$python" -m venv "$venv" \
         && PIP_CONSTRAINT="$constraints" "$venv/bin/python" -m pip install --quiet "$@" numpy >"$log" 2>&1; }; then
-        grep -v '^WARNING' "$log" | grep -E -m1 'ERROR|error' >"$venv.failed" || echo "pip install $* failed" >"$venv.failed"
+        grep -v '^WARNING' "$log" | grep -E -m1 'ERROR|error' | sed 's/ (from versions.*//' | cut -c1-200 \
+            >"$venv.failed" || echo "pip install $* failed" >"$venv.failed"
         echo "--- $name did not install: $(cat "$venv.failed")" >&2
+        rm -rf "$venv"
     fi
     rm -f "$constraints" "$log"
 }

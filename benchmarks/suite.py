@@ -149,7 +149,7 @@ def peer_versions() -> str:
     found = []
     for peer, package in PEER_PACKAGES.items():
         python = HERE / f".venv-{peer}" / "bin" / "python"
-        if not python.exists():
+        if not python.exists() or python.parents[2].with_suffix(".failed").exists():
             continue
         code = f"import importlib.metadata as m; print(m.version({package!r}))"
         done = subprocess.run([str(python), "-c", code], capture_output=True, text=True, check=False)
