@@ -34,7 +34,7 @@ def main() -> None:
     options = parser.parse_args()
     net = NumpyMLP()
 
-    @batch  # type: ignore[misc]
+    @batch  # type: ignore[untyped-decorator]
     def infer(x: np.ndarray[Any, Any]) -> dict[str, np.ndarray[Any, Any]]:
         return {"y": net.forward(x)}
 
@@ -46,7 +46,7 @@ def main() -> None:
             max_batch_size=options.batch,
             batcher=DynamicBatcher(max_queue_delay_microseconds=options.delay_us),
         )
-        shapes = ((SIZES[0],), (SIZES[-1],))  # the batch dimension is Triton's
+        shapes: tuple[tuple[int, ...], ...] = ((SIZES[0],), (SIZES[-1],))  # Triton adds the batch axis
         function: Any = infer
     else:
         config = ModelConfig(batching=False)
