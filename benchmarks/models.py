@@ -1,11 +1,13 @@
 """The models the benchmark serves with modelpod.
 
-    modelpod serve benchmarks/models.py:MLP benchmarks/models.py:Echo \
-        benchmarks/models.py:TensorEcho benchmarks/models.py:MiniLM
+    modelpod serve benchmarks/models.py:MLP benchmarks/models.py:KeywordMLP \
+        benchmarks/models.py:Echo benchmarks/models.py:TensorEcho benchmarks/models.py:MiniLM
 
 - `MLP`: the numpy MLP of `mlp_numpy` as a tensor model, one 256-vector per request, batched
   dynamically (up to 32 rows, waiting at most a few milliseconds for more).
-- `Echo`: returns its input unchanged; measures the framework, not a model.
+- `KeywordMLP`: the same MLP as a keyword model (no tensor specs): each request's `x` arrives as
+  the JSON lists it was sent as, and `predict_batch` stacks a batch of them into one array.
+- `Echo`: returns its input (the 256-float vector) unchanged; measures the framework, not a model.
 - `TensorEcho`: returns its FP32 tensor unchanged; the binary tensor transfer test (64 MiB).
 - `MiniLM`: `examples/embeddings.py` (all-MiniLM-L6-v2, offline) with dynamic batching.
 """
@@ -13,6 +15,7 @@
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -68,14 +71,35 @@ class MLP(Model):
         return self.net.forward(x)
 
 
+class KeywordMLP(Model):
+    """The MLP without tensor specs: `x` comes as lists; `predict_batch` runs a batch as one array."""
+
+    name = "mlp_keyword"
+    example: ClassVar[dict[str, Any]] = {"x": [sample_row()]}
+    max_batch_size = MLP_BATCH_SIZE
+    max_batch_delay_ms = MLP_BATCH_DELAY_MS
+
+    def setup(self) -> None:
+        self.net = NumpyMLP(int(self.config.get("seed", 0)))
+
+    def predict(self, x: list[list[float]]) -> dict[str, list[list[float]]]:
+        return {"y": self.net.forward(x).tolist()}
+
+    def predict_batch(self, items: Sequence[dict[str, Any]]) -> list[dict[str, list[list[float]]]]:
+        rows = [len(item["x"]) for item in items]
+        y = self.net.forward([row for item in items for row in item["x"]])
+        starts = np.cumsum([0, *rows])
+        return [{"y": y[start:end].tolist()} for start, end in itertools.pairwise(starts)]
+
+
 class Echo(Model):
     """Returns its input: the cost of the framework around a model that does nothing."""
 
     name = "echo"
-    example: ClassVar[dict[str, Any]] = {"text": "modelpod"}
+    example: ClassVar[dict[str, Any]] = {"x": [sample_row()]}
 
-    def predict(self, text: str) -> dict[str, str]:
-        return {"text": text}
+    def predict(self, x: list[list[float]]) -> dict[str, list[list[float]]]:
+        return {"x": x}
 
 
 class TensorEcho(Model):

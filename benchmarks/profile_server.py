@@ -23,7 +23,7 @@ from tempfile import TemporaryDirectory
 
 import servers
 import wrk_load
-from suite import BODIES, MODELPOD_ROUTES
+from payloads import native_json
 
 
 def summarise(speedscope: Path, top: int) -> str:
@@ -75,10 +75,10 @@ def main() -> None:
         work = Path(folder)
         server = servers.modelpod(work, work / "data", ["benchmarks/models.py:MLP"])
         with servers.running(server, "/v2/health/ready"):
-            url = server.url + MODELPOD_ROUTES["MLP"]
+            url = server.url + "/models/mlp/predict"
             load = threading.Thread(
                 target=wrk_load.run_wrk,
-                args=(url, BODIES["MLP"], options.concurrency, options.seconds + 2),
+                args=(url, native_json("MLP").body, options.concurrency, options.seconds + 2),
                 kwargs={"warmup_seconds": 0},
             )
             load.start()

@@ -24,8 +24,12 @@ import httpx
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-LITSERVE_PYTHON = HERE / ".venv-litserve" / "bin" / "python"
+PEERS = HERE / "peers"
 HOST = "127.0.0.1"
+# every server runs its BLAS and torch on one thread: with their own threads, numpy called from
+# many request threads at once collapses (tens of requests a second), and the load generator
+# needs a core too
+ONE_THREAD = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 @dataclass
@@ -70,12 +74,21 @@ def free_port() -> int:
         return port
 
 
+def child_environment() -> dict[str, str]:
+    """What every server (and the in-process ceiling) runs with: one BLAS thread, no downloads."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env.update(ONE_THREAD)
+    # the peers' scripts import `mlp_numpy` (and MLServer its runtime) from these folders
+    path = [str(HERE), str(PEERS), env.get("PYTHONPATH", "")]
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, path))
+    return env
+
+
 def _spawn(
     name: str, command: list[str], log_dir: Path, env_extra: dict[str, str] | None = None
 ) -> tuple[subprocess.Popen[bytes], Path, Path | None]:
     log = log_dir / f"{name}.log"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    env.update(env_extra or {})
+    env = {**child_environment(), **(env_extra or {})}
     with log.open("wb") as out:
         process = subprocess.Popen(
             command, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env, start_new_session=True
@@ -130,34 +143,64 @@ def modelpod(log_dir: Path, data_path: Path, models: list[str], timeout_s: float
     raise RuntimeError(f"modelpod did not become ready:\n{tail}")
 
 
-def fastapi(log_dir: Path, with_minilm: bool = True, blas_threads: int | None = 1) -> Server:
-    """Plain FastAPI. `blas_threads` 1 (the default) sets OPENBLAS_NUM_THREADS=1: with OpenBLAS's own
-    threads, numpy called from many request threads at once collapses (tens of requests a second)."""
+def fastapi(log_dir: Path, handlers: str, with_minilm: bool = True) -> Server:
+    """Plain FastAPI with `sync` (`def`, on the thread pool) or `async` (`async def`, inline) handlers."""
     port = free_port()
-    command = [sys.executable, str(HERE / "fastapi_server.py"), "--port", str(port)]
+    command = [sys.executable, str(PEERS / "fastapi_server.py"), "--port", str(port), "--handlers", handlers]
     if not with_minilm:
         command.append("--no-minilm")
-    env = {"OPENBLAS_NUM_THREADS": str(blas_threads)} if blas_threads else {}
-    name = "fastapi" if blas_threads else "fastapi-default-blas"
-    process, log, pid_file = _spawn(name, command, log_dir, env)
-    return Server(name, process, log, port, None, pid_file)
+    process, log, pid_file = _spawn(f"fastapi-{handlers}", command, log_dir)
+    return Server(f"fastapi-{handlers}", process, log, port, None, pid_file)
+
+
+def peer_python(peer: str) -> Path:
+    """The interpreter of a peer's own virtual environment, which `run.sh` creates."""
+    python = HERE / f".venv-{peer}" / "bin" / "python"
+    failed = HERE / f".venv-{peer}.failed"  # run.sh's note of why the install failed
+    if failed.exists():
+        raise RuntimeError(f"did not install: {failed.read_text().strip()}")
+    if not python.exists():
+        raise RuntimeError(f"no {peer} environment at {python.parent.parent}: run benchmarks/run.sh")
+    return python
 
 
 def litserve(log_dir: Path, batch: int, batch_timeout_s: float) -> Server:
-    if not LITSERVE_PYTHON.exists():
-        raise RuntimeError(
-            f"no LitServe environment at {LITSERVE_PYTHON.parent.parent}: run benchmarks/run.sh"
-        )
     port = free_port()
     name = f"litserve-batch{batch}"
-    command = [
-        str(LITSERVE_PYTHON),
-        str(HERE / "litserve_server.py"),
-        "--port",
-        str(port),
-        "--batch",
-        str(batch),
-    ]
-    command += ["--batch-timeout", str(batch_timeout_s)]
+    command = [str(peer_python("litserve")), str(PEERS / "litserve_server.py"), "--port", str(port)]
+    command += ["--batch", str(batch), "--batch-timeout", str(batch_timeout_s)]
     process, log, pid_file = _spawn(name, command, log_dir)
     return Server(name, process, log, port, None, pid_file)
+
+
+def _v2_peer(
+    peer: str, script: str, log_dir: Path, batch: int, env: dict[str, str], extra: list[str] | None = None
+) -> Server:
+    """A peer speaking V2 over HTTP and gRPC on free ports (and one for the metrics it serves)."""
+    http, grpc, metrics = free_port(), free_port(), free_port()
+    command = [str(peer_python(peer)), str(PEERS / script), "--http-port", str(http)]
+    command += ["--grpc-port", str(grpc), "--metrics-port", str(metrics), "--batch", str(batch)]
+    command += extra or []
+    name = f"{peer}-batch{batch}"
+    process, log, pid_file = _spawn(name, command, log_dir, env)
+    return Server(name, process, log, http, grpc, pid_file)
+
+
+def mlserver(log_dir: Path, batch: int) -> Server:
+    repository = log_dir.parent / f"mlserver-batch{batch}"  # the work folder, removed after the run
+    return _v2_peer("mlserver", "mlserver_server.py", log_dir, batch, {}, ["--repository", str(repository)])
+
+
+def pytriton(log_dir: Path, batch: int) -> Server:
+    # PyTriton's Python stub links a libpython3.11 by name; the one of the environment's own
+    # interpreter must come first, or the stub runs that interpreter's standard library on the
+    # system's libpython, whose older `_thread` lacks what `multiprocessing` calls.
+    python = peer_python("pytriton")
+    libdir = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    env = {"LD_LIBRARY_PATH": os.pathsep.join(filter(None, [libdir, os.environ.get("LD_LIBRARY_PATH")]))}
+    return _v2_peer("pytriton", "pytriton_server.py", log_dir, batch, env)

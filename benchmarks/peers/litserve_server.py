@@ -1,9 +1,10 @@
 """LitServe serving the benchmark MLP, with or without its dynamic batching.
 
-    benchmarks/.venv-litserve/bin/python benchmarks/litserve_server.py --port 8001 [--batch 32]
+    benchmarks/.venv-litserve/bin/python benchmarks/peers/litserve_server.py --port 8001 [--batch 32]
 
 POST /predict {"x": [[256 floats]]} -> {"y": [10 floats]}; GET /health. Runs in its own virtual
-environment (litserve and numpy only), so it imports nothing from modelpod.
+environment (litserve and numpy only), so it imports nothing from modelpod; `mlp_numpy` comes
+from `benchmarks/` on PYTHONPATH.
 """
 
 import argparse
