@@ -15,7 +15,14 @@ from typing import Any
 
 from modelpod.errors import InvalidInput, ModelError, ModelpodError, ProcessorError
 from modelpod.runtime.inputs import InputPreparer, Prepared
-from modelpod.runtime.items import Collected, iterate_async, model_aitems, model_items
+from modelpod.runtime.items import (
+    Collected,
+    SyncCallInLoop,
+    iterate_async,
+    model_aitems,
+    model_items,
+    run_coroutine,
+)
 from modelpod.runtime.model import Model
 
 logger = logging.getLogger("modelpod.runtime.runner")
@@ -113,13 +120,25 @@ class ModelCalls:
     def call_model(self, method: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any:
         try:
             if "torch" not in sys.modules and not self.mixed_precision:
-                return method(*args, **kwargs)  # the common path needs no context at all
+                return _answer(method(*args, **kwargs))  # the common path needs no context at all
             with self._torch_context():
-                return method(*args, **kwargs)
+                return _answer(method(*args, **kwargs))
+        except (ModelpodError, SyncCallInLoop):
+            raise
+        except Exception as error:
+            raise self.failure(error) from error
+
+    async def run_one_async(self, inputs: Mapping[str, Any]) -> Any:
+        """One request to an `async def predict`, awaited on the caller's event loop (no torch
+        context: it would hold for every task the loop runs while this one waits)."""
+        prepared = self.prepare(inputs, "")
+        try:
+            output = await self.model.predict(**prepared.values)
         except ModelpodError:
             raise
         except Exception as error:
             raise self.failure(error) from error
+        return self.finish(prepared, output)
 
     def failure(self, error: Exception) -> ModelError:
         """The client sees the exception's type and an id; the details stay in the log."""
@@ -206,3 +225,8 @@ def as_item_error(output: Any) -> Any:
 
 def describe_error(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
+
+
+def _answer(output: Any) -> Any:
+    """A method's answer: an `async def` method's coroutine is run to its end (see `run_coroutine`)."""
+    return run_coroutine(output) if inspect.iscoroutine(output) else output

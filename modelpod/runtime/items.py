@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, Callable, Generator, Iterator, Mapping
+import threading
+from collections.abc import AsyncGenerator, Callable, Coroutine, Generator, Iterator, Mapping
 from typing import Any, TypeVar
 
 from modelpod.errors import ModelError, ModelpodError
@@ -97,6 +98,33 @@ def iterate_async(items: AsyncGenerator[T, None]) -> Generator[T, None, None]:
             loop.run_until_complete(items.aclose())
         finally:
             loop.close()
+
+
+def run_coroutine(coroutine: Coroutine[Any, Any, T]) -> T:
+    """An `async def` model method's answer for synchronous code (a `Runner` call, a batch, a
+    worker process), on this thread's private event loop, made once and kept."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
+        coroutine.close()
+        raise SyncCallInLoop(
+            "an async model cannot be called synchronously inside a running event loop; call it "
+            "from a thread (asyncio.to_thread), use Runner.predict_async, or serve it"
+        )
+    loop = getattr(_private, "loop", None)
+    if loop is None or loop.is_closed():
+        loop = _private.loop = asyncio.new_event_loop()
+    return loop.run_until_complete(coroutine)
+
+
+_private = threading.local()
+
+
+class SyncCallInLoop(RuntimeError):
+    """A synchronous call of an async model from inside a running event loop: the caller's mistake,
+    raised as it is (not as the model's error)."""
 
 
 def checked_pair(pair: Any, count: int, label: str) -> tuple[int, Any]:

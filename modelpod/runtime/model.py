@@ -268,6 +268,11 @@ class Model:
         """Whether `predict` yields its answer item by item (a generator, sync or async)."""
         return yields(self.signature_target())
 
+    def awaits(self) -> bool:
+        """Whether `predict` is a coroutine (`async def`, not a generator). A server awaits it on its
+        event loop, with no thread in between: for cheap or waiting code, never for long compute."""
+        return inspect.iscoroutinefunction(self.signature_target())
+
     def streams_batches(self) -> bool:
         """Whether `predict_batch` is a generator of `(request index, item)` pairs (see STREAM_END)."""
         return self.has_batch() and inspect.isgeneratorfunction(getattr(self, "predict_batch"))  # noqa: B009

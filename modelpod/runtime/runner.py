@@ -193,6 +193,20 @@ class Runner:
         finally:
             self._record(started, ok, "predict")
 
+    async def predict_async(self, **inputs: Any) -> Any:
+        """One request to a loaded model whose `predict` is `async def`, awaited on this event loop
+        (`predict` runs it on a private loop instead). Raises ModelLoadError if not loaded yet."""
+        if not self._loaded:
+            raise ModelLoadError(f"model {self._label} is not loaded: load() it first, off the event loop")
+        started = time.perf_counter()
+        ok = False
+        try:
+            result = await self._calls.run_one_async(inputs)
+            ok = True
+            return result
+        finally:
+            self._record(started, ok, "predict")
+
     def predict_batch(
         self,
         items: Sequence[Mapping[str, Any]],

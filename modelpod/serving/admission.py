@@ -8,7 +8,7 @@ import contextlib
 import contextvars
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -52,6 +52,23 @@ class Admission:
             if timeout is None:
                 return await start()
             return await asyncio.wait_for(start(), timeout)
+        except TimeoutError:
+            raise Timeout(f"no answer within the request's timeout of {timeout:g} s") from None
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+
+    async def here(self, work: Callable[[], Awaitable[T]], timeout: float | None) -> T:
+        """Await model code on the event loop itself (an `async def predict`), counted in flight
+        like `run`, and bounded by the request's timeout (which cancels it)."""
+        self._refuse_if_draining()
+        if timeout is not None and timeout <= 0:
+            raise Timeout("the request's deadline had passed when it arrived")
+        with self._lock:
+            self._in_flight += 1
+        try:
+            async with asyncio.timeout(timeout):
+                return await work()
         except TimeoutError:
             raise Timeout(f"no answer within the request's timeout of {timeout:g} s") from None
         finally:

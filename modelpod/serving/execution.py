@@ -26,6 +26,7 @@ from modelpod.workers.process_runner import ProcessRunner
 
 T = TypeVar("T")
 AnyRunner = Runner | ProcessRunner
+_NOT_HERE: Any = object()  # `_awaited`'s answer for a model that cannot be awaited on this loop
 
 
 class Execution:
@@ -79,9 +80,52 @@ class Execution:
         for request in requests:
             check_field_names(request)
         batcher = self.batcher(hosted, version)
-        if batcher is None:
-            return await self._on_thread(hosted, version, requests, options)
-        return await self._batched(batcher, hosted, requests, options)
+        if batcher is not None:
+            return await self._batched(batcher, hosted, requests, options)
+        if len(requests) == 1 and hosted.probe.awaits():
+            answer = await self._awaited(hosted, version, requests[0], options)
+            if answer is not _NOT_HERE:
+                return [answer]
+        return await self._on_thread(hosted, version, requests, options)
+
+    async def _awaited(
+        self, hosted: HostedModel, version: str, request: dict[str, Any], options: Options
+    ) -> Any:
+        """An `async def predict`'s answer, awaited on the event loop once its version is loaded (on a
+        model thread: loading blocks), even the first request, so that the resources a model binds
+        to its loop live on this one; `_NOT_HERE` for a version in worker processes."""
+        key = (hosted.name, version)
+        for _ in range(2):  # (a version evicted between its load and its use is loaded again once)
+            with self.pool.use_if_loaded(key) as runner:
+                if isinstance(runner, Runner):
+                    return await self._on_loop(runner, hosted, version, request, options)
+                if runner is not None:
+                    return _NOT_HERE
+            await self.admission.run(self.with_runner, hosted, version, lambda runner: None)
+        return _NOT_HERE
+
+    async def _on_loop(
+        self, runner: Runner, hosted: HostedModel, version: str, request: dict[str, Any], options: Options
+    ) -> Any:
+        """An `async def predict` awaited on the event loop: no thread, no queue, the same records."""
+        timing = timings.current.get()
+        started = time.monotonic()
+
+        def observe() -> None:
+            compute = time.monotonic() - started
+            self.observe_batch(hosted.name, version, 1, compute, [0.0], [request_trace.get()])
+            if timing is not None:
+                timing.ran(0.0, compute)
+
+        try:
+            answer = await self.admission.here(lambda: runner.predict_async(**request), options.timeout)
+        except InvalidInput:
+            raise  # refused before the model ran: no compute to count
+        except ModelpodError:
+            observe()
+            raise
+        observe()
+        return answer
 
     async def _on_thread(
         self, hosted: HostedModel, version: str, requests: list[dict[str, Any]], options: Options

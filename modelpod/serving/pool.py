@@ -20,7 +20,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar, cast
+from typing import Any, Protocol, TypeVar, cast
 
 from modelpod.runtime.memory import release_freed_memory, used_bytes
 
@@ -88,6 +88,18 @@ class ModelPool:
         finally:
             self._release(entry)
 
+    @contextmanager
+    def use_if_loaded(self, key: Key) -> Iterator[Any | None]:
+        """The runner for `key` if it is loaded, held while in use; None if it is not. Never loads,
+        and a version evicted meanwhile is torn down on a thread of its own: for a caller on the
+        event loop, which must not block."""
+        entry = self._acquire(key)
+        try:
+            yield None if entry is None else entry.runner
+        finally:
+            if entry is not None:
+                self._release(entry, off_thread=True)
+
     def _acquire(self, key: Key) -> _Entry | None:
         with self._lock:
             entry = self._entries.get(key)
@@ -140,13 +152,15 @@ class ModelPool:
         self._make_room(key, 0, model_budget)
         return entry
 
-    def _release(self, entry: _Entry) -> None:
+    def _release(self, entry: _Entry, off_thread: bool = False) -> None:
         with self._lock:
             entry.in_flight -= 1
             done = entry.retiring and entry.in_flight == 0
             if done:
                 self._retiring.remove(entry)
-        if done:
+        if done and off_thread:
+            threading.Thread(target=self._teardown, args=(entry,), name="modelpod-teardown").start()
+        elif done:
             self._teardown(entry)
 
     def _make_room(self, incoming: Key, incoming_cost: int, model_budget: int | None = None) -> None:
