@@ -13,7 +13,7 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 logger = logging.getLogger("modelpod.observe")
 
@@ -47,6 +47,10 @@ class RequestDone:
     message: str = ""  # what the client was told of its error, never more
     items: int | None = None  # how many items a stream sent; None for a request with one answer
     trace: object | None = None  # the request's span (`request_trace`), when tracing is on
+    # The model's calls and their answers (None for an error), given only while some recorder
+    # `wants_payloads` (payload capture): references, never copies, so they cost nothing.
+    inputs: Sequence[Any] | None = None
+    outputs: Sequence[Any] | None = None
 
     @property
     def served(self) -> bool:
@@ -89,6 +93,8 @@ class ShadowDone:
 class Recorder:
     """Told of what the serving core does; every hook does nothing until a subclass overrides it."""
 
+    wants_payloads = False  # True: `RequestDone` carries the request's inputs and outputs
+
     def on_request(self, event: RequestDone) -> None:
         return None
 
@@ -108,6 +114,7 @@ class Recorders(Recorder):
 
     def __init__(self, recorders: Iterable[Recorder]) -> None:
         self.all = tuple(recorders)
+        self.wants_payloads = any(recorder.wants_payloads for recorder in self.all)
 
     def on_request(self, event: RequestDone) -> None:
         for recorder in self.all:

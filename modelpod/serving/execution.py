@@ -158,13 +158,23 @@ class Execution:
     ) -> None:
         self.recorder.on_batch(BatchDone(model, version, rows, compute, waits, traces))
 
-    async def observed(self, hosted: HostedModel, version: str, options: Options, work: Awaitable[T]) -> T:
-        """Publish a request's outcome and time once it is answered."""
+    async def observed(
+        self,
+        hosted: HostedModel,
+        version: str,
+        options: Options,
+        work: Awaitable[T],
+        inputs: list[Any] | None = None,
+    ) -> T:
+        """Publish a request's outcome and time once it is answered (with its `inputs`, the model's
+        calls, and what they answered, when a recorder wants payloads)."""
         started = time.monotonic()
         outcome = "ok"
         message = ""
+        answers = None
         try:
-            return await work
+            answers = await work
+            return answers
         except ModelpodError as error:
             outcome = snake(type(error).__name__)
             message = str(error)  # what the client was told, never more
@@ -174,6 +184,7 @@ class Execution:
             raise
         finally:
             seconds = time.monotonic() - started
+            payloads = self.recorder.wants_payloads
             self.recorder.on_request(
                 RequestDone(
                     hosted.name,
@@ -183,6 +194,8 @@ class Execution:
                     seconds,
                     message,
                     trace=request_trace.get(),
+                    inputs=inputs if payloads else None,
+                    outputs=answers if payloads else None,  # type: ignore[arg-type]  # the answers
                 )
             )
             timing = timings.current.get()
