@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from modelpod._version import __version__
+from modelpod.cli import capture as cli_capture
 from modelpod.cli import ray_backend as cli_ray
 from modelpod.cli import train as cli_train
 from modelpod.extras import MissingExtra, needs_extra
@@ -54,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_ray.add_options(serve)
     _add_models_command(commands)
     cli_train.add_command(commands)
+    cli_capture.add_command(commands)
     commands.add_parser("doctor", help="what is installed, for a bug report: Python, extras, devices")
     return parser
 
@@ -229,6 +231,8 @@ def _run(arguments: argparse.Namespace) -> int:
         return run_serve(arguments)
     if arguments.command == "train":
         return cli_train.run(arguments)
+    if arguments.command == "capture":
+        return cli_capture.run(arguments)
     if arguments.command == "doctor":
         from modelpod.cli.doctor import report
 

@@ -1,0 +1,256 @@
+"""Payload capture: `modelpod serve --capture MODEL=RATE[+errors]` writes a share of the requests, with
+their inputs and outputs, as JSON lines under the data path; off the request path, through a bounded
+queue that drops (and counts) rather than makes a request wait."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import subprocess
+import sys
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from modelpod.client import AsyncClient, Client
+from modelpod.observe import capture_files
+from modelpod.observe.capture import Sampling, parse_capture
+from modelpod.observe.capture_codec import Encoder, Incomplete, decode
+
+from conftest import ROOT, ServerProcess, StartServer
+
+SERVABLE = ROOT / "tests" / "servable_capture.py"
+
+
+def model(name: str) -> str:
+    return f"{SERVABLE}:{name}"
+
+
+def captured(server: ServerProcess, name: str) -> list[dict[str, Any]]:
+    """Every record of `name`, read after the server stopped (its writer wrote what was queued)."""
+    assert server.stop() == 0, server.output
+    return list(capture_files.records(server.data_path / "capture", name))
+
+
+def metric(http: httpx.Client, name: str, **labels: str) -> float:
+    """One sample of the server's /metrics (0 when it is not there)."""
+    wanted = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
+    for line in http.get("/metrics").text.splitlines():
+        if line.startswith(f"{name}{{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+        if not labels and line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    assert wanted is not None
+    return 0.0
+
+
+def test_rate_one_keeps_every_request_exactly(start_server: StartServer) -> None:
+    server = start_server(model("Scorer"), args=("--capture", "scorer=1"))
+    arrays = [np.arange(i + 1, dtype=np.float32).reshape(1, -1) for i in range(10)]
+    with Client(server.http_url, model="scorer") as client:
+        answers = [client.predict(x=x, secret=f"s{i}") for i, x in enumerate(arrays)]
+    with httpx.Client(base_url=server.http_url, timeout=30) as http:
+        sent = http.post("/models/scorer/predict", json={"x": [1, 2]}, headers={"x-request-id": "r-42"})
+        assert sent.status_code == 200
+    records = captured(server, "scorer")
+    assert len(records) == 11
+    by_id = {r["request_id"]: r for r in records}
+    assert by_id["r-42"]["inputs"] == [{"x": [1, 2]}]
+    assert by_id["r-42"]["outputs"][0]["total"] == 3.0
+    native = [r for r in records if r["request_id"] != "r-42"]
+    for record, x, answer in zip(native, arrays, answers, strict=True):
+        assert record["model"] == "scorer"
+        assert record["version"] == "1"
+        assert record["outcome"] == "ok"
+        assert record["seconds"] > 0
+        assert record["time"] > 0
+        assert record["truncated"] == 0
+        (call,) = decode(record["inputs"])
+        assert call["x"].dtype == np.float32
+        assert np.array_equal(call["x"], x)
+        assert call["secret"] == "***"  # the model's redact hook ran before it was written
+        (output,) = decode(record["outputs"])
+        assert np.array_equal(output["y"], answer["y"])
+        assert output["secret_length"] == answer["secret_length"]
+
+
+def test_v2_rows_are_one_call_each_and_tensor_models_keep_their_arrays(start_server: StartServer) -> None:
+    server = start_server(model("Scorer"), model("Doubling"), args=("--capture", "*=1"))
+    x = np.array([[1.5, 2.5], [3.0, 4.0]], dtype=np.float32)
+    with Client(server.http_url, model="doubling") as client:
+        assert np.array_equal(client.infer({"x": x})["y"], x * 2)
+    body = {
+        "inputs": [
+            {"name": "x", "datatype": "FP64", "shape": [2], "data": [1.0, 2.0]},
+            {"name": "note", "datatype": "BYTES", "shape": [2], "data": ["a", "b"]},
+        ]
+    }
+    with httpx.Client(base_url=server.http_url, timeout=30) as http:
+        assert http.post("/v2/models/scorer/infer", json=body).status_code == 200
+    server.stop()
+    (tensor,) = capture_files.records(server.data_path / "capture", "doubling")
+    assert tensor["protocol"] != ""
+    assert np.array_equal(decode(tensor["inputs"])[0]["x"], x)
+    assert np.array_equal(decode(tensor["outputs"])[0]["y"], x * 2)
+    (rows,) = capture_files.records(server.data_path / "capture", "scorer")
+    calls = decode(rows["inputs"])
+    assert [call["note"] for call in calls] == ["a", "b"]  # one keyword call per row
+    assert [answer["total"] for answer in decode(rows["outputs"])] == [1.0, 2.0]
+
+
+def test_a_sampled_share_under_load(start_server: StartServer) -> None:
+    server = start_server(model("Scorer"), args=("--capture", "scorer=0.1"))
+    total = 400
+
+    async def load() -> None:
+        async with AsyncClient(server.http_url, model="scorer") as client:
+            for start in range(0, total, 50):
+                await asyncio.gather(*(client.predict(x=[i]) for i in range(start, start + 50)))
+
+    asyncio.run(load())
+    with httpx.Client(base_url=server.http_url, timeout=30) as http:
+        assert metric(http, "modelpod_capture_records_total", model="scorer", outcome="dropped") == 0
+        written = metric(http, "modelpod_capture_records_total", model="scorer", outcome="written")
+    records = captured(server, "scorer")
+    # Binomial(400, 0.1): mean 40, deviation 6; outside 10..80 happens about once in 10^8 runs.
+    assert 10 <= len(records) <= 80
+    assert written <= len(records)  # what was written by the scrape, all of it read back at the end
+    assert len({r["request_id"] for r in records}) == len(records)
+
+
+def test_every_error_and_only_errors(start_server: StartServer) -> None:
+    server = start_server(model("Scorer"), args=("--capture", "scorer=errors"))
+    with httpx.Client(base_url=server.http_url, timeout=30) as http:
+        for i in range(5):
+            assert http.post("/models/scorer/predict", json={"x": [i]}).status_code == 200
+        failed = http.post("/models/scorer/predict", json={"x": [-1]}, headers={"x-request-id": "bad-1"})
+        assert failed.status_code == 400
+    (record,) = captured(server, "scorer")
+    assert record["request_id"] == "bad-1"
+    assert record["outcome"] == "invalid_input"
+    assert "must not be negative" in record["error"]
+    assert record["outputs"] is None
+    assert record["inputs"] == [{"x": [-1]}]
+
+
+def test_a_full_queue_drops_and_counts_and_requests_never_wait(start_server: StartServer) -> None:
+    server = start_server(
+        model("SlowRedact"), args=("--capture", "slowredact=1", "--capture-queue-size", "2")
+    )
+    total = 30
+
+    async def burst() -> list[Any]:
+        async with AsyncClient(server.http_url, model="slowredact") as client:
+            # Each capture takes 1 s to write: 30 at once bound to overflow a queue of two. The
+            # requests themselves are answered meanwhile (the bounded wait is the client's timeout).
+            return await asyncio.wait_for(asyncio.gather(*(client.predict(n=i) for i in range(total))), 20)
+
+    assert [a["n"] for a in asyncio.run(burst())] == list(range(total))
+    with httpx.Client(base_url=server.http_url, timeout=30) as http:
+        dropped = metric(http, "modelpod_capture_records_total", model="slowredact", outcome="dropped")
+    assert dropped > 0  # a queue of 2 and a writer at one a second
+    records = captured(server, "slowredact")
+    assert len(records) + dropped == total  # every sampled request written or counted as dropped
+
+
+def test_large_values_are_stored_as_their_size_and_fields_dropped(start_server: StartServer) -> None:
+    server = start_server(
+        model("Scorer"),
+        args=("--capture", "scorer=1", "--capture-max-value-size", "100", "--capture-drop", "note"),
+    )
+    with Client(server.http_url, model="scorer") as client:
+        client.predict(x=np.ones(1000), note="private")
+        client.predict(x=np.ones(3), note="private")
+    big, small = captured(server, "scorer")
+    assert big["truncated"] == 2  # the input and its doubled output
+    facts = big["inputs"][0]["x"]["__ndarray__"]
+    assert facts == {"dtype": "<f8", "shape": [1000], "nbytes": 8000, "truncated": True}
+    with pytest.raises(Incomplete, match="8000 bytes"):
+        decode(big["inputs"])
+    assert "note" not in big["inputs"][0]
+    assert "note" not in big["outputs"][0]
+    assert small["truncated"] == 0
+    assert np.array_equal(decode(small["inputs"])[0]["x"], np.ones(3))
+
+
+def test_files_rotate_by_size_keeping_the_newest(start_server: StartServer) -> None:
+    server = start_server(
+        model("Scorer"),
+        args=("--capture", "scorer=1", "--capture-file-size", "1000", "--capture-files", "3"),
+    )
+    with httpx.Client(base_url=server.http_url, timeout=30) as http:
+        for i in range(40):
+            assert http.post("/models/scorer/predict", json={"x": [i]}).status_code == 200
+    records = captured(server, "scorer")
+    files = sorted((server.data_path / "capture" / "scorer").glob("capture-*.jsonl"))
+    assert len(files) == 3
+    assert all(f.stat().st_size <= 1000 for f in files)
+    totals = [r["outputs"][0]["total"] for r in records]
+    assert totals == sorted(totals)
+    assert totals[-1] == 39.0
+    assert len(totals) < 40
+
+
+def test_capture_list_and_show(start_server: StartServer) -> None:
+    server = start_server(model("Scorer"), args=("--capture", "scorer=1"))
+    with httpx.Client(base_url=server.http_url, timeout=30) as http:
+        for i in range(3):
+            http.post("/models/scorer/predict", json={"x": [i]}, headers={"x-request-id": f"id-{i}"})
+    server.stop()
+    where = ("--data-path", str(server.data_path))
+    listed = _cli("capture", "list", *where)
+    assert listed.returncode == 0, listed.stderr
+    assert re.search(r"scorer\s+3\s", listed.stdout), listed.stdout
+    shown = _cli("capture", "show", "scorer", "id-1", *where)
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["inputs"] == [{"x": [1]}]
+    missing = _cli("capture", "show", "scorer", "nope", *where)
+    assert missing.returncode == 1
+    assert "no captured request 'nope'" in missing.stderr
+
+
+def test_a_mistaken_capture_flag_stops_the_server_with_a_message() -> None:
+    made = _cli("serve", model("Scorer"), "--capture", "scorer=2")
+    assert made.returncode == 2
+    assert "expected MODEL=RATE[+errors] with RATE from 0 to 1" in made.stderr
+
+
+def test_policies_and_the_codec() -> None:
+    assert parse_capture("iris=0.1+errors; *=0.01") == {
+        "iris": Sampling(0.1, True),
+        "*": Sampling(0.01, False),
+    }
+    assert parse_capture("a=errors") == {"a": Sampling(0.0, True)}
+    for wrong in ("iris", "iris=x", "iris=0.5+all", "=1", "iris=-0.1"):
+        with pytest.raises(ValueError, match="MODEL=RATE"):
+            parse_capture(wrong)
+    values = {
+        "f16": np.array([1.5, -2], dtype=np.float16),
+        "words": np.array([["a", "b"]], dtype=object),
+        "raw": b"\x00\xff",
+        "scalar": np.int64(7),
+        "nested": [{"t": (1, 2)}],
+    }
+    back = decode(json.loads(json.dumps(Encoder(None).encode(values))))
+    assert back["f16"].dtype == np.float16
+    assert np.array_equal(back["f16"], values["f16"])
+    assert back["words"].tolist() == [["a", "b"]]
+    assert back["raw"] == b"\x00\xff"
+    assert back["scalar"] == 7
+    assert back["nested"] == [{"t": [1, 2]}]
+    with pytest.raises(Incomplete):
+        decode(Encoder(None).encode(object()))
+
+
+def _cli(*arguments: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "modelpod", *arguments],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
