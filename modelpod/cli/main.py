@@ -10,6 +10,7 @@ from typing import Any
 from modelpod._version import __version__
 from modelpod.cli import capture as cli_capture
 from modelpod.cli import ray_backend as cli_ray
+from modelpod.cli import replay as cli_replay
 from modelpod.cli import train as cli_train
 from modelpod.extras import MissingExtra, needs_extra
 
@@ -56,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_models_command(commands)
     cli_train.add_command(commands)
     cli_capture.add_command(commands)
+    cli_replay.add_command(commands)
     commands.add_parser("doctor", help="what is installed, for a bug report: Python, extras, devices")
     return parser
 
@@ -231,6 +233,8 @@ def _run(arguments: argparse.Namespace) -> int:
         return run_serve(arguments)
     if arguments.command == "train":
         return cli_train.run(arguments)
+    if arguments.command == "replay":
+        return cli_replay.run(arguments)
     if arguments.command == "capture":
         return cli_capture.run(arguments)
     if arguments.command == "doctor":
