@@ -34,6 +34,11 @@ class SpanStarter(Protocol):
 
     def start(self, carrier: Mapping[str, str], name: str, attributes: Mapping[str, str]) -> RequestSpan: ...
 
+    def child(self, name: str, attributes: Mapping[str, str]) -> RequestSpan:
+        """A span within the context's `request_trace` (a request inside a stream), made the
+        context's `request_trace` until it finishes."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class RequestDone:
@@ -71,6 +76,17 @@ class BatchDone:
 
 
 @dataclass(frozen=True, slots=True)
+class RouteChosen:
+    """A router sent a request on to one of its models."""
+
+    router: str
+    version: str
+    target: str
+    seconds: float  # the router's choosing
+    trace: object | None = None  # the request's span (`request_trace`), when tracing is on
+
+
+@dataclass(frozen=True, slots=True)
 class TrainingChanged:
     """A training job started (state "running") or ended (its final state)."""
 
@@ -102,6 +118,9 @@ class Recorder:
         return None
 
     def on_training(self, event: TrainingChanged) -> None:
+        return None
+
+    def on_route(self, event: RouteChosen) -> None:
         return None
 
     def on_shadow(self, event: ShadowDone) -> None:
@@ -136,6 +155,13 @@ class Recorders(Recorder):
                 recorder.on_training(event)
             except Exception:
                 logger.exception("%s failed to record a training job", type(recorder).__name__)
+
+    def on_route(self, event: RouteChosen) -> None:
+        for recorder in self.all:
+            try:
+                recorder.on_route(event)
+            except Exception:
+                logger.exception("%s failed to record a route", type(recorder).__name__)
 
     def on_shadow(self, event: ShadowDone) -> None:
         for recorder in self.all:

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from modelpod.errors import ModelpodError, NotFound
+from modelpod.observe.events import RouteChosen, request_trace
 from modelpod.runtime.runner import Runner
 from modelpod.serving.execution import AnyRunner, Execution
 from modelpod.serving.options import Options
@@ -52,9 +53,12 @@ class Composition:
             return None
         router = self.repository.instance(hosted, version)
         assert isinstance(router, Router)
+        started = time.monotonic()
         target = router.choose(query_params or {}, inputs)
         if target == hosted.name or target not in self.repository.names():
             raise NotFound(f"router {hosted.name!r} routes to {target!r}, which is not served here")
+        chosen = RouteChosen(hosted.name, version, target, time.monotonic() - started, request_trace.get())
+        self.execution.recorder.on_route(chosen)
         return target
 
     async def predict(
