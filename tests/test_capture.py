@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import subprocess
 import sys
+import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -254,3 +257,58 @@ def _cli(*arguments: str) -> subprocess.CompletedProcess[str]:
         timeout=60,
         cwd=ROOT,
     )
+
+
+POSTGRES_URL = os.environ.get("MODELPOD_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def database(kind: str, tmp_path: Path) -> str:
+    if kind == "sqlite":
+        return f"sqlite:///{tmp_path / 'captures.db'}"
+    from sqlalchemy import create_engine
+
+    engine = create_engine(POSTGRES_URL)
+    try:
+        with engine.connect():
+            pass
+    except Exception as error:  # no driver, no server: SQLite needs neither
+        pytest.skip(f"no PostgreSQL at {POSTGRES_URL} ({type(error).__name__})")
+    finally:
+        engine.dispose()
+    return POSTGRES_URL
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_captures_in_a_store_database(start_server: StartServer, tmp_path: Path, kind: str) -> None:
+    url = database(kind, tmp_path)
+    name = f"scorer{uuid.uuid4().hex[:8]}"  # a shared PostgreSQL database: rows of this test alone
+    served = f"{name}={model('Scorer')}"
+    server = start_server(served, args=("--capture", f"{name}=1", "--capture-store", url))
+    with httpx.Client(base_url=server.http_url, timeout=30) as http:
+        for i in range(5):
+            sent = http.post(
+                f"/models/{name}/predict",
+                json={"x": [i], "secret": "pw"},
+                headers={"x-request-id": f"{name}-{i}"},
+            )
+            assert sent.status_code == 200
+    assert server.stop() == 0
+    assert not (server.data_path / "capture").exists()  # the database instead of files
+    listed = _cli("capture", "list", "--json", "--capture-store", url)
+    assert listed.returncode == 0, listed.stderr
+    (summary,) = [s for s in json.loads(listed.stdout) if s["model"] == name]
+    assert (summary["records"], summary["errors"]) == (5, 0)
+    shown = _cli("capture", "show", name, f"{name}-3", "--capture-store", url)
+    assert shown.returncode == 0, shown.stderr
+    record = json.loads(shown.stdout)
+    assert record["inputs"] == [{"x": [3], "secret": "***"}]
+    assert record["outputs"][0]["total"] == 3.0
+    replaying = start_server(served, data_path=tmp_path / "again")
+    replay = _cli(
+        "replay", replaying.http_url, "--model", name, "--against", "1", "--json", "--capture-store", url
+    )
+    assert replay.returncode == 0, replay.stderr
+    report = json.loads(replay.stdout)
+    assert report["requests"] == 5
+    assert report["outputs"]["total"]["agreed"] == 5
+    assert report["outputs"]["secret_length"]["agreed"] == 0  # "pw" was captured as "***"

@@ -7,9 +7,11 @@ import datetime
 import json
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from modelpod.extras import needs_extra
 from modelpod.observe import capture_files
 
 
@@ -29,6 +31,36 @@ def add_location(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--capture-path", default=None, help="where the captures are [env "
                         "MODELPOD_CAPTURE_PATH; default: capture under the data path]")  # fmt: skip
     parser.add_argument("--data-path", default=None, help="[env MODELPOD_DATA_PATH; default appdata]")
+    parser.add_argument("--capture-store", default=None, metavar="URL", help="read them from this "
+                        "database instead (serve --capture-store) [env MODELPOD_CAPTURE_STORE]")  # fmt: skip
+
+
+def _store_url(arguments: argparse.Namespace) -> str | None:
+    return arguments.capture_store or os.environ.get("MODELPOD_CAPTURE_STORE") or None
+
+
+def captured_models(arguments: argparse.Namespace) -> list[str]:
+    """The models with captured requests, in the files or the database the arguments name."""
+    url = _store_url(arguments)
+    if url is None:
+        return capture_files.models(directory(arguments))
+    with needs_extra("store", "--capture-store"):
+        from modelpod.registry import captures
+
+    return captures.models(url)
+
+
+def captured(
+    arguments: argparse.Namespace, model: str, since: float | None = None
+) -> Iterator[dict[str, Any]]:
+    """A model's captured records, oldest first, from the files or the database."""
+    url = _store_url(arguments)
+    if url is None:
+        return capture_files.records(directory(arguments), model, since)
+    with needs_extra("store", "--capture-store"):
+        from modelpod.registry import captures
+
+    return captures.records(url, model, since)
 
 
 def directory(arguments: argparse.Namespace) -> Path:
@@ -40,32 +72,33 @@ def directory(arguments: argparse.Namespace) -> Path:
 
 
 def run(arguments: argparse.Namespace) -> int:
-    folder = directory(arguments)
+    where = _store_url(arguments) or directory(arguments)
     if arguments.action == "show":
-        for record in capture_files.records(folder, arguments.model):
+        for record in captured(arguments, arguments.model):
             if record.get("request_id") == arguments.request_id:
                 print(json.dumps(record, indent=2))
                 return 0
-        print(f"modelpod: no captured request {arguments.request_id!r} of {arguments.model} under {folder}",
+        print(f"modelpod: no captured request {arguments.request_id!r} of {arguments.model} in {where}",
               file=sys.stderr)  # fmt: skip
         return 1
-    summary = [_summary(folder, model) for model in capture_files.models(folder)]
+    summary = [_summary(arguments, model) for model in captured_models(arguments)]
     if arguments.json:
         print(json.dumps(summary, indent=2))
     elif not summary:
-        print(f"no captured requests under {folder}")
+        print(f"no captured requests in {where}")
     else:
         print(_table(summary))
     return 0
 
 
-def _summary(folder: Path, model: str) -> dict[str, Any]:
+def _summary(arguments: argparse.Namespace, model: str) -> dict[str, Any]:
     times: list[float] = []
     errors = 0
-    for record in capture_files.records(folder, model):
+    for record in captured(arguments, model):
         times.append(float(record.get("time", 0)))
         errors += record.get("outcome") != "ok"
-    files = len(list((folder / model).glob(capture_files.PATTERN)))
+    folder = directory(arguments) / model
+    files = 0 if _store_url(arguments) else len(list(folder.glob(capture_files.PATTERN)))
     return {"model": model, "records": len(times), "errors": errors, "files": files,
             "first": min(times, default=None), "last": max(times, default=None)}  # fmt: skip
 

@@ -20,9 +20,8 @@ import time
 from collections import deque
 from typing import Any
 
-from modelpod.cli.capture import add_location, directory
+from modelpod.cli.capture import add_location, captured
 from modelpod.extras import needs_extra
-from modelpod.observe import capture_files
 from modelpod.observe.capture_codec import Incomplete, decode
 
 _AGO = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
@@ -66,7 +65,7 @@ def parse_since(text: str | None, now: float | None = None) -> float | None:
 def selected(arguments: argparse.Namespace) -> list[dict[str, Any]]:
     """The captured requests to replay, oldest first: from `--since`, the newest `--limit`. Read
     before any is sent, so that a server capturing the replay's own requests cannot feed it."""
-    found = capture_files.records(directory(arguments), arguments.model, parse_since(arguments.since))
+    found = captured(arguments, arguments.model, parse_since(arguments.since))
     return list(deque(found, maxlen=arguments.limit))
 
 

@@ -66,9 +66,10 @@ def parse_capture(text: str) -> dict[str, Sampling]:
 
 
 class Sink(Protocol):
-    """Where records go, one JSON line each (`capture_files.CaptureFiles`)."""
+    """Where records go, each with its JSON line: files (`capture_files.CaptureFiles`) or a
+    database (`registry.captures.CaptureTable`)."""
 
-    def write(self, model: str, line: str) -> None: ...
+    def write(self, record: Mapping[str, Any], line: str) -> None: ...
     def flush(self) -> None: ...
     def close(self) -> None: ...
 
@@ -142,7 +143,7 @@ class Capture(Recorder):
         try:
             record, truncated = self.record(event, at, request_id, trace_id)
             line = json.dumps(record, separators=(",", ":"))
-            self.sink.write(event.model, line)
+            self.sink.write(record, line)
         except Exception:
             # Never written half-redacted: a failure drops the record, logged and counted.
             logger.exception("could not capture a request to %s:%s", event.model, event.version)

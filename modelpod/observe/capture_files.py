@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -26,7 +26,8 @@ class CaptureFiles:
         self._open: dict[str, tuple[IO[str], int]] = {}  # model -> (file, bytes written)
         self._made = 0
 
-    def write(self, model: str, line: str) -> None:
+    def write(self, record: Mapping[str, Any], line: str) -> None:
+        model = str(record["model"])
         file, size = self._open.get(model) or self._new(model)
         if self.max_bytes is not None and size and size + len(line) + 1 > self.max_bytes:
             file.close()

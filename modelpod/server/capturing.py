@@ -6,7 +6,8 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry
 
 from modelpod.errors import NotFound
-from modelpod.observe.capture import Capture, Redact, parse_capture
+from modelpod.extras import needs_extra
+from modelpod.observe.capture import Capture, Redact, Sink, parse_capture
 from modelpod.observe.capture_files import CaptureFiles
 from modelpod.observe.capture_metrics import CaptureMetrics
 from modelpod.server.settings import Settings
@@ -17,8 +18,7 @@ def start_capture(settings: Settings, repository: Repository) -> Capture | None:
     """The capture the settings ask for; None when they ask for none."""
     if not settings.capture:
         return None
-    directory = settings.capture_path or settings.data_path / "capture"
-    files = CaptureFiles(directory, settings.capture_file_size, settings.capture_files)
+    sink = _sink(settings)
     drop = [field.strip() for field in (settings.capture_drop or "").split(",") if field.strip()]
 
     def redactor(model: str) -> Redact | None:
@@ -31,12 +31,23 @@ def start_capture(settings: Settings, repository: Repository) -> Capture | None:
 
     return Capture(
         parse_capture(settings.capture),
-        files,
+        sink,
         queue_size=settings.capture_queue_size,
         max_value_bytes=settings.capture_max_value_size,
         drop_fields=drop,
         redactor=redactor,
     )
+
+
+def _sink(settings: Settings) -> Sink:
+    """JSON lines files under the data path, or a store's database (`--capture-store`)."""
+    if settings.capture_store:
+        with needs_extra("store", "--capture-store"):  # SQLAlchemy: imported only when used
+            from modelpod.registry.captures import CaptureTable
+
+        return CaptureTable(settings.capture_store)
+    directory = settings.capture_path or settings.data_path / "capture"
+    return CaptureFiles(directory, settings.capture_file_size, settings.capture_files)
 
 
 def count_in(registry: CollectorRegistry, capture: Capture) -> None:

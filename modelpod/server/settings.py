@@ -123,6 +123,10 @@ class Settings(BaseSettings):
     capture_path: Path | None = Field(
         None, description="where captures are written (else <data path>/capture)"
     )
+    capture_store: str | None = Field(
+        None,
+        description="write captures to this database instead (a store URL: sqlite:///..., postgresql://...)",
+    )
     capture_queue_size: int = Field(
         1000, ge=1, description="captured requests waiting to be written; beyond it they are dropped, counted"
     )
