@@ -35,7 +35,7 @@ def model(name: str) -> str:
 def captured(server: ServerProcess, name: str) -> list[dict[str, Any]]:
     """Every record of `name`, read after the server stopped (its writer wrote what was queued)."""
     assert server.stop() == 0, server.output
-    return list(capture_files.records(server.data_path / "capture", name))
+    return list(capture_files.records(server.data_path / "_capture", name))
 
 
 def metric(http: httpx.Client, name: str, **labels: str) -> float:
@@ -94,11 +94,11 @@ def test_v2_rows_are_one_call_each_and_tensor_models_keep_their_arrays(start_ser
     with httpx.Client(base_url=server.http_url, timeout=30) as http:
         assert http.post("/v2/models/scorer/infer", json=body).status_code == 200
     server.stop()
-    (tensor,) = capture_files.records(server.data_path / "capture", "doubling")
+    (tensor,) = capture_files.records(server.data_path / "_capture", "doubling")
     assert tensor["protocol"] != ""
     assert np.array_equal(decode(tensor["inputs"])[0]["x"], x)
     assert np.array_equal(decode(tensor["outputs"])[0]["y"], x * 2)
-    (rows,) = capture_files.records(server.data_path / "capture", "scorer")
+    (rows,) = capture_files.records(server.data_path / "_capture", "scorer")
     calls = decode(rows["inputs"])
     assert [call["note"] for call in calls] == ["a", "b"]  # one keyword call per row
     assert [answer["total"] for answer in decode(rows["outputs"])] == [1.0, 2.0]
@@ -188,7 +188,7 @@ def test_files_rotate_by_size_keeping_the_newest(start_server: StartServer) -> N
         for i in range(40):
             assert http.post("/models/scorer/predict", json={"x": [i]}).status_code == 200
     records = captured(server, "scorer")
-    files = sorted((server.data_path / "capture" / "scorer").glob("capture-*.jsonl"))
+    files = sorted((server.data_path / "_capture" / "scorer").glob("capture-*.jsonl"))
     assert len(files) == 3
     assert all(f.stat().st_size <= 1000 for f in files)
     totals = [r["outputs"][0]["total"] for r in records]
@@ -293,7 +293,7 @@ def test_captures_in_a_store_database(start_server: StartServer, tmp_path: Path,
             )
             assert sent.status_code == 200
     assert server.stop() == 0
-    assert not (server.data_path / "capture").exists()  # the database instead of files
+    assert not (server.data_path / "_capture").exists()  # the database instead of files
     listed = _cli("capture", "list", "--json", "--capture-store", url)
     assert listed.returncode == 0, listed.stderr
     (summary,) = [s for s in json.loads(listed.stdout) if s["model"] == name]

@@ -67,7 +67,7 @@ def test_replay_against_a_retrained_version_reports_what_an_independent_computat
     report: dict[str, Any] = json.loads(done.stdout)
 
     records = [
-        json.loads(line) for f in sorted((data / "capture" / "iris").glob("*.jsonl")) for line in f.open()
+        json.loads(line) for f in sorted((data / "_capture" / "iris").glob("*.jsonl")) for line in f.open()
     ]
     served = [r for r in records if r["outcome"] == "ok"]
     features = np.array([r["inputs"][0]["features"] for r in served])

@@ -29,7 +29,7 @@ def add_command(commands: Any) -> None:
 
 def add_location(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--capture-path", default=None, help="where the captures are [env "
-                        "MODELPOD_CAPTURE_PATH; default: capture under the data path]")  # fmt: skip
+                        "MODELPOD_CAPTURE_PATH; default: _capture under the data path]")  # fmt: skip
     parser.add_argument("--data-path", default=None, help="[env MODELPOD_DATA_PATH; default appdata]")
     parser.add_argument("--capture-store", default=None, metavar="URL", help="read them from this "
                         "database instead (serve --capture-store) [env MODELPOD_CAPTURE_STORE]")  # fmt: skip
@@ -68,7 +68,10 @@ def directory(arguments: argparse.Namespace) -> Path:
     given = arguments.capture_path or os.environ.get("MODELPOD_CAPTURE_PATH")
     if given:
         return Path(given)
-    return Path(arguments.data_path or os.environ.get("MODELPOD_DATA_PATH") or "appdata") / "capture"
+    return (
+        Path(arguments.data_path or os.environ.get("MODELPOD_DATA_PATH") or "appdata")
+        / capture_files.CAPTURE_FOLDER
+    )
 
 
 def run(arguments: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import IO, Any
 
 PATTERN = "capture-*.jsonl"
+CAPTURE_FOLDER = "_capture"  # under the data path, by default: no model's name starts with "_"
 
 
 class CaptureFiles:

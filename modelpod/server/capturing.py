@@ -8,7 +8,7 @@ from prometheus_client import CollectorRegistry
 from modelpod.errors import NotFound
 from modelpod.extras import needs_extra
 from modelpod.observe.capture import Capture, Redact, Sink, parse_capture
-from modelpod.observe.capture_files import CaptureFiles
+from modelpod.observe.capture_files import CAPTURE_FOLDER, CaptureFiles
 from modelpod.observe.capture_metrics import CaptureMetrics
 from modelpod.server.settings import Settings
 from modelpod.serving.repository import Repository
@@ -46,7 +46,7 @@ def _sink(settings: Settings) -> Sink:
             from modelpod.registry.captures import CaptureTable
 
         return CaptureTable(settings.capture_store)
-    directory = settings.capture_path or settings.data_path / "capture"
+    directory = settings.capture_path or settings.data_path / CAPTURE_FOLDER
     return CaptureFiles(directory, settings.capture_file_size, settings.capture_files)
 
 

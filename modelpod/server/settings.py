@@ -121,7 +121,7 @@ class Settings(BaseSettings):
         "outputs, MODEL=RATE[+errors] separated by ';' (* for every model), e.g. iris=0.1+errors",
     )
     capture_path: Path | None = Field(
-        None, description="where captures are written (else <data path>/capture)"
+        None, description="where captures are written (else _capture under the data path)"
     )
     capture_store: str | None = Field(
         None,
