@@ -95,8 +95,20 @@ def test_replay_against_a_retrained_version_reports_what_an_independent_computat
     assert latency["replayed"]["p50"] > 0
     assert latency["captured"]["p99"] >= latency["captured"]["p50"] > 0
 
+    other_ways(server.http_url, data, report, len(rows))
+
+
+def other_ways(address: str, data: Path, report: dict[str, Any], captured: int) -> None:
+    """The same traffic replayed in this process, against the version that answered it, as a
+    table, and from a time after it."""
+    # In this process instead of on a server (--local): the same version, the same findings.
+    local = replay("--local", IRIS, "--model", "iris", "--against", "2", "--json", "--data-path", str(data))
+    assert local.returncode == 0, local.stderr
+    assert json.loads(local.stdout)["outputs"] == report["outputs"]
+    assert json.loads(local.stdout)["address"] == f"{IRIS} (in-process)"
+
     # Against the version that answered them: every answer agrees (the newest 10 with --limit).
-    same = replay(server.http_url, "--model", "iris", "--against", "1", "--limit", "10", "--json",
+    same = replay(address, "--model", "iris", "--against", "1", "--limit", "10", "--json",
                   "--data-path", str(data))  # fmt: skip
     assert same.returncode == 0, same.stderr
     newest = json.loads(same.stdout)
@@ -104,13 +116,13 @@ def test_replay_against_a_retrained_version_reports_what_an_independent_computat
     assert newest["requests"] == 9  # the newest 10 end with the failed one, skipped
     assert newest["skipped"] == {"failed when captured": 1}
     # As a table, with a bar to clear: under it, exit 1.
-    table = replay(server.http_url, "--model", "iris", "--against", "2", "--fail-under", "0.999",
+    table = replay(address, "--model", "iris", "--against", "2", "--fail-under", "0.999",
                    "--data-path", str(data))  # fmt: skip
     assert table.returncode == 1, table.stderr
-    assert f"replayed {len(rows)} requests of iris against version 2" in table.stdout
+    assert f"replayed {captured} requests of iris against version 2" in table.stdout
     assert "probabilities" in table.stdout
     assert "p99" in table.stdout
-    late = replay(server.http_url, "--model", "iris", "--against", "2", "--since", "2999-01-01T00:00",
+    late = replay(address, "--model", "iris", "--against", "2", "--since", "2999-01-01T00:00",
                   "--json", "--data-path", str(data))  # fmt: skip
     assert json.loads(late.stdout)["requests"] == 0
 
@@ -137,3 +149,6 @@ def test_replay_says_what_is_wrong() -> None:
     bad = replay("http://127.0.0.1:9", "--model", "iris", "--against", "2", "--since", "yesterday")
     assert bad.returncode == 1
     assert "--since 'yesterday'" in bad.stderr
+    both = replay("http://127.0.0.1:9", "--local", IRIS, "--model", "iris", "--against", "2")
+    assert both.returncode == 2
+    assert "give the server's ADDRESS, or --local MODEL" in both.stderr

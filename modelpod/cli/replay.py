@@ -32,7 +32,10 @@ def add_command(commands: Any) -> None:
     replay = commands.add_parser(
         "replay", help="send captured requests to a version and compare its answers with the captured ones"
     )
-    replay.add_argument("address", help="the server: http://host:port, or host:port for gRPC")
+    replay.add_argument("address", nargs="?", help="the server: http://host:port, or host:port for gRPC")
+    replay.add_argument("--local", default=None, metavar="MODEL",
+                        help="run the version in this process instead of on a server: FILE.py:Class, "
+                        "package.module:Class or a model file, its versions under --data-path")  # fmt: skip
     replay.add_argument("--model", required=True, help="whose captured requests")
     replay.add_argument("--against", required=True, metavar="VERSION", help="the version to send them to")
     replay.add_argument("--since", default=None, metavar="WHEN",
@@ -79,13 +82,22 @@ def run(arguments: argparse.Namespace) -> int:
     if arguments.limit is not None and arguments.limit < 1:
         print("modelpod: --limit must be at least 1", file=sys.stderr)
         return 2
-    report = Report(arguments.model, arguments.against, arguments.address)
+    if (arguments.address is None) == (arguments.local is None):
+        print(
+            "modelpod: give the server's ADDRESS, or --local MODEL to replay in this process", file=sys.stderr
+        )
+        return 2
+    report = Report(
+        arguments.model, arguments.against, arguments.address or f"{arguments.local} (in-process)"
+    )
     try:
         records = selected(arguments)
-        with Client(arguments.address, model=arguments.model, version=arguments.against) as client:
+        target = _local(arguments) if arguments.local else Client(arguments.address, model=arguments.model,
+                                                                  version=arguments.against)  # fmt: skip
+        with target:
             for record in records:
-                _replay(client, record, report)
-    except (ModelpodError, ValueError) as error:
+                _replay(target, record, report)
+    except (ModelpodError, ValueError, ImportError, OSError) as error:
         print(f"modelpod: {error}", file=sys.stderr)
         return 1
     document = report.document()
@@ -96,6 +108,18 @@ def run(arguments: argparse.Namespace) -> int:
     if arguments.fail_under is not None and (document["agreement"] or 0.0) < arguments.fail_under:
         return 1
     return 0
+
+
+def _local(arguments: argparse.Namespace) -> Any:
+    """The version loaded in this process (a `Runner`: `predict(**call)` as a client has)."""
+    import os
+
+    from modelpod.runtime.loader import parse_reference
+    from modelpod.runtime.runner import Runner
+
+    _, target = parse_reference(arguments.local)
+    data_path = arguments.data_path or os.environ.get("MODELPOD_DATA_PATH") or "appdata"
+    return Runner(target, version=arguments.against, data_path=data_path, name=arguments.model)
 
 
 def _replay(client: Any, record: dict[str, Any], report: Any) -> None:
