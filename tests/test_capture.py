@@ -124,6 +124,32 @@ def test_a_sampled_share_under_load(start_server: StartServer) -> None:
     assert len({r["request_id"] for r in records}) == len(records)
 
 
+def test_rate_one_under_load_loses_nothing_while_the_queue_has_room(start_server: StartServer) -> None:
+    server = start_server(model("Scorer"), args=("--capture", "scorer=1"))
+    total = 300
+
+    async def load() -> None:
+        async with AsyncClient(server.http_url, model="scorer") as client:
+            for start in range(0, total, 60):
+                await asyncio.gather(*(client.predict(x=[i]) for i in range(start, start + 60)))
+
+    asyncio.run(load())
+    with httpx.Client(base_url=server.http_url, timeout=30) as http:
+        assert metric(http, "modelpod_capture_records_total", model="scorer", outcome="dropped") == 0
+    records = captured(server, "scorer")
+    assert sorted(r["inputs"][0]["x"][0] for r in records) == list(range(total))  # each once
+
+
+def test_without_capture_nothing_is_kept(start_server: StartServer) -> None:
+    server = start_server(model("Scorer"))
+    with httpx.Client(base_url=server.http_url, timeout=30) as http:
+        for i in range(3):
+            assert http.post("/models/scorer/predict", json={"x": [i]}).status_code == 200
+        assert "modelpod_capture" not in http.get("/metrics").text
+    assert server.stop() == 0
+    assert not (server.data_path / "_capture").exists()
+
+
 def test_every_error_and_only_errors(start_server: StartServer) -> None:
     server = start_server(model("Scorer"), args=("--capture", "scorer=errors"))
     with httpx.Client(base_url=server.http_url, timeout=30) as http:
