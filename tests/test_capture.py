@@ -21,7 +21,7 @@ import pytest
 from modelpod.client import AsyncClient, Client
 from modelpod.observe import capture_files
 from modelpod.observe.capture import Sampling, parse_capture
-from modelpod.observe.capture_codec import Encoder, Incomplete, decode
+from modelpod.observe.capture_codec import Encoder, Incomplete, Oversized, decode, lightened
 
 from conftest import ROOT, ServerProcess, StartServer
 
@@ -272,6 +272,15 @@ def test_policies_and_the_codec() -> None:
     assert back["nested"] == [{"t": [1, 2]}]
     with pytest.raises(Incomplete):
         decode(Encoder(None).encode(object()))
+    big, small = np.zeros(1000, np.uint8), np.zeros(10, np.uint8)
+    call = {"big": big, "small": small}
+    light = lightened(call, 100)
+    assert light["big"] == Oversized("|u1", (1000,), 1000)  # the queue holds no large data
+    assert light["small"] is small
+    assert call["big"] is big  # the request's own arguments untouched
+    single = {"small": small}
+    assert lightened(single, 100) is single  # nothing to replace: not even copied
+    assert lightened(b"x" * 101, 100) == Oversized("bytes", (), 101)
 
 
 def _cli(*arguments: str) -> subprocess.CompletedProcess[str]:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from modelpod.observe import logs
-from modelpod.observe.capture_codec import Encoder
+from modelpod.observe.capture_codec import Encoder, lightened
 from modelpod.observe.events import Recorder, RequestDone
 
 logger = logging.getLogger("modelpod.capture")
@@ -112,8 +112,14 @@ class Capture(Recorder):
             return
         if not ((policy.errors and event.outcome != "ok") or random.random() < policy.rate):
             return
+        # What waits in the queue holds no value over the size limit: only its description.
+        inputs = [lightened(call, self.max_value_bytes) for call in event.inputs]
+        outputs = (
+            None if event.outputs is None else [lightened(a, self.max_value_bytes) for a in event.outputs]
+        )
+        sampled = (event, inputs, outputs, time.time(), logs.request_id.get(), logs.trace_id.get())
         try:
-            self._queue.put_nowait((event, time.time(), logs.request_id.get(), logs.trace_id.get()))
+            self._queue.put_nowait(sampled)
         except queue.Full:
             self._count(event.model, "dropped")
 
@@ -139,9 +145,17 @@ class Capture(Recorder):
         self.sink.flush()
         self.sink.close()
 
-    def _write(self, event: RequestDone, at: float, request_id: str | None, trace_id: str) -> None:
+    def _write(
+        self,
+        event: RequestDone,
+        inputs: list[Any],
+        outputs: list[Any] | None,
+        at: float,
+        request_id: str | None,
+        trace_id: str,
+    ) -> None:
         try:
-            record, truncated = self.record(event, at, request_id, trace_id)
+            record, truncated = self.record(event, inputs, outputs, at, request_id, trace_id)
             line = json.dumps(record, separators=(",", ":"))
             self.sink.write(record, line)
         except Exception:
@@ -154,11 +168,18 @@ class Capture(Recorder):
             self._count(event.model, "truncated", truncated)
 
     def record(
-        self, event: RequestDone, at: float, request_id: str | None, trace_id: str
+        self,
+        event: RequestDone,
+        inputs: list[Any],
+        outputs: list[Any] | None,
+        at: float,
+        request_id: str | None,
+        trace_id: str,
     ) -> tuple[dict[str, Any], int]:
-        """The record of one request, and how many of its values were over the size limit."""
-        inputs = [self._trimmed(call) for call in event.inputs or ()]
-        outputs = None if event.outputs is None else [self._trimmed(answer) for answer in event.outputs]
+        """The record of one request (its calls and answers as sampled), and how many of its values
+        were over the size limit."""
+        inputs = [self._trimmed(call) for call in inputs]
+        outputs = None if outputs is None else [self._trimmed(answer) for answer in outputs]
         redact = self.redactor(event.model)
         if redact is not None:
             pairs = [redact(call, None if outputs is None else outputs[i]) for i, call in enumerate(inputs)]

@@ -10,13 +10,15 @@ is tagged, so that a reader gets back exactly what the model saw:
 
 An array or bytes over `max_bytes` is not stored: its place says so, `{"__ndarray__": {"dtype",
 "shape", "nbytes", "truncated": true}}` or `{"__bytes__": null, "nbytes": N, "truncated": true}`,
-and the encoder counts it (`Encoder.truncated`).
+and the encoder counts it (`Encoder.truncated`). The capture replaces such values by their
+`Oversized` description as soon as a request is sampled (`lightened`), so its queue never holds them.
 """
 
 from __future__ import annotations
 
 import base64
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -25,6 +27,40 @@ ARRAY = "__ndarray__"
 BYTES = "__bytes__"
 REPR = "__repr__"
 _TAGS = (ARRAY, BYTES, REPR)
+
+
+@dataclass(frozen=True, slots=True)
+class Oversized:
+    """What is kept of an array or bytes over the size limit when a request is sampled: its
+    description, not its data (so that a full queue holds no large tensors)."""
+
+    dtype: str  # numpy's dtype string, or "bytes"
+    shape: tuple[int, ...]
+    nbytes: int
+
+
+def lightened(value: Any, max_bytes: int | None) -> Any:
+    """`value` with each array or bytes over `max_bytes` (itself, or an object's field) replaced by
+    its `Oversized` description; the value itself when nothing is."""
+    if max_bytes is None:
+        return value
+    if isinstance(value, Mapping):
+        if not any(_oversized(item, max_bytes) for item in value.values()):
+            return value
+        return {key: _described(item) if _oversized(item, max_bytes) else item for key, item in value.items()}
+    return _described(value) if _oversized(value, max_bytes) else value
+
+
+def _oversized(value: Any, max_bytes: int) -> bool:
+    if isinstance(value, np.ndarray):
+        return value.dtype.kind != "O" and value.nbytes > max_bytes
+    return isinstance(value, bytes | bytearray) and len(value) > max_bytes
+
+
+def _described(value: Any) -> Oversized:
+    if isinstance(value, np.ndarray):
+        return Oversized(value.dtype.str, tuple(value.shape), int(value.nbytes))
+    return Oversized("bytes", (), len(value))
 
 
 class Encoder:
@@ -43,6 +79,17 @@ class Encoder:
             return [self.encode(item) for item in value]
         if isinstance(value, np.ndarray):
             return self._array(value)
+        if isinstance(value, Oversized):
+            self.truncated += 1
+            if value.dtype == "bytes":
+                return {BYTES: None, "nbytes": value.nbytes, "truncated": True}
+            facts = {
+                "dtype": value.dtype,
+                "shape": list(value.shape),
+                "nbytes": value.nbytes,
+                "truncated": True,
+            }
+            return {ARRAY: facts}
         if isinstance(value, np.generic):
             return self._bytes(value.tobytes()) if isinstance(value, np.bytes_ | np.void) else value.item()
         if isinstance(value, bytes | bytearray | memoryview):
