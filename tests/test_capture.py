@@ -104,6 +104,17 @@ def test_v2_rows_are_one_call_each_and_tensor_models_keep_their_arrays(start_ser
     assert [answer["total"] for answer in decode(rows["outputs"])] == [1.0, 2.0]
 
 
+def test_a_pipeline_is_captured_as_asked_not_its_steps(start_server: StartServer) -> None:
+    steps = [f"{ROOT / 'tests' / 'servable_pipeline.py'}:{name}" for name in ("Third", "Describe", "Shout")]
+    server = start_server(*steps, args=("--pipeline", "loud=third,describe,shout", "--capture", "*=1"))
+    with Client(server.http_url, model="loud") as client:
+        assert client.predict(text="Hey") == "HEY: FRACTION 1!"
+    (record,) = captured(server, "loud")
+    assert record["inputs"] == [{"text": "Hey"}]
+    assert record["outputs"] == ["HEY: FRACTION 1!"]
+    assert capture_files.models(server.data_path / "_capture") == ["loud"]  # its steps are not requests
+
+
 def test_a_sampled_share_under_load(start_server: StartServer) -> None:
     server = start_server(model("Scorer"), args=("--capture", "scorer=0.1"))
     total = 400

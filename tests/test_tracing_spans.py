@@ -75,7 +75,12 @@ def test_pipeline_steps_router_hops_encoding_and_stream_requests(
 
     def complete(spans: list[Span]) -> bool:
         names = [s.name for s in spans]
-        return names.count("step shout") == 1 and names.count("queue") >= 4 and "route pick" in names
+        stream = (
+            names.count("grpc ModelStreamInfer") == 1 and names.count("grpc ModelStreamInfer request") == 2
+        )
+        return (
+            stream and names.count("step shout") == 1 and names.count("queue") >= 4 and "route pick" in names
+        )
 
     spans = collector.wait_for(complete)
     served = [s for s in spans if s.name == ROUTE]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from typing import Any
 
 from modelpod.errors import ModelpodError, NotFound
@@ -70,8 +70,14 @@ class Composition:
         options: Options,
     ) -> Any:
         """One request through a pipeline, recorded as a request to the pipeline."""
-        work = self._run(hosted, version, request, query_params, options)
-        return await self.execution.observed(hosted, version, options, work)
+        work = self._as_list(self._run(hosted, version, request, query_params, options))
+        inputs = [request] if self.execution.recorder.wants_payloads else None  # for a capture
+        return (await self.execution.observed(hosted, version, options, work, inputs))[0]
+
+    @staticmethod
+    async def _as_list(answer: Awaitable[Any]) -> list[Any]:
+        """One call's answer as the answers of its calls, as a recorder is told them."""
+        return [await answer]
 
     async def infer(
         self,
