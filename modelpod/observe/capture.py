@@ -141,9 +141,18 @@ class Capture(Recorder):
                 break
             self._write(*item)
             if self._queue.empty():
-                self.sink.flush()  # a quiet moment: what is captured is readable now
-        self.sink.flush()
-        self.sink.close()
+                self._flush()  # a quiet moment: what is captured is readable now
+        self._flush()
+        try:
+            self.sink.close()
+        except Exception:
+            logger.exception("could not close the capture's destination")
+
+    def _flush(self) -> None:
+        try:
+            self.sink.flush()
+        except Exception:  # a database gone away: the writer goes on, the next flush may work
+            logger.exception("could not write captured requests")
 
     def _write(
         self,

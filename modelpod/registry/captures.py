@@ -33,9 +33,9 @@ class CaptureTable:
     def flush(self) -> None:
         if not self._pending:
             return
+        rows, self._pending = self._pending, []  # failed, they are lost (and logged): memory stays bounded
         with self._engine.begin() as connection:
-            connection.execute(insert(captures), self._pending)
-        self._pending = []
+            connection.execute(insert(captures), rows)
 
     def close(self) -> None:
         self.flush()
