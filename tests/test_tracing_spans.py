@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from opentelemetry.sdk.trace import TracerProvider
@@ -135,3 +136,19 @@ def test_a_remote_model_carries_the_trace_to_its_server(
     assert request.parent_span_id == context.span_id.to_bytes(8, "big")
     assert attributes(request)["modelpod.model"] == "echo"
     store.close()
+
+
+def test_a_worker_process_time_is_a_span_within_its_batch(
+    start_server: StartServer, collector: Collector
+) -> None:
+    scale = f"{ROOT / 'tests' / 'servable_workers.py'}:Scale"
+    server = start_server(scale, args=("--otel", "--workers", "1"), env=otel_env(collector))
+    x, k = np.ones((2, 3)), np.ones((2, 3), np.int32)
+    with Client(server.http_url, model="scale") as client:
+        assert np.array_equal(client.infer({"x": x, "k": k})["y"], x * 2)
+    spans = collector.wait_for(lambda s: any(x.name == "worker" for x in s))
+    (batch,) = [s for s in spans if s.name == "batch"]
+    (worker,) = children(spans, batch)
+    assert worker.name == "worker"
+    assert batch.start_time_unix_nano <= worker.start_time_unix_nano <= worker.end_time_unix_nano
+    assert worker.end_time_unix_nano == batch.end_time_unix_nano  # the call's end, seen from both sides

@@ -73,6 +73,7 @@ class BatchDone:
     compute: float  # seconds the call took
     waits: Sequence[float]  # seconds each request of it waited
     traces: Sequence[object | None] = ()  # each request's span, beside its wait (when tracing is on)
+    worker: float | None = None  # seconds the worker process took, for a model in worker processes
 
 
 @dataclass(frozen=True, slots=True)

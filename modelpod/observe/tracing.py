@@ -198,6 +198,11 @@ class Tracing(Recorder):
                 "modelpod.batch_requests": len(event.waits),
             },
         )
+        if event.worker is not None:  # the worker process's own time, at the end of the batch's
+            worker = self.tracer.start_span(
+                "worker", context=trace.set_span_in_context(batch), start_time=end - int(event.worker * 1e9)
+            )
+            worker.end(end_time=end)
         batch.end(end_time=end)
 
     def shutdown(self) -> None:

@@ -22,6 +22,7 @@ from modelpod.serving.admission import Admission
 from modelpod.serving.options import Options
 from modelpod.serving.pool import ModelPool
 from modelpod.serving.repository import HostedModel, Repository
+from modelpod.workers.handle import take_worker_seconds
 from modelpod.workers.process_runner import ProcessRunner
 
 T = TypeVar("T")
@@ -156,7 +157,8 @@ class Execution:
     def observe_batch(
         self, model: str, version: str, rows: int, compute: float, waits: list[float], traces: list[Any]
     ) -> None:
-        self.recorder.on_batch(BatchDone(model, version, rows, compute, waits, traces))
+        worker = take_worker_seconds()  # None unless this thread's batch ran in a worker process
+        self.recorder.on_batch(BatchDone(model, version, rows, compute, waits, traces, worker))
 
     async def observed(
         self,
