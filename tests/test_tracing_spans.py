@@ -20,7 +20,7 @@ from modelpod.client import Client
 from modelpod.protocol._generated import grpc_service_pb2 as pb
 from modelpod.protocol._generated import grpc_service_pb2_grpc as pb_grpc
 
-from conftest import ROOT, StartServer, servable
+from conftest import ROOT, StartServer, example, servable
 
 STEPS = ROOT / "tests" / "servable_pipeline.py"
 ROUTE = "POST /models/{name}/{method}"
@@ -152,3 +152,28 @@ def test_a_worker_process_time_is_a_span_within_its_batch(
     assert worker.name == "worker"
     assert batch.start_time_unix_nano <= worker.start_time_unix_nano <= worker.end_time_unix_nano
     assert worker.end_time_unix_nano == batch.end_time_unix_nano  # the call's end, seen from both sides
+
+
+def test_client_server_pipeline_and_worker_processes_are_one_trace(
+    start_server: StartServer, collector: Collector
+) -> None:
+    steps = [example(f"pipeline.py:{name}") for name in ("Scale", "Linear", "Tree", "Label", "IrisPipeline")]
+    server = start_server(*steps, args=("--otel", "--workers", "1"), env=otel_env(collector))
+    caller = TracerProvider().get_tracer("the caller")
+    with (
+        caller.start_as_current_span("caller") as span,
+        Client(server.http_url, model="iris-pipeline") as client,
+    ):
+        assert client.predict(x=[[5.1, 3.5, 1.4, 0.2]])["label"] == ["setosa"]
+    trace_id = span.get_span_context().trace_id.to_bytes(16, "big")
+
+    def complete(spans: list[Span]) -> bool:
+        return len([s for s in spans if s.name == "worker" and s.trace_id == trace_id]) == 3
+
+    spans = [s for s in collector.wait_for(complete) if s.trace_id == trace_id]
+    (request,) = [s for s in spans if s.kind == Span.SPAN_KIND_SERVER]
+    assert request.parent_span_id == span.get_span_context().span_id.to_bytes(8, "big")
+    steps_run = [s.name for s in children(spans, request) if s.name.startswith("step ")]
+    assert steps_run == ["step iris-scale", "step iris-linear", "step iris-label"]
+    for batch in [s for s in spans if s.name == "batch"]:  # each step's batch, in a worker process
+        assert [s.name for s in children(spans, batch)] == ["worker"]
