@@ -258,6 +258,12 @@ def test_a_mistaken_capture_flag_stops_the_server_with_a_message() -> None:
     assert "expected MODEL=RATE[+errors] with RATE from 0 to 1" in made.stderr
 
 
+def test_ray_replicas_refuse_a_capture_they_would_not_keep() -> None:
+    made = _cli("serve", model("Scorer"), "--backend", "ray", "--capture", "scorer=1")
+    assert made.returncode == 2
+    assert "--capture is not available with --backend ray yet" in made.stderr
+
+
 def test_policies_and_the_codec() -> None:
     assert parse_capture("iris=0.1+errors; *=0.01") == {
         "iris": Sampling(0.1, True),

@@ -154,6 +154,8 @@ def run_serve(arguments: argparse.Namespace) -> int:
         return 2
     try:
         if arguments.backend == "ray":
+            if settings.capture:  # its replicas record no payloads yet: say so rather than drop them
+                raise ValueError("--capture is not available with --backend ray yet")
             return cli_ray.run(arguments, targets, settings)
         serve(*targets, settings=settings, store_models=arguments.store_models)
     except (OSError, ModelpodError, ValueError) as error:
