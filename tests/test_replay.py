@@ -7,6 +7,7 @@ import json
 import pickle
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import httpx
 import numpy as np
 
 from modelpod.client import Client
+from modelpod.observe import capture_files
 
 from conftest import ROOT, StartServer, example
 
@@ -143,6 +145,24 @@ def test_arrays_replay_exactly_and_truncated_requests_are_skipped(start_server: 
     tallies = {name: (t["agreed"], t["compared"]) for name, t in report["outputs"].items()}
     assert tallies == {"y": (2, 2), "total": (2, 2), "note": (2, 2), "secret_length": (1, 2)}
     assert report["disagreements"][0]["outputs"] == ["secret_length"]  # what redaction changed
+    # Over gRPC. The server captured the first replay's two requests too (their secret already
+    # "***", so their secret_length agrees): four to replay, one disagreeing.
+    folder = server.data_path / "_capture"
+    deadline = time.monotonic() + 10  # written as soon as the writer sees them: a bounded wait
+    while len(list(capture_files.records(folder, "scorer"))) < 5 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    over_grpc = replay(server.grpc_address, "--model", "scorer", "--against", "1", "--json",
+                       "--data-path", str(server.data_path))  # fmt: skip
+    assert over_grpc.returncode == 0, over_grpc.stderr
+    again = json.loads(over_grpc.stdout)
+    assert again["requests"] == 4
+    assert again["address"] == server.grpc_address
+    assert {name: (t["agreed"], t["compared"]) for name, t in again["outputs"].items()} == {
+        "y": (4, 4),
+        "total": (4, 4),
+        "note": (4, 4),
+        "secret_length": (3, 4),
+    }
 
 
 def test_replay_says_what_is_wrong() -> None:
