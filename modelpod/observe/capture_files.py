@@ -1,8 +1,8 @@
 """Captured requests on disk: JSON lines, one folder per model, files rotated by size.
 
-`<capture path>/<model>/capture-<UTC start>-<n>.jsonl`; a file past `max_bytes` is closed and a new
-one begun, and only the newest `max_files` of a model are kept. Written by one thread (the capture's
-writer), read by `modelpod capture` and `modelpod replay`.
+`<capture path>/<model>/capture-<UTC start, to the microsecond>-<n>.jsonl`; a file past `max_bytes`
+is closed and a new one begun, and only the newest `max_files` of a model are kept. Written by one
+thread (the capture's writer), read by `modelpod capture` and `modelpod replay`.
 """
 
 from __future__ import annotations
@@ -40,7 +40,9 @@ class CaptureFiles:
         folder = self.directory / model
         folder.mkdir(parents=True, exist_ok=True)
         self._made += 1
-        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        # Named by when it began, to the microsecond: names sort as files were begun, across restarts.
+        now = time.time()
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f"{int(now % 1 * 1e6):06d}"
         file = (folder / f"capture-{stamp}-{self._made:06d}.jsonl").open("a", encoding="utf-8")
         self._prune(folder)
         self._open[model] = (file, 0)
