@@ -5,12 +5,15 @@ queue that drops (and counts) rather than makes a request wait."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import re
 import subprocess
 import sys
+import threading
 import uuid
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +23,9 @@ import pytest
 
 from modelpod.client import AsyncClient, Client
 from modelpod.observe import capture_files
-from modelpod.observe.capture import Sampling, parse_capture
+from modelpod.observe.capture import Capture, Sampling, parse_capture
 from modelpod.observe.capture_codec import Encoder, Incomplete, Oversized, decode, lightened
+from modelpod.observe.events import RequestDone
 
 from conftest import ROOT, ServerProcess, StartServer
 
@@ -256,6 +260,39 @@ def test_a_mistaken_capture_flag_stops_the_server_with_a_message() -> None:
     made = _cli("serve", model("Scorer"), "--capture", "scorer=2")
     assert made.returncode == 2
     assert "expected MODEL=RATE[+errors] with RATE from 0 to 1" in made.stderr
+
+
+def test_a_waiting_capture_holds_no_large_tensor() -> None:
+    class Stuck:
+        """A destination that takes no record until released: the queue fills behind it."""
+
+        def __init__(self) -> None:
+            self.release = threading.Event()
+            self.lines: list[str] = []
+
+        def write(self, record: Any, line: str) -> None:
+            self.release.wait(10)
+            self.lines.append(line)
+
+        def flush(self) -> None:
+            return None
+
+        def close(self) -> None:
+            return None
+
+    sink = Stuck()
+    capture = Capture({"m": Sampling(1.0)}, sink, queue_size=4, max_value_bytes=100)
+    big = np.zeros(10_000)
+    held = weakref.ref(big)
+    for _ in range(3):
+        capture.on_request(RequestDone("m", "1", "http", "ok", 0.01, inputs=[{"x": big}], outputs=[{"y": 1}]))
+    del big
+    gc.collect()
+    assert held() is None  # only its description waits
+    sink.release.set()
+    capture.close()
+    assert len(sink.lines) == 3
+    assert '"nbytes":80000,"truncated":true' in sink.lines[0]
 
 
 def test_ray_replicas_refuse_a_capture_they_would_not_keep() -> None:

@@ -16,6 +16,7 @@ model is many calls) and `outputs` (the answer of each call; null for a failed r
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import queue
@@ -112,12 +113,14 @@ class Capture(Recorder):
             return
         if not ((policy.errors and event.outcome != "ok") or random.random() < policy.rate):
             return
-        # What waits in the queue holds no value over the size limit: only its description.
+        # What waits in the queue holds no value over the size limit (only its description), nor
+        # the request's span.
         inputs = [lightened(call, self.max_value_bytes) for call in event.inputs]
         outputs = (
             None if event.outputs is None else [lightened(a, self.max_value_bytes) for a in event.outputs]
         )
-        sampled = (event, inputs, outputs, time.time(), logs.request_id.get(), logs.trace_id.get())
+        light = dataclasses.replace(event, inputs=inputs, outputs=outputs, trace=None)
+        sampled = (light, time.time(), logs.request_id.get(), logs.trace_id.get())
         try:
             self._queue.put_nowait(sampled)
         except queue.Full:
@@ -154,17 +157,9 @@ class Capture(Recorder):
         except Exception:  # a database gone away: the writer goes on, the next flush may work
             logger.exception("could not write captured requests")
 
-    def _write(
-        self,
-        event: RequestDone,
-        inputs: list[Any],
-        outputs: list[Any] | None,
-        at: float,
-        request_id: str | None,
-        trace_id: str,
-    ) -> None:
+    def _write(self, event: RequestDone, at: float, request_id: str | None, trace_id: str) -> None:
         try:
-            record, truncated = self.record(event, inputs, outputs, at, request_id, trace_id)
+            record, truncated = self.record(event, at, request_id, trace_id)
             line = json.dumps(record, separators=(",", ":"))
             self.sink.write(record, line)
         except Exception:
@@ -177,18 +172,12 @@ class Capture(Recorder):
             self._count(event.model, "truncated", truncated)
 
     def record(
-        self,
-        event: RequestDone,
-        inputs: list[Any],
-        outputs: list[Any] | None,
-        at: float,
-        request_id: str | None,
-        trace_id: str,
+        self, event: RequestDone, at: float, request_id: str | None, trace_id: str
     ) -> tuple[dict[str, Any], int]:
         """The record of one request (its calls and answers as sampled), and how many of its values
         were over the size limit."""
-        inputs = [self._trimmed(call) for call in inputs]
-        outputs = None if outputs is None else [self._trimmed(answer) for answer in outputs]
+        inputs = [self._trimmed(call) for call in event.inputs or ()]
+        outputs = None if event.outputs is None else [self._trimmed(answer) for answer in event.outputs]
         redact = self.redactor(event.model)
         if redact is not None:
             pairs = [redact(call, None if outputs is None else outputs[i]) for i, call in enumerate(inputs)]
