@@ -37,6 +37,12 @@ MODULE_EXTRAS: dict[str, tuple[str, ...]] = {
     "modelpod.observe.logs": ("server",),
     "modelpod.observe.prometheus": ("server",),
     "modelpod.observe.tracing": ("otel",),  # imported by `modelpod serve --otel` alone
+    "modelpod.observe.capture": ("server",),  # the recorder (its request and trace ids from logs)
+    "modelpod.observe.capture_metrics": ("server",),
+    "modelpod.observe.capture_codec": ("core",),  # read by modelpod capture / replay too
+    "modelpod.observe.capture_files": ("core",),
+    "modelpod.cli.replay_report": ("client",),  # imported by `modelpod replay` in needs_extra("client")
+    "modelpod.registry.captures": ("store",),  # --capture-store: imported in needs_extra("store")
     "modelpod.workers.shm": ("server",),
     "modelpod.serving": ("server",),  # the server's transport-free core: only a server runs it
     # The runtimes of model files: each imported by `modelpod serve FILE` only for its own format.

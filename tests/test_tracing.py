@@ -8,9 +8,8 @@ import asyncio
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent import futures
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from opentelemetry import trace
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from opentelemetry.sdk.trace import TracerProvider
+from otlp_collector import Collector, attributes
 
 from modelpod.client import AsyncClient, Client
 from modelpod.errors import ModelError
@@ -42,54 +42,6 @@ atexit.register(_report)
 """
 
 
-class Collector:
-    """An OTLP/HTTP receiver on a loopback port that keeps every span it is sent."""
-
-    def __init__(self) -> None:
-        self.spans: list[Span] = []
-        self.service_names: set[str] = set()
-        self.lock = threading.Lock()
-        collector = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # the name http.server calls
-                body = self.rfile.read(int(self.headers.get("content-length", "0")))
-                if self.path == "/v1/traces":
-                    collector.receive(trace_service_pb2.ExportTraceServiceRequest.FromString(body))
-                answer = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
-                self.send_response(200 if self.path == "/v1/traces" else 404)
-                self.send_header("content-type", "application/x-protobuf")
-                self.send_header("content-length", str(len(answer)))
-                self.end_headers()
-                self.wfile.write(answer)
-
-            def log_message(self, *args: Any) -> None:
-                return None
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def receive(self, request: trace_service_pb2.ExportTraceServiceRequest) -> None:
-        with self.lock:
-            for resource_spans in request.resource_spans:
-                for attribute in resource_spans.resource.attributes:
-                    if attribute.key == "service.name":
-                        self.service_names.add(attribute.value.string_value)
-                for scope_spans in resource_spans.scope_spans:
-                    self.spans.extend(scope_spans.spans)
-
-    def wait_for(self, found: Callable[[list[Span]], bool], timeout: float = 15.0) -> list[Span]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self.lock:
-                spans = list(self.spans)
-            if found(spans):
-                return spans
-            time.sleep(0.05)
-        pytest.fail(f"the collector did not get the spans expected within {timeout} s: {spans}")
-
-
 @pytest.fixture
 def collector() -> Iterator[Collector]:
     receiver = Collector()
@@ -106,14 +58,6 @@ def _reporting_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     (site / "sitecustomize.py").write_text(_REPORT)
     path = os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH", "")) if p)
     return {"PYTHONPATH": path, **extra}
-
-
-def attributes(span: Span) -> dict[str, Any]:
-    values: dict[str, Any] = {}
-    for attribute in span.attributes:
-        value = attribute.value
-        values[attribute.key] = getattr(value, value.WhichOneof("value") or "string_value")
-    return values
 
 
 def _traced_server(start_server: StartServer, tmp_path: Path, collector: Collector) -> ServerProcess:
@@ -173,6 +117,7 @@ def test_a_batch_links_the_requests_it_served(
         assert request.parent_span_id == context.span_id.to_bytes(8, "big")  # a child of its caller
         assert attributes(request) == {
             "http.request.method": "POST",
+            "http.route": "/models/{name}/{method}",
             "url.path": "/models/tagged/predict",
             "modelpod.model": "tagged",
             "modelpod.version": "1",
@@ -227,25 +172,31 @@ def test_clients_send_the_current_trace_and_errors_carry_their_id(
     response = httpx.get(f"{server.http_url}/v2/models/batched", headers=garbled)
     assert response.status_code == 200, response.text
 
-    spans = collector.wait_for(lambda s: {"model_metadata", "infer"} <= {x.name for x in s})
-    (fresh,) = [s for s in spans if s.name == "model_metadata"]
+    spans = collector.wait_for(
+        lambda s: {"GET /v2/models/{name}", "POST /v2/models/{name}/infer"} <= {x.name for x in s}
+    )
+    (fresh,) = [s for s in spans if s.name == "GET /v2/models/{name}"]
     assert fresh.trace_id != context.trace_id.to_bytes(16, "big")
     assert not fresh.parent_span_id
     served = {s.name: s for s in spans if s.kind == Span.SPAN_KIND_SERVER and s is not fresh}
-    assert sorted(served) == ["call_method", "grpc ModelInfer", "infer"]
+    assert sorted(served) == [
+        "POST /models/{name}/{method}",
+        "POST /v2/models/{name}/infer",
+        "grpc ModelInfer",
+    ]
     for span in served.values():
         assert span.trace_id == context.trace_id.to_bytes(16, "big")
         assert span.parent_span_id == context.span_id.to_bytes(8, "big")
     grpc_span = attributes(served["grpc ModelInfer"])
     assert (grpc_span["modelpod.protocol"], grpc_span["modelpod.status"]) == ("grpc_v2", "OK")
-    failed = served["call_method"]
+    failed = served["POST /models/{name}/{method}"]
     assert attributes(failed)["modelpod.error_id"] == error_id
     assert attributes(failed)["modelpod.status"] == "500"
     assert failed.status.code == failed.status.STATUS_CODE_ERROR
     # A model that does not batch runs each call on a model thread: a queue and a batch span still.
-    spans = collector.wait_for(lambda s: len([x for x in s if x.parent_span_id == failed.span_id]) >= 2)
+    spans = collector.wait_for(lambda s: len([x for x in s if x.parent_span_id == failed.span_id]) >= 3)
     below = sorted(s.name for s in spans if s.parent_span_id == failed.span_id)
-    assert below == ["batch", "queue"]
+    assert below == ["batch", "encode", "queue"]  # and its error answer made
 
     # The log line about the failure names its trace beside its request.
     line = server.wait_for_line(f"error id {error_id}")
@@ -296,9 +247,13 @@ def test_spans_over_otlp_grpc_and_a_stream_in_one_span(
             assert list(client.predict_stream(n=3)) == [{"i": 0}, {"i": 1}, {"i": 2}]
         with Client(server.http_url, model="counter") as client:  # a streamed HTTP body
             assert list(client.predict_stream(n=2)) == [{"i": 0}, {"i": 1}]
-        names = {"batch", "grpc CallStream", "call_method"}
+        names = {"batch", "grpc CallStream", "POST /models/{name}/{method}"}
         spans = collector.wait_for(lambda s: names <= {x.name for x in s})
-        streams = {s.name: attributes(s) for s in spans if s.name in ("grpc CallStream", "call_method")}
+        streams = {
+            s.name: attributes(s)
+            for s in spans
+            if s.name in ("grpc CallStream", "POST /models/{name}/{method}")
+        }
         assert streams == {  # each span outlived its stream, so it has what the stream ended with
             "grpc CallStream": {
                 "rpc.system": "grpc",
@@ -310,8 +265,9 @@ def test_spans_over_otlp_grpc_and_a_stream_in_one_span(
                 "modelpod.stream_items": 3,
                 "modelpod.status": "OK",
             },
-            "call_method": {
+            "POST /models/{name}/{method}": {
                 "http.request.method": "POST",
+                "http.route": "/models/{name}/{method}",
                 "url.path": "/models/counter/predict",
                 "modelpod.model": "counter",
                 "modelpod.version": "1",

@@ -8,7 +8,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from modelpod._version import __version__
+from modelpod.cli import capture as cli_capture
 from modelpod.cli import ray_backend as cli_ray
+from modelpod.cli import replay as cli_replay
 from modelpod.cli import train as cli_train
 from modelpod.extras import MissingExtra, needs_extra
 
@@ -54,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     cli_ray.add_options(serve)
     _add_models_command(commands)
     cli_train.add_command(commands)
+    cli_capture.add_command(commands)
+    cli_replay.add_command(commands)
     commands.add_parser("doctor", help="what is installed, for a bug report: Python, extras, devices")
     return parser
 
@@ -150,6 +154,8 @@ def run_serve(arguments: argparse.Namespace) -> int:
         return 2
     try:
         if arguments.backend == "ray":
+            if settings.capture:  # its replicas record no payloads yet: say so rather than drop them
+                raise ValueError("--capture is not available with --backend ray yet")
             return cli_ray.run(arguments, targets, settings)
         serve(*targets, settings=settings, store_models=arguments.store_models)
     except (OSError, ModelpodError, ValueError) as error:
@@ -229,6 +235,10 @@ def _run(arguments: argparse.Namespace) -> int:
         return run_serve(arguments)
     if arguments.command == "train":
         return cli_train.run(arguments)
+    if arguments.command == "replay":
+        return cli_replay.run(arguments)
+    if arguments.command == "capture":
+        return cli_capture.run(arguments)
     if arguments.command == "doctor":
         from modelpod.cli.doctor import report
 

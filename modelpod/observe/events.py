@@ -13,7 +13,7 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 logger = logging.getLogger("modelpod.observe")
 
@@ -34,6 +34,11 @@ class SpanStarter(Protocol):
 
     def start(self, carrier: Mapping[str, str], name: str, attributes: Mapping[str, str]) -> RequestSpan: ...
 
+    def child(self, name: str, attributes: Mapping[str, str]) -> RequestSpan:
+        """A span within the context's `request_trace` (a request inside a stream), made the
+        context's `request_trace` until it finishes."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class RequestDone:
@@ -47,6 +52,10 @@ class RequestDone:
     message: str = ""  # what the client was told of its error, never more
     items: int | None = None  # how many items a stream sent; None for a request with one answer
     trace: object | None = None  # the request's span (`request_trace`), when tracing is on
+    # The model's calls and their answers (None for an error), given only while some recorder
+    # `wants_payloads` (payload capture): references, never copies, so they cost nothing.
+    inputs: Sequence[Any] | None = None
+    outputs: Sequence[Any] | None = None
 
     @property
     def served(self) -> bool:
@@ -64,6 +73,18 @@ class BatchDone:
     compute: float  # seconds the call took
     waits: Sequence[float]  # seconds each request of it waited
     traces: Sequence[object | None] = ()  # each request's span, beside its wait (when tracing is on)
+    worker: float | None = None  # seconds the worker process took, for a model in worker processes
+
+
+@dataclass(frozen=True, slots=True)
+class RouteChosen:
+    """A router sent a request on to one of its models."""
+
+    router: str
+    version: str
+    target: str
+    seconds: float  # the router's choosing
+    trace: object | None = None  # the request's span (`request_trace`), when tracing is on
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +149,8 @@ class QuotaRefused:
 class Recorder:
     """Told of what the serving core does; every hook does nothing until a subclass overrides it."""
 
+    wants_payloads = False  # True: `RequestDone` carries the request's inputs and outputs
+
     def on_request(self, event: RequestDone) -> None:
         return None
 
@@ -138,6 +161,9 @@ class Recorder:
         return None
 
     def on_training(self, event: TrainingChanged) -> None:
+        return None
+
+    def on_route(self, event: RouteChosen) -> None:
         return None
 
     def on_shadow(self, event: ShadowDone) -> None:
@@ -156,6 +182,7 @@ class Recorders(Recorder):
 
     def __init__(self, recorders: Iterable[Recorder]) -> None:
         self.all = tuple(recorders)
+        self.wants_payloads = any(recorder.wants_payloads for recorder in self.all)
 
     def on_request(self, event: RequestDone) -> None:
         for recorder in self.all:
@@ -184,6 +211,13 @@ class Recorders(Recorder):
                 recorder.on_training(event)
             except Exception:
                 logger.exception("%s failed to record a training job", type(recorder).__name__)
+
+    def on_route(self, event: RouteChosen) -> None:
+        for recorder in self.all:
+            try:
+                recorder.on_route(event)
+            except Exception:
+                logger.exception("%s failed to record a route", type(recorder).__name__)
 
     def on_shadow(self, event: ShadowDone) -> None:
         for recorder in self.all:

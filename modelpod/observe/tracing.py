@@ -13,18 +13,20 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Mapping, Sequence
+from contextvars import Token
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
-from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
+from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from modelpod._version import __version__
 from modelpod.observe import logs
-from modelpod.observe.events import BatchDone, Recorder, RequestDone, request_trace
+from modelpod.observe import timing as timings
+from modelpod.observe.events import BatchDone, Recorder, RequestDone, RouteChosen, request_trace
 
 _PROPAGATOR = TraceContextTextMapPropagator()  # W3C traceparent and tracestate
 
@@ -55,19 +57,37 @@ def provider(exporter: SpanExporter | None = None) -> TracerProvider:
 
 
 class ServerSpan:
-    """One request's span at an edge; the service's recorder adds the model's attributes to it."""
+    """One request's span at an edge; the service's recorder adds the model's attributes to it.
+    Finished, it gets an `encode` child: from the service's answer to the response made."""
 
-    __slots__ = ("span",)
+    __slots__ = ("restore", "span", "tracer")
 
-    def __init__(self, span: Span) -> None:
+    def __init__(self, span: Span, tracer: Tracer, restore: Token[object | None] | None = None) -> None:
         self.span = span
+        self.tracer = tracer
+        self.restore = restore  # a request inside a stream: the stream's span, current again after
 
     def finish(self, status: str, error_id: str = "") -> None:
         self.span.set_attribute("modelpod.status", status)
         if error_id:
             self.span.set_attribute("modelpod.error_id", error_id)
             self.span.set_status(Status(StatusCode.ERROR, f"error id {error_id}"))
+        timing = timings.current.get()
+        if timing is not None and timing.answered is not None and not _streamed(self.span):
+            ended = time.time_ns()
+            began = ended - int((time.monotonic() - timing.answered) * 1e9)
+            self.tracer.start_span(
+                "encode", context=trace.set_span_in_context(self.span), start_time=began
+            ).end(end_time=ended)
         self.span.end()
+        if self.restore is not None:
+            request_trace.reset(self.restore)
+
+
+def _streamed(span: Span) -> bool:
+    """A stream's answer is sent as it comes: no encoding after it to show."""
+    attributes = getattr(span, "attributes", None) or {}
+    return "modelpod.stream_items" in attributes
 
 
 class Tracing(Recorder):
@@ -86,11 +106,21 @@ class Tracing(Recorder):
         # Current for OpenTelemetry too, so that calls a model makes (RemoteModel, Client) join it.
         # The request's task owns this context and ends with it: nothing to detach.
         otel_context.attach(trace.set_span_in_context(span, parent))
-        return ServerSpan(span)
+        return ServerSpan(span, self.tracer)
+
+    def child(self, name: str, attributes: Mapping[str, str]) -> ServerSpan:
+        """A request's span inside the context's current one (a request on a stream)."""
+        parent = request_trace.get()
+        context = trace.set_span_in_context(parent) if isinstance(parent, Span) else None
+        span = self.tracer.start_span(name, context=context, kind=SpanKind.SERVER, attributes=attributes)
+        return ServerSpan(span, self.tracer, request_trace.set(span))
 
     def on_request(self, event: RequestDone) -> None:
         span = event.trace
         if not isinstance(span, Span):
+            return
+        if event.protocol == "pipeline":  # a step of a served pipeline: a span of its own
+            self._step_span(span, event)
             return
         span.set_attributes(
             {
@@ -102,6 +132,39 @@ class Tracing(Recorder):
         )
         if event.items is not None:
             span.set_attribute("modelpod.stream_items", event.items)
+
+    def _step_span(self, request: Span, event: RequestDone) -> None:
+        ended = time.time_ns()
+        step = self.tracer.start_span(
+            f"step {event.model}",
+            context=trace.set_span_in_context(request),
+            start_time=ended - int(event.seconds * 1e9),
+            attributes={
+                "modelpod.model": event.model,
+                "modelpod.version": event.version,
+                "modelpod.outcome": event.outcome,
+            },
+        )
+        if not event.served:
+            step.set_status(Status(StatusCode.ERROR, event.message or event.outcome))
+        step.end(end_time=ended)
+
+    def on_route(self, event: RouteChosen) -> None:
+        """A router's hop: its choosing, a child of the request's span."""
+        if not isinstance(event.trace, Span):
+            return
+        ended = time.time_ns()
+        hop = self.tracer.start_span(
+            f"route {event.router}",
+            context=trace.set_span_in_context(event.trace),
+            start_time=ended - int(event.seconds * 1e9),
+            attributes={
+                "modelpod.router": event.router,
+                "modelpod.version": event.version,
+                "modelpod.route_target": event.target,
+            },
+        )
+        hop.end(end_time=ended)
 
     def on_batch(self, event: BatchDone) -> None:
         served = [
@@ -135,6 +198,11 @@ class Tracing(Recorder):
                 "modelpod.batch_requests": len(event.waits),
             },
         )
+        if event.worker is not None:  # the worker process's own time, at the end of the batch's
+            worker = self.tracer.start_span(
+                "worker", context=trace.set_span_in_context(batch), start_time=end - int(event.worker * 1e9)
+            )
+            worker.end(end_time=end)
         batch.end(end_time=end)
 
     def shutdown(self) -> None:

@@ -1,4 +1,5 @@
-"""The registry's tables (SQLAlchemy Core): models by identifier and version, and live endpoints."""
+"""The registry's tables (SQLAlchemy Core): models by identifier and version, live endpoints, and
+captured requests (`modelpod serve --capture-store`)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ from sqlalchemy import (
     Column,
     Float,
     Index,
+    Integer,
     LargeBinary,
     MetaData,
     String,
     Table,
+    Text,
     UniqueConstraint,
 )
 
@@ -50,4 +53,15 @@ endpoints = Table(
     Column("address", String(512), nullable=False),
     Column("heartbeat_at", Float, nullable=False),
     Index("modelpod_endpoints_model", "identifier", "version"),
+)
+
+captures = Table(  # one captured request each: its JSON record as written to a capture file
+    "modelpod_captures",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("model", String(128), nullable=False),
+    Column("request_id", String(128), nullable=True),
+    Column("time", Float, nullable=False),
+    Column("record", Text, nullable=False),
+    Index("modelpod_captures_model_time", "model", "time"),
 )

@@ -20,6 +20,7 @@ from modelpod.extras import needs_extra
 from modelpod.observe import logs
 from modelpod.protocol.cost import CostLimits
 from modelpod.server.auth import exposure_warning, grpc_interceptors, load_keys
+from modelpod.server.capturing import count_in, start_capture
 from modelpod.server.grpc_server import start_grpc_server
 from modelpod.server.http import create_app
 from modelpod.server.http_connections import ConnectionLimits, guarded_protocol
@@ -65,10 +66,14 @@ class ModelServer:
         limits = CostLimits(settings.max_request_rows, settings.max_request_elements,
                             settings.max_request_decoded_bytes, settings.max_message_size)  # fmt: skip
         self.tracing = start_tracing() if settings.otel else None
+        self.capture = start_capture(settings, repository)
+        recorders = [r for r in (self.tracing, self.capture) if r is not None]
         self.service = InferenceService(
             repository, self.pool, settings.rpc_max_workers, slow_ms=settings.slow_ms, limits=limits,
-            recorders=[self.tracing] if self.tracing is not None else (), tracer=self.tracing,
+            recorders=recorders, tracer=self.tracing,
         )  # fmt: skip
+        if self.capture is not None:
+            count_in(self.service.metrics.registry, self.capture)
         if settings.traffic:
             self.service.configure_traffic(parse_flag(settings.traffic))
         self.service.traffic.shadowing.max_in_flight = settings.shadow_max_in_flight
@@ -185,6 +190,8 @@ class ModelServer:
         if self._http_task is not None:
             await self._http_task
         await asyncio.get_running_loop().run_in_executor(None, self.service.close)
+        if self.capture is not None:  # what is queued is written before the process exits
+            await asyncio.get_running_loop().run_in_executor(None, self.capture.close)
         if self.tracing is not None:  # the last spans leave before the process does
             await asyncio.get_running_loop().run_in_executor(None, self.tracing.shutdown)
         if not quiet:

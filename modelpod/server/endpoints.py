@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Match, Route
 
 from modelpod.errors import (
     ERROR_NAME_HEADER,
@@ -234,7 +235,7 @@ def handled(endpoint: Endpoint) -> Endpoint:
         timing = timings.begin()
         service = service_of(request)
         tracer = service.tracer if traced else None
-        span = None if tracer is None else _start_span(tracer, request, endpoint.__name__)
+        span = None if tracer is None else _start_span(tracer, request)
         response = await _answer(endpoint, request)
         # Appended to the raw list: `response.headers[...] =` builds a header view and scans it.
         headers = response.raw_headers
@@ -250,11 +251,20 @@ def handled(endpoint: Endpoint) -> Endpoint:
     return wrapper
 
 
-def _start_span(tracer: SpanStarter, request: Request, name: str) -> RequestSpan:
-    """The request's span, continuing the trace of its `traceparent` header (OpenTelemetry's names
-    for the method and path, so that tracing tools show them)."""
-    attributes = {"http.request.method": request.method, "url.path": request.url.path}
-    return tracer.start(request.headers, name, attributes)
+def _start_span(tracer: SpanStarter, request: Request) -> RequestSpan:
+    """The request's span, continuing the trace of its `traceparent` header, named by its method
+    and route (`POST /v2/models/{name}/infer`), with OpenTelemetry's names for both and the path."""
+    route = _route_of(request)
+    attributes = {"http.request.method": request.method, "http.route": route, "url.path": request.url.path}
+    return tracer.start(request.headers, f"{request.method} {route}", attributes)
+
+
+def _route_of(request: Request) -> str:
+    """The template of the route that matched (Starlette keeps only its endpoint in the scope)."""
+    for route in request.app.router.routes:
+        if isinstance(route, Route) and route.matches(request.scope)[0] is Match.FULL:
+            return route.path
+    return request.url.path
 
 
 def _finish_span(span: RequestSpan, response: Response) -> None:

@@ -30,7 +30,7 @@ from modelpod.protocol._generated import grpc_service_pb2 as pb
 from modelpod.protocol._generated import grpc_service_pb2_grpc as pb_grpc
 from modelpod.protocol._generated import native_pb2, native_pb2_grpc
 from modelpod.protocol.cost import DecodeBudget
-from modelpod.server.grpc_tracing import call_span, finish, traced_stream
+from modelpod.server.grpc_tracing import call_span, finish, in_own_span, traced_stream
 from modelpod.serving.options import Options, request_options
 from modelpod.serving.service import InferenceService
 from modelpod.serving.tensor_requests import large_tensors
@@ -135,7 +135,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         streams (Triton's decoupled mode), one otherwise; each carries `triton_final_response`,
         false while more are to come. An error answers that request alone, and ends its responses."""
         async for request in requests:
-            answers = self._stream_answers(request, context)
+            answers = in_own_span(
+                self.service, request.model_name, self._stream_answers(request, context), _failed
+            )
             async with contextlib.aclosing(answers):
                 async for answer in answers:
                     yield answer
@@ -302,6 +304,10 @@ class NativeServicer(native_pb2_grpc.ModelServiceServicer):
         except Exception as error:
             await abort(context, typed(error, "CallStream"), rid)
         context.set_trailing_metadata(((logs.REQUEST_ID_HEADER, rid),))
+
+
+def _failed(answer: pb.ModelStreamInferResponse) -> bool:
+    return bool(answer.error_message)
 
 
 async def _decoded(request: pb.ModelInferRequest, budget: DecodeBudget) -> v2.InferRequest:

@@ -4,8 +4,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from typing import Any, TypeVar
 
 from modelpod.observe.events import RequestSpan
@@ -46,3 +47,30 @@ def traced_stream(handler: StreamHandler[Req, Resp]) -> StreamHandler[Req, Resp]
             finish(span, getattr(code, "name", None) or "OK")
 
     return wrapper
+
+
+def in_own_span(
+    service: InferenceService, model: str, answers: AsyncGenerator[Resp, None], failed: Callable[[Resp], bool]
+) -> AsyncGenerator[Resp, None]:
+    """One request on a `ModelStreamInfer` stream, in a span of its own within the stream's; with
+    tracing off, its answers as they are."""
+    tracer = service.tracer
+    if tracer is None:
+        return answers
+    span = tracer.child("grpc ModelStreamInfer request", {"rpc.system": "grpc", "modelpod.model": model})
+    return _spanned(span, answers, failed)
+
+
+async def _spanned(
+    span: RequestSpan, answers: AsyncGenerator[Resp, None], failed: Callable[[Resp], bool]
+) -> AsyncGenerator[Resp, None]:
+    """The answers as they come; the span ends with the last (an error if one `failed`)."""
+    status = "OK"
+    try:
+        async with contextlib.aclosing(answers):
+            async for answer in answers:
+                if failed(answer):
+                    status = "ERROR"
+                yield answer
+    finally:
+        span.finish(status)

@@ -6,8 +6,10 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, SecretStr, model_validator
+from pydantic import BeforeValidator, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from modelpod.observe.capture import parse_capture
 
 _UNITS = {
     "": 1,
@@ -113,6 +115,29 @@ class Settings(BaseSettings):
         description="OpenTelemetry traces over OTLP, configured by the OTEL_* variables "
         "(needs the otel extra)",
     )
+    capture: str | None = Field(
+        None,
+        description="payload capture: a share of each model's requests written with their inputs and "
+        "outputs, MODEL=RATE[+errors] separated by ';' (* for every model), e.g. iris=0.1+errors",
+    )
+    capture_path: Path | None = Field(
+        None, description="where captures are written (else _capture under the data path)"
+    )
+    capture_store: str | None = Field(
+        None,
+        description="write captures to this database instead (a store URL: sqlite:///..., postgresql://...)",
+    )
+    capture_queue_size: int = Field(
+        1000, ge=1, description="captured requests waiting to be written; beyond it they are dropped, counted"
+    )
+    capture_max_value_size: ByteSize = Field(
+        64 * 1024, description="largest array or bytes value kept in a capture; larger: stored as its size"
+    )
+    capture_file_size: ByteSize = Field(64 * 1024**2, description="a capture file past it is rotated")
+    capture_files: int = Field(10, ge=1, description="capture files kept per model (the oldest go)")
+    capture_drop: str | None = Field(
+        None, description="input or output fields never captured, comma-separated"
+    )
     max_batch_size: int | None = Field(
         None, ge=1, description="rows per batch, for every model (else its own)"
     )
@@ -161,6 +186,13 @@ class Settings(BaseSettings):
     )
     tls_cert: Path | None = Field(None, description="PEM certificate (chain): serve HTTPS and gRPC over TLS")
     tls_key: Path | None = Field(None, description="PEM private key of the TLS certificate")
+
+    @field_validator("capture")
+    @classmethod
+    def _capture_parses(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_capture(value)  # a mistake stops the server before it starts
+        return value
 
     @model_validator(mode="after")
     def _tls_needs_both_files(self) -> Settings:

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from typing import Any
 
 from modelpod.errors import ModelpodError, NotFound
+from modelpod.observe.events import RouteChosen, request_trace
 from modelpod.runtime.runner import Runner
 from modelpod.serving.execution import AnyRunner, Execution
 from modelpod.serving.options import Options
@@ -52,9 +53,12 @@ class Composition:
             return None
         router = self.repository.instance(hosted, version)
         assert isinstance(router, Router)
+        started = time.monotonic()
         target = router.choose(query_params or {}, inputs)
         if target == hosted.name or target not in self.repository.names():
             raise NotFound(f"router {hosted.name!r} routes to {target!r}, which is not served here")
+        chosen = RouteChosen(hosted.name, version, target, time.monotonic() - started, request_trace.get())
+        self.execution.recorder.on_route(chosen)
         return target
 
     async def predict(
@@ -66,8 +70,14 @@ class Composition:
         options: Options,
     ) -> Any:
         """One request through a pipeline, recorded as a request to the pipeline."""
-        work = self._run(hosted, version, request, query_params, options)
-        return await self.execution.observed(hosted, version, options, work)
+        work = self._as_list(self._run(hosted, version, request, query_params, options))
+        inputs = [request] if self.execution.recorder.wants_payloads else None  # for a capture
+        return (await self.execution.observed(hosted, version, options, work, inputs))[0]
+
+    @staticmethod
+    async def _as_list(answer: Awaitable[Any]) -> list[Any]:
+        """One call's answer as the answers of its calls, as a recorder is told them."""
+        return [await answer]
 
     async def infer(
         self,

@@ -22,6 +22,7 @@ from modelpod.serving.admission import Admission
 from modelpod.serving.options import Options
 from modelpod.serving.pool import ModelPool
 from modelpod.serving.repository import HostedModel, Repository
+from modelpod.workers.handle import take_worker_seconds
 from modelpod.workers.process_runner import ProcessRunner
 
 T = TypeVar("T")
@@ -200,15 +201,26 @@ class Execution:
     def observe_batch(
         self, model: str, version: str, rows: int, compute: float, waits: list[float], traces: list[Any]
     ) -> None:
-        self.recorder.on_batch(BatchDone(model, version, rows, compute, waits, traces))
+        worker = take_worker_seconds()  # None unless this thread's batch ran in a worker process
+        self.recorder.on_batch(BatchDone(model, version, rows, compute, waits, traces, worker))
 
-    async def observed(self, hosted: HostedModel, version: str, options: Options, work: Awaitable[T]) -> T:
-        """Publish a request's outcome and time once it is answered."""
+    async def observed(
+        self,
+        hosted: HostedModel,
+        version: str,
+        options: Options,
+        work: Awaitable[T],
+        inputs: list[Any] | None = None,
+    ) -> T:
+        """Publish a request's outcome and time once it is answered (with its `inputs`, the model's
+        calls, and what they answered, when a recorder wants payloads)."""
         started = time.monotonic()
         outcome = "ok"
         message = ""
+        answers = None
         try:
-            return await work
+            answers = await work
+            return answers
         except ModelpodError as error:
             outcome = snake(type(error).__name__)
             message = str(error)  # what the client was told, never more
@@ -218,6 +230,7 @@ class Execution:
             raise
         finally:
             seconds = time.monotonic() - started
+            payloads = self.recorder.wants_payloads
             self.recorder.on_request(
                 RequestDone(
                     hosted.name,
@@ -227,6 +240,8 @@ class Execution:
                     seconds,
                     message,
                     trace=request_trace.get(),
+                    inputs=inputs if payloads else None,
+                    outputs=answers if payloads else None,  # type: ignore[arg-type]  # the answers
                 )
             )
             timing = timings.current.get()

@@ -143,9 +143,10 @@ class InferenceService:
         if query_params is not None and hosted.query_params:
             request.setdefault("query_params", dict(query_params))
         started = time.monotonic()
-        work = self.execution.predict_many(hosted, version, [request], options)
-        answers = await self.execution.observed(hosted, version, options, work)
-        self.traffic.shadow(hosted, requested, [request], answers, started)
+        calls = [request]
+        work = self.execution.predict_many(hosted, version, calls, options)
+        answers = await self.execution.observed(hosted, version, options, work, calls)
+        self.traffic.shadow(hosted, requested, calls, answers, started)
         return answers[0]
 
     def training_progress(
@@ -244,7 +245,7 @@ class InferenceService:
         calls = await self.tensor_requests.calls(hosted, inputs)
         started = time.monotonic()
         work = self.execution.predict_many(hosted, version, calls, options)
-        results = await self.execution.observed(hosted, version, options, work)
+        results = await self.execution.observed(hosted, version, options, work, calls)
         self.traffic.shadow(hosted, requested, calls, results, started)
         return version, await self.tensor_requests.outputs(hosted.probe, len(calls), inputs, results)
 

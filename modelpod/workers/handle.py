@@ -27,6 +27,19 @@ logger = logging.getLogger("modelpod.workers.pool")
 _POLL = 0.1  # seconds between looks at a closing pool while a worker loads
 
 
+# The last batch's time in its worker process, on the thread that sent it (a batcher's or a model
+# thread), until `take_worker_seconds` reads it for the batch's observer.
+worker_time = threading.local()
+
+
+def take_worker_seconds() -> float | None:
+    """Seconds the worker process took over the last batch this thread sent it; None when this
+    thread sent none since it last asked (a model in this process)."""
+    seconds: float | None = getattr(worker_time, "seconds", None)
+    worker_time.seconds = None
+    return seconds
+
+
 class Hung(Exception):
     """The worker did not answer in time."""
 
@@ -110,6 +123,8 @@ class WorkerHandle:
                     if self.responses is None or self.responses.name != message[1]:
                         raise RuntimeError(f"worker answered in an unknown shared block {message[1]!r}")
                     buffer = self.responses.buffer
+                if len(message) > 3:
+                    worker_time.seconds = float(message[3])
                 return [shm.decode(blob, buffer) for blob in message[2]]
             else:
                 raise RuntimeError(f"unexpected message from a worker: {message[0]!r}")

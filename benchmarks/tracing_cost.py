@@ -1,0 +1,141 @@
+"""What tracing and payload capture cost: the MLP example under load with neither, with `--otel`
+(every request sampled, spans exported over OTLP/HTTP to a collector in this process), and with
+`--capture mlp=1` (every request written), then with neither again (how much the machine's noise
+moves the figures).
+
+    python benchmarks/tracing_cost.py [--seconds 5] [--concurrency 64]
+
+For each: requests per second, p50 and p99 latency, and the server process's CPU time per request
+(user + system, from /proc: the figure a shared machine moves least). HTTP V2 JSON load from `wrk`
+when installed, else httpx. Runs in under a minute with the defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from tempfile import TemporaryDirectory
+from typing import Any
+
+from bench_server import http_requests, measure_httpx, measure_wrk  # benchmarks/ is on the path
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGURATIONS: dict[str, tuple[str, ...]] = {
+    "neither": (),
+    "tracing (--otel, sampling 1.0)": ("--otel",),
+    "capture (--capture mlp=1)": ("--capture", "mlp=1"),
+    "neither, again": (),
+}
+
+
+class Collector:
+    """An OTLP/HTTP endpoint that accepts and counts export requests (what a collector costs the
+    server is the export itself, not what the collector does with it)."""
+
+    def __init__(self) -> None:
+        self.exports = 0
+        collector = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # the name http.server calls
+                self.rfile.read(int(self.headers.get("content-length", "0")))
+                collector.exports += 1
+                self.send_response(200)
+                self.send_header("content-type", "application/x-protobuf")
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                return None
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def start(data_path: str, flags: tuple[str, ...], endpoint: str) -> tuple[subprocess.Popen[str], int]:
+    command = [sys.executable, "-m", "modelpod", "serve", str(ROOT / "examples" / "mlp.py:MLP"),
+               "--http-port", "0", "--grpc-port", "0", "--data-path", data_path, "--log-level", "warning",
+               *flags]  # fmt: skip
+    env = {
+        **os.environ,
+        "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+    }
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    port = 0
+    assert process.stdout is not None
+    for line in process.stdout:
+        match = re.search(r"HTTP listening on \S*?:(\d+)", line)
+        if match:
+            port = int(match.group(1))
+        if line.strip() == "modelpod: ready":
+            return process, port
+    raise RuntimeError(f"the server exited before it was ready: {flags}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (its threads included)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(port: int, pid: int, concurrency: int, seconds: float) -> tuple[float, float, float, float]:
+    path, body, headers = http_requests()["HTTP V2 (JSON)"]
+    url = f"http://127.0.0.1:{port}{path}"
+    load = measure_wrk if shutil.which("wrk") else None
+    if load is not None:
+        load(url, body, headers, concurrency, 1.0)  # warm-up
+    before = cpu_seconds(pid)
+    if load is not None:
+        rate, p50, p99 = load(url, body, headers, concurrency, seconds)
+    else:
+        rate, p50, p99 = asyncio.run(measure_httpx(url, body, headers, concurrency, seconds))
+    cpu = cpu_seconds(pid) - before
+    return rate, p50, p99, cpu / max(rate * seconds, 1) * 1e6
+
+
+def capture_counts(port: int) -> str:
+    """The capture's written and dropped records, from the server's /metrics."""
+    import httpx
+
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+    found = re.findall(r'modelpod_capture_records_total\{model="mlp",outcome="(\w+)"\} ([\d.e+]+)', text)
+    return ", ".join(f"{outcome} {float(count):,.0f}" for outcome, count in found)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--concurrency", type=int, default=64)
+    options = parser.parse_args()
+    collector = Collector()
+    rows = ["| configuration | requests/s | p50 ms | p99 ms | server CPU µs/request |",
+            "| --- | ---: | ---: | ---: | ---: |"]  # fmt: skip
+    print("\n".join(rows), flush=True)
+    for name, flags in CONFIGURATIONS.items():
+        with TemporaryDirectory() as data_path:
+            process, port = start(data_path, flags, collector.endpoint)
+            try:
+                rate, p50, p99, cpu = measure(port, process.pid, options.concurrency, options.seconds)
+                counts = capture_counts(port)
+            finally:
+                process.terminate()
+                process.wait(timeout=30)
+        rows.append(f"| {name} | {rate:,.0f} | {p50:.2f} | {p99:.2f} | {cpu:,.0f} |")
+        print(rows[-1] + (f" (captures: {counts})" if counts else ""), flush=True)
+    print(f"(the collector took {collector.exports} OTLP exports)")
+
+
+if __name__ == "__main__":
+    main()

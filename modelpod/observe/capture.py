@@ -1,0 +1,217 @@
+"""Payload capture (`--capture` / `MODELPOD_CAPTURE`): a sampled share of each model's requests, and
+every failed one if asked, kept with what the model was asked and what it answered.
+
+A recorder: the service's `RequestDone` carries the request's model calls and their answers while a
+capture is on. On the request's path the capture only draws the sample and puts a reference in a
+bounded queue: when the queue is full the record is dropped and counted, and the request never
+waits. A writer thread does the rest: the model's `redact(inputs, outputs)` hook, the dropped
+fields, the encoding (`capture_codec`) and the JSON lines (`capture_files`).
+
+A record: `request_id`, `trace_id`, `model`, `version`, `protocol`, `time` (Unix seconds at the
+answer), `seconds` (latency in the service), `outcome` ("ok" or the error's name), `error` (what
+the client was told), `inputs` (one object per model call: a V2 request of many rows to a keyword
+model is many calls) and `outputs` (the answer of each call; null for a failed request), and
+`truncated` (how many values were over the size limit and left out).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import queue
+import random
+import threading
+import time
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from modelpod.observe import logs
+from modelpod.observe.capture_codec import Encoder, lightened
+from modelpod.observe.events import Recorder, RequestDone
+
+logger = logging.getLogger("modelpod.capture")
+
+Redact = Callable[[Any, Any], tuple[Any, Any]]
+EVERY_MODEL = "*"
+
+
+@dataclass(frozen=True, slots=True)
+class Sampling:
+    """What share of a model's requests is captured, and whether every failed one is."""
+
+    rate: float
+    errors: bool = False
+
+
+def parse_capture(text: str) -> dict[str, Sampling]:
+    """`iris=0.1+errors;mlp=1;*=0.01` -> each model's sampling (`*`: every model not named).
+    `MODEL=errors` captures only the failed requests."""
+    policies: dict[str, Sampling] = {}
+    for part in filter(None, (p.strip() for p in text.replace(";", ",").split(","))):
+        model, sep, rule = part.partition("=")
+        rate_text, _, flag = rule.strip().partition("+")
+        errors = flag.strip() == "errors" or rate_text.strip() == "errors"
+        try:
+            rate = 0.0 if rate_text.strip() == "errors" else float(rate_text)
+        except ValueError:
+            rate = -1.0
+        if not sep or not model.strip() or not 0.0 <= rate <= 1.0 or (flag and flag.strip() != "errors"):
+            raise ValueError(
+                f"--capture {part!r}: expected MODEL=RATE[+errors] with RATE from 0 to 1 "
+                "(or MODEL=errors), e.g. iris=0.1+errors;*=0.01"
+            )
+        policies[model.strip()] = Sampling(rate, errors)
+    return policies
+
+
+class Sink(Protocol):
+    """Where records go, each with its JSON line: files (`capture_files.CaptureFiles`) or a
+    database (`registry.captures.CaptureTable`)."""
+
+    def write(self, record: Mapping[str, Any], line: str) -> None: ...
+    def flush(self) -> None: ...
+    def close(self) -> None: ...
+
+
+_STOP = object()
+
+
+class Capture(Recorder):
+    """Samples requests on their path, writes them on a thread of its own."""
+
+    wants_payloads = True
+
+    def __init__(
+        self,
+        policies: Mapping[str, Sampling],
+        sink: Sink,
+        queue_size: int = 1000,
+        max_value_bytes: int | None = 64 * 1024,
+        drop_fields: Collection[str] = (),
+        redactor: Callable[[str], Redact | None] = lambda model: None,
+    ) -> None:
+        self.policies = dict(policies)
+        self.sink = sink
+        self.max_value_bytes = max_value_bytes
+        self.drop_fields = frozenset(drop_fields)
+        self.redactor = redactor
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
+        self._counts: dict[tuple[str, str], int] = {}  # (model, written|dropped|failed|truncated)
+        self._lock = threading.Lock()
+        self._writer = threading.Thread(target=self._write_all, name="modelpod-capture", daemon=True)
+        self._writer.start()
+
+    # -- on the request's path: a draw and a put, never a wait ------------------------------------
+
+    def on_request(self, event: RequestDone) -> None:
+        if event.inputs is None:
+            return  # a stream or an OpenAI route: not captured
+        policy = self.policies.get(event.model) or self.policies.get(EVERY_MODEL)
+        if policy is None:
+            return
+        if not ((policy.errors and event.outcome != "ok") or random.random() < policy.rate):
+            return
+        # What waits in the queue holds no value over the size limit (only its description), nor
+        # the request's span.
+        inputs = [lightened(call, self.max_value_bytes) for call in event.inputs]
+        outputs = (
+            None if event.outputs is None else [lightened(a, self.max_value_bytes) for a in event.outputs]
+        )
+        light = dataclasses.replace(event, inputs=inputs, outputs=outputs, trace=None)
+        sampled = (light, time.time(), logs.request_id.get(), logs.trace_id.get())
+        try:
+            self._queue.put_nowait(sampled)
+        except queue.Full:
+            self._count(event.model, "dropped")
+
+    def _count(self, model: str, what: str, by: int = 1) -> None:
+        with self._lock:
+            self._counts[model, what] = self._counts.get((model, what), 0) + by
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        """(model, "written" | "dropped" | "failed" | "truncated") -> how many so far."""
+        with self._lock:
+            return dict(self._counts)
+
+    # -- on the writer's thread ------------------------------------------------------------------
+
+    def _write_all(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                break
+            self._write(*item)
+            if self._queue.empty():
+                self._flush()  # a quiet moment: what is captured is readable now
+        self._flush()
+        try:
+            self.sink.close()
+        except Exception:
+            logger.exception("could not close the capture's destination")
+
+    def _flush(self) -> None:
+        try:
+            self.sink.flush()
+        except Exception:  # a database gone away: the writer goes on, the next flush may work
+            logger.exception("could not write captured requests")
+
+    def _write(self, event: RequestDone, at: float, request_id: str | None, trace_id: str) -> None:
+        try:
+            record, truncated = self.record(event, at, request_id, trace_id)
+            line = json.dumps(record, separators=(",", ":"))
+            self.sink.write(record, line)
+        except Exception:
+            # Never written half-redacted: a failure drops the record, logged and counted.
+            logger.exception("could not capture a request to %s:%s", event.model, event.version)
+            self._count(event.model, "failed")
+            return
+        self._count(event.model, "written")
+        if truncated:
+            self._count(event.model, "truncated", truncated)
+
+    def record(
+        self, event: RequestDone, at: float, request_id: str | None, trace_id: str
+    ) -> tuple[dict[str, Any], int]:
+        """The record of one request (its calls and answers as sampled), and how many of its values
+        were over the size limit."""
+        inputs = [self._trimmed(call) for call in event.inputs or ()]
+        outputs = None if event.outputs is None else [self._trimmed(answer) for answer in event.outputs]
+        redact = self.redactor(event.model)
+        if redact is not None:
+            pairs = [redact(call, None if outputs is None else outputs[i]) for i, call in enumerate(inputs)]
+            inputs = [call for call, _ in pairs]
+            outputs = None if outputs is None else [answer for _, answer in pairs]
+        encoder = Encoder(self.max_value_bytes)
+        record = {
+            "request_id": request_id,
+            "trace_id": trace_id or None,
+            "model": event.model,
+            "version": event.version,
+            "protocol": event.protocol,
+            "time": at,
+            "seconds": event.seconds,
+            "outcome": event.outcome,
+            "error": event.message or None,
+            "inputs": encoder.encode(inputs),
+            "outputs": None if outputs is None else encoder.encode(outputs),
+        }
+        record["truncated"] = encoder.truncated
+        return record, encoder.truncated
+
+    def _trimmed(self, value: Any) -> Any:
+        """A shallow copy for the redaction hook (the request may still be encoding its answer),
+        without the fields to drop."""
+        if isinstance(value, Mapping):
+            return {key: item for key, item in value.items() if key not in self.drop_fields}
+        return value
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Write what is queued, then stop the writer (at the server's stop)."""
+        try:
+            self._queue.put(_STOP, timeout=timeout)
+        except queue.Full:
+            logger.warning("the capture's queue did not empty within %s s at shutdown", timeout)
+            return
+        self._writer.join(timeout)
