@@ -42,6 +42,9 @@ MODULE_EXTRAS: dict[str, tuple[str, ...]] = {
     # The runtimes of model files: each imported by `modelpod serve FILE` only for its own format.
     "modelpod.runtime.onnx_runtime": ("onnx",),
     "modelpod.runtime.sklearn_runtime": ("sklearn",),
+    "modelpod.runtime.torch_files": ("torch",),
+    "modelpod.runtime.torchscript_runtime": ("torch",),
+    "modelpod.runtime.torch_export_runtime": ("torch",),
 }
 
 # (module, import): the extra the import needs; it runs only after a check that torch is there

@@ -171,17 +171,11 @@ def test_a_missing_extra_is_named(
 
 
 def test_formats_not_served_yet_are_named(tmp_path: Path) -> None:
-    import torch
-
-    with warnings.catch_warnings():  # torch.jit.save is deprecated, and still what people ship
-        warnings.simplefilter("ignore")
-        torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(tmp_path / "module.pt"))
     (tmp_path / "hf").mkdir()
     (tmp_path / "hf" / "config.json").write_text('{"architectures": ["BertModel"]}')
     (tmp_path / "mlflow").mkdir()
     (tmp_path / "mlflow" / "MLmodel").write_text("flavors: {}")
-    for path, named in [("module.pt", "a TorchScript archive"), ("hf", "a Hugging Face transformers folder"),
-                        ("mlflow", "an MLflow model folder")]:  # fmt: skip
+    for path, named in [("hf", "a Hugging Face transformers folder"), ("mlflow", "an MLflow model folder")]:
         with pytest.raises(ValueError, match=f"is {named} .*cannot serve yet") as caught:
             detect(tmp_path / path)
         assert "extra onnx" in str(caught.value)

@@ -52,6 +52,9 @@ class FileModel(Model):
     """A model served from a file. Subclasses implement `describe`, `setup` and `run`."""
 
     runtime_name: ClassVar[str] = "file"
+    platform: ClassVar[str] = (
+        "modelpod"  # what V2 metadata calls the runtime (Triton's names where it has one)
+    )
     model_file: ClassVar[str | None] = None  # the file, for a subclass that always serves the same one
     default_max_batch_size: ClassVar[int] = 32  # when the file allows stacking requests
     default_batch_delay_ms: ClassVar[float] = 2.0

@@ -157,8 +157,20 @@ FORMATS: dict[str, Format] = {
             is_transformers,
             None,
         ),
-        Format("torchscript", "torch", "a TorchScript archive (torch.jit.save)", is_torchscript, None),
-        Format("torch-export", "torch", "a torch.export archive (.pt2)", is_torch_export, None),
+        Format(
+            "torchscript",
+            "torch",
+            "a TorchScript archive (torch.jit.save)",
+            is_torchscript,
+            "modelpod.runtime.torchscript_runtime:TorchScriptModel",
+        ),
+        Format(
+            "torch-export",
+            "torch",
+            "a torch.export archive (.pt2)",
+            is_torch_export,
+            "modelpod.runtime.torch_export_runtime:TorchExportModel",
+        ),
     )
 }
 

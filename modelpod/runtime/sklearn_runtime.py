@@ -89,6 +89,7 @@ class SklearnModel(FileModel):
     """A scikit-learn estimator from a joblib or pickle file. Subclass it to add processing."""
 
     runtime_name: ClassVar[str] = "sklearn"
+    platform: ClassVar[str] = "sklearn"
 
     def __init__(
         self,
