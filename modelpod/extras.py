@@ -19,12 +19,14 @@ FEATURES: dict[str, str] = {
     "store": "Store (SQLite), modelpod models, modelpod serve --store URL --model NAME",
     "postgres": "a Store in PostgreSQL (postgresql+psycopg://...)",
     "ray": "modelpod serve --backend ray: replicas on Ray Serve",
-    "torch": "torch tensors as inputs, devices (cuda, mps), custom_ops, torch profiling",
+    "torch": "torch tensors as inputs, devices (cuda, mps), custom_ops, torch profiling; "
+    "modelpod serve model.pt / model.pt2: TorchScript and torch.export archives",
+    "transformers": "modelpod serve FOLDER: Hugging Face transformers folders (save_pretrained)",
     "onnx": "modelpod serve model.onnx: ONNX graphs run by onnxruntime",
     "sklearn": "modelpod serve model.joblib: scikit-learn estimators from joblib or pickle files",
     "otel": "modelpod serve --otel: OpenTelemetry traces of every request, exported over OTLP",
     "examples": "the bundled scikit-learn examples (examples/iris.py)",
-    "embeddings": "the sentence-transformers embedding example",
+    "embeddings": "the sentence-transformers embedding example; serving a sentence-transformers FOLDER",
 }
 
 

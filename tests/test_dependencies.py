@@ -45,6 +45,8 @@ MODULE_EXTRAS: dict[str, tuple[str, ...]] = {
     "modelpod.runtime.torch_files": ("torch",),
     "modelpod.runtime.torchscript_runtime": ("torch",),
     "modelpod.runtime.torch_export_runtime": ("torch",),
+    "modelpod.runtime.transformers_runtime": ("transformers",),
+    "modelpod.runtime.sentence_transformers_runtime": ("embeddings",),
 }
 
 # (module, import): the extra the import needs; it runs only after a check that torch is there

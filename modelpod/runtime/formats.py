@@ -141,21 +141,21 @@ FORMATS: dict[str, Format] = {
             "modelpod.runtime.sklearn_runtime:SklearnModel",
             executes_code=True,
         ),
-        # Recognised, so that the answer names them, but not served yet (issue 15's next parts).
+        # Recognised, so that the answer names it, but not served yet.
         Format("mlflow", "mlflow", "an MLflow model folder (MLmodel)", _has_file("MLmodel"), None),
         Format(
             "sentence-transformers",
             "embeddings",
             "a sentence-transformers folder (modules.json)",
             _has_file("modules.json"),
-            None,
+            "modelpod.runtime.sentence_transformers_runtime:SentenceTransformersModel",
         ),
         Format(
             "transformers",
             "transformers",
             "a Hugging Face transformers folder (config.json)",
             is_transformers,
-            None,
+            "modelpod.runtime.transformers_runtime:TransformersModel",
         ),
         Format(
             "torchscript",
