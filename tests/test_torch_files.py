@@ -153,8 +153,9 @@ def test_a_damaged_archive_is_a_load_error(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def server(files: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     folder = files["folder"]
-    references = (f"script={folder / 'scorer.pt'}", f"exported={folder / 'scorer.pt2'}")
-    started = launch(references, tmp_path_factory.mktemp("appdata"))
+    # the second model comes after the flags (launch puts args last): both are served
+    references, after = (f"script={folder / 'scorer.pt'}",), (f"exported={folder / 'scorer.pt2'}",)
+    started = launch(references, tmp_path_factory.mktemp("appdata"), args=after)
     yield started
     started.stop(timeout=15)
 

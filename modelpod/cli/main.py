@@ -212,6 +212,9 @@ def _table(records: Sequence[Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     arguments, unknown = parser.parse_known_args(argv)
+    if arguments.command == "serve":  # models after flags: argparse takes one run of positionals alone
+        arguments.models += [item for item in unknown if not item.startswith("-")]
+        unknown = [item for item in unknown if item.startswith("-")]
     try:
         if unknown:
             if arguments.command == "serve":  # its settings' flags are unknown without the server extra
