@@ -47,6 +47,7 @@ MODULE_EXTRAS: dict[str, tuple[str, ...]] = {
     "modelpod.runtime.torch_export_runtime": ("torch",),
     "modelpod.runtime.transformers_runtime": ("transformers",),
     "modelpod.runtime.sentence_transformers_runtime": ("embeddings",),
+    "modelpod.runtime.mlflow_runtime": ("mlflow",),
 }
 
 # (module, import): the extra the import needs; it runs only after a check that torch is there

@@ -141,8 +141,14 @@ FORMATS: dict[str, Format] = {
             "modelpod.runtime.sklearn_runtime:SklearnModel",
             executes_code=True,
         ),
-        # Recognised, so that the answer names it, but not served yet.
-        Format("mlflow", "mlflow", "an MLflow model folder (MLmodel)", _has_file("MLmodel"), None),
+        Format(
+            "mlflow",
+            "mlflow",
+            "an MLflow model folder (MLmodel; needs --allow-pickle)",
+            _has_file("MLmodel"),
+            "modelpod.runtime.mlflow_runtime:MlflowModel",
+            executes_code=True,
+        ),
         Format(
             "sentence-transformers",
             "embeddings",
