@@ -56,12 +56,12 @@ def _spec(item: Mapping[str, Any], default_name: str, where: str) -> tuple[Tenso
                 f"{where}: tensor {name!r} has dtype {tensor.get('dtype')}, which V2 has not"
             ) from None
         return TensorSpec(name, datatype, tuple(tensor.get("shape") or (-1,))), False
-    datatype = COLUMN_TYPES.get(str(item.get("type")))
-    if datatype is None:
+    column_type = COLUMN_TYPES.get(str(item.get("type")))
+    if column_type is None:
         raise ModelLoadError(
             f"{where}: column {name!r} is of type {item.get('type')}, which V2 has no tensor for"
         )
-    return TensorSpec(name, datatype, (-1,)), True
+    return TensorSpec(name, column_type, (-1,)), True
 
 
 def _specs(text: Any, default_name: str, where: str) -> tuple[tuple[TensorSpec, ...], bool]:
