@@ -145,8 +145,9 @@ def run_serve(arguments: argparse.Namespace) -> int:
     except (ValidationError, ValueError, PermissionError, ModelpodError) as error:
         print(f"modelpod: {error}", file=sys.stderr)
         return 2
-    if not targets and not arguments.store_models:
-        print("modelpod: nothing to serve: give a MODEL, or --store URL --model IDENTIFIER", file=sys.stderr)
+    if not targets and not arguments.store_models and settings.repository is None:
+        print("modelpod: nothing to serve: give a MODEL, --repository DIR, or --store URL --model IDENTIFIER",
+              file=sys.stderr)  # fmt: skip
         return 2
     try:
         if arguments.backend == "ray":

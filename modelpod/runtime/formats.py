@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from modelpod.errors import ModelLoadError
 from modelpod.runtime.model import DEFAULT_VERSION, Model
 
 _PICKLE_SUFFIXES = (".joblib", ".pkl", ".pickle")
@@ -237,9 +238,40 @@ class ModelFile:
         return REFERENCE_PREFIX + json.dumps(fields)
 
 
+@dataclass(frozen=True)
+class VersionedFiles(ModelFile):
+    """One model whose versions are files of their own (a model repository's `NAME/VERSION/file`):
+    version -> its `ModelFile`. `path` is the model's folder; `files` changes as versions come
+    and go (a repository's poller updates it)."""
+
+    files: dict[str, ModelFile] = field(default_factory=dict)
+
+    def instantiate(self, version: str = DEFAULT_VERSION, **kwargs: Any) -> Model:
+        chosen = self.files.get(version)
+        if chosen is None:
+            known = ", ".join(self.files) or "none"
+            raise ModelLoadError(f"{self.path} has no file for version {version!r} (versions: {known})")
+        return chosen.instantiate(version, **kwargs)
+
+    def reference(self) -> str:
+        files = {
+            version: json.loads(f.reference().removeprefix(REFERENCE_PREFIX))
+            for version, f in self.files.items()
+        }
+        fields = {"path": str(self.path.resolve()), "runtime": self.runtime, "options": {}, "versions": files}
+        return REFERENCE_PREFIX + json.dumps(fields)
+
+
 def from_reference(reference: str) -> ModelFile:
-    """The `ModelFile` that `ModelFile.reference` wrote."""
+    """The `ModelFile` (or `VersionedFiles`) that `reference` wrote."""
     fields = json.loads(reference.removeprefix(REFERENCE_PREFIX))
+    if "versions" in fields:
+        files = {version: _file_of(each) for version, each in fields["versions"].items()}
+        return VersionedFiles(Path(fields["path"]), fields["runtime"], {}, files)
+    return _file_of(fields)
+
+
+def _file_of(fields: Mapping[str, Any]) -> ModelFile:
     return ModelFile(Path(fields["path"]), fields["runtime"], fields["options"])
 
 
