@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve the named models as one model NAME, each step's result the next one's input; "
         "MODEL|MODEL branches (?branch=MODEL picks one, the first by default); repeatable",
     )
+    serve.add_argument("-c", "--config", default=None, metavar="FILE",
+                       help="serve the models and settings of a YAML file (flags win)")  # fmt: skip
     _add_file_options(serve)
     _add_settings(serve)
     cli_ray.add_options(serve)
@@ -58,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-FILE_OPTIONS = ("runtime", "runtime_options")
+FILE_OPTIONS = ("runtime", "runtime_options", "config")
 
 
 def _add_file_options(serve: argparse.ArgumentParser) -> None:
@@ -118,6 +120,10 @@ def _add_settings(parser: argparse.ArgumentParser) -> None:
 
 
 def run_serve(arguments: argparse.Namespace) -> int:
+    import os
+    from pathlib import Path
+
+    from modelpod.cli import config_file
     from modelpod.errors import ModelpodError
     from modelpod.runtime.loader import parse_reference
     from modelpod.serving.served_pipeline import parse_pipeline
@@ -135,12 +141,16 @@ def run_serve(arguments: argparse.Namespace) -> int:
         and value is not None
     }
     try:
+        file = config_file.read(Path(arguments.config)) if arguments.config else None
+        if file is not None:
+            overrides = config_file.settings_below_flags(file, overrides, os.environ)
         settings = Settings(**overrides)
         options = runtime_options(arguments.runtime_options)
         targets = [
             _named(parse_reference(reference, arguments.runtime, settings.allow_pickle, **options))
             for reference in arguments.models
         ]
+        targets += config_file.targets(file, settings.allow_pickle) if file is not None else []
         targets += [parse_pipeline(text) for text in arguments.pipelines]
     except (ValidationError, ValueError, PermissionError, ModelpodError) as error:
         print(f"modelpod: {error}", file=sys.stderr)

@@ -18,6 +18,7 @@ metadata stays exact.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from dataclasses import dataclass
@@ -31,6 +32,8 @@ from modelpod.runtime.model import DEFAULT_VERSION, Model
 from modelpod.types import BatchConfig, TensorSpec
 
 Arrays = dict[str, np.ndarray[Any, Any]]
+BATCH_OPTIONS: dict[str, type[int] | type[float]] = {"max_batch_size": int, "max_batch_delay_ms": float,
+                                                     "max_queue_size": int}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -111,14 +114,29 @@ class FileModel(Model):
         return True
 
     def batch_config(self) -> BatchConfig:
-        """Batching on when every input and output is batch first with a free first dimension."""
+        """Batching on when every input and output is batch first with a free first dimension; the
+        options `max_batch_size`, `max_batch_delay_ms`, `max_queue_size` (a config file's
+        `batching:`, or runtime options) choose otherwise."""
+        chosen: dict[str, Any] = {
+            key: kind(self.config[key]) for key, kind in BATCH_OPTIONS.items() if key in self.config
+        }
         if not self.description.batchable or self.max_batch_size > 1:
-            return super().batch_config()  # a subclass's own max_batch_size wins
-        return BatchConfig(
-            max_batch_size=self.default_max_batch_size,
-            max_batch_delay_ms=self.default_batch_delay_ms,
-            max_queue_size=self.max_queue_size,
-        )
+            config = super().batch_config()  # a subclass's own max_batch_size wins
+        else:
+            config = BatchConfig(
+                max_batch_size=self.default_max_batch_size,
+                max_batch_delay_ms=self.default_batch_delay_ms,
+                max_queue_size=self.max_queue_size,
+            )
+        if chosen.get("max_batch_size", 1) > 1 and not self.description.batchable:
+            raise ModelLoadError(
+                f"{self.path}: its inputs and outputs have no free first dimension to batch on"
+            )
+        return dataclasses.replace(config, **chosen)
+
+    def worker_processes(self) -> int:
+        """The option `workers` (worker processes for this file), else the class's."""
+        return int(self.config["workers"]) if "workers" in self.config else super().worker_processes()
 
     def source(self) -> Any:
         return type(self)
