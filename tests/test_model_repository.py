@@ -181,3 +181,19 @@ def test_polling_follows_the_folder_with_no_request_failing(tmp_path: Path) -> N
         server.stop(timeout=15)
     assert failures == []
     assert {(3.0, 4.0), (4.0, 5.0)} <= answers  # versions 2 and 3 both answered the default
+
+
+def test_a_repository_model_runs_in_worker_processes(tmp_path: Path) -> None:
+    from modelpod.runtime.formats import VersionedFiles, from_reference, model_file
+    from modelpod.workers.process_runner import ProcessRunner
+
+    build(tmp_path / "repository")
+    files = {v: model_file(tmp_path / f"repository/adder/{v}/model.onnx") for v in ("1", "2")}
+    target = VersionedFiles(tmp_path / "repository/adder", "versions", {}, files)
+    assert from_reference(target.reference()) == target
+    runner = ProcessRunner(target.instantiate("1", data_path=tmp_path), target, workers=1, timeout=60)
+    runner.load()
+    try:
+        assert runner.predict(x=X)["y"].tolist() == [[2.0, 3.0]]  # version 1's file, in the worker
+    finally:
+        runner.close()
