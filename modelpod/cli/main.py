@@ -17,8 +17,11 @@ under another name. A model is a modelpod.Model subclass, a class with __init__(
 predict(payload, query_params), or a function. A model file is served by the runtime of its
 format, recognised from the file (--runtime forces one), under the file's stem: an ONNX graph
 (extra onnx), a scikit-learn estimator in joblib or pickle (extra sklearn; --allow-pickle, since
-loading it runs code). Every option can also be set by its environment variable; a flag wins over
-the environment."""
+loading it runs code), a TorchScript or torch.export archive (extra torch), a Hugging Face
+transformers folder (extra transformers), a sentence-transformers folder (extra embeddings), an
+MLflow model (extra mlflow; --allow-pickle). --repository DIR serves a folder of them. Every option
+can also be set by its environment variable; a flag wins over the environment, which wins over
+a -c file."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,8 +68,8 @@ FILE_OPTIONS = ("runtime", "runtime_options", "config")
 
 def _add_file_options(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--runtime", default=None, metavar="NAME",
-                       help="serve each model file with this runtime (onnx, sklearn) instead of the one "
-                       "its format names")  # fmt: skip
+                       help="serve each model file with this runtime (onnx, sklearn, torchscript, ...) "
+                       "instead of the one its format names")  # fmt: skip
     serve.add_argument("--runtime-option", dest="runtime_options", action="append", default=[],
                        metavar="NAME=VALUE", help="an option of the model files' runtime, e.g. "
                        "intra_op_threads=2 (onnx); repeatable")  # fmt: skip
