@@ -184,7 +184,7 @@ class RepositoryWatch:
         if before == after:
             return
         if name not in self.repository.names():
-            if self._add(name, after):
+            if await asyncio.to_thread(self._add, name, after):  # describing a file may take a while
                 logger.info("repository: added %s (versions %s)", name, ", ".join(after))
                 await service.load_model(name)
             return
@@ -199,16 +199,18 @@ class RepositoryWatch:
             self._lay_out(name, version, after[version].file)
         target.files.update({v: s.file for v, s in after.items()})
         changed = [v for v in after.keys() & before.keys() if after[v] != before[v]]
+        pool = service.execution.pool
         for version in changed:  # the next use (or the switch below) loads the new file
-            service.execution.pool.evict((name, version), "its file changed")
+            await asyncio.to_thread(pool.evict, (name, version), "its file changed")
         if hosted.unloaded or not before:
             await service.load_model(name)
         newest = latest(after)
         if newest != hosted.default_version or hosted.default_version in changed:
             await service.set_default(name, newest)
-            hosted.probe = self.repository.instance(hosted, newest)  # the metadata of the new default
+            # the metadata of the new default
+            hosted.probe = await asyncio.to_thread(self.repository.instance, hosted, newest)
         for version in before.keys() - after.keys():
             logger.info("repository: %s version %s removed; unloading it", name, version)
             target.files.pop(version, None)
             self._remove_layout(name, version)
-            service.execution.pool.evict((name, version), "its file was removed")
+            await asyncio.to_thread(pool.evict, (name, version), "its file was removed")
