@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -30,7 +32,7 @@ from onnx import TensorProto, helper  # noqa: E402
 from modelpod import Client  # noqa: E402
 from modelpod.serving.repository_watch import scan  # noqa: E402
 
-from conftest import ServerProcess, launch  # noqa: E402
+from conftest import ROOT, ServerProcess, launch  # noqa: E402
 
 X = np.array([[1.0, 2.0]], dtype=np.float32)
 
@@ -70,6 +72,9 @@ def build(root: Path) -> None:
         put(root, f"scaler/{version}/model.onnx", "Mul", float(version) * 10)
     put(root, "plain.onnx", "Add", 100.0)
     (root / "adder" / "2" / "notes.json").write_text("{}")  # a sidecar, not a model
+    (root / "scaler" / "modelpod.yaml").write_text(
+        "batching: {max_batch_size: 4}\noptions: {intra_op_threads: 1}\n"
+    )
 
 
 def test_the_layout_is_read_as_triton_reads_it(tmp_path: Path) -> None:
@@ -113,6 +118,8 @@ def test_tritonclient_reaches_every_model_and_version(served: ServerProcess, kin
     ]  # fmt: skip
     metadata = client.get_model_metadata("adder")
     assert (metadata["platform"] if kind == "http" else metadata.platform) == "onnxruntime_onnx"
+    config = client.get_model_config("scaler")  # its settings file's batching
+    assert (config["max_batch_size"] if kind == "http" else config.config.max_batch_size) == 4
 
 
 def test_the_native_client_names_a_version(served: ServerProcess) -> None:
@@ -120,6 +127,17 @@ def test_the_native_client_names_a_version(served: ServerProcess) -> None:
         assert native.predict(x=X)["y"].tolist() == [[20.0, 40.0]]
     with Client(served.http_url, model="scaler", version="1") as native:
         assert native.predict(x=X)["y"].tolist() == [[10.0, 20.0]]
+
+
+def test_a_mistake_in_a_settings_file_stops_the_server_in_one_line(tmp_path: Path) -> None:
+    build(tmp_path)
+    (tmp_path / "adder" / "modelpod.yaml").write_text("batching: {max_batch: 4}\n")
+    result = subprocess.run([sys.executable, "-m", "modelpod", "serve", "--repository", str(tmp_path)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    settings = tmp_path / "adder" / "modelpod.yaml"
+    assert result.stderr == f"modelpod: {settings}.batching: unknown field(s) ['max_batch']; known: " \
+                            "max_batch_size, max_batch_delay_ms, max_queue_size\n"  # fmt: skip
 
 
 # -- polling -----------------------------------------------------------------------------------------

@@ -31,8 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from modelpod.extras import needs_extra
+from modelpod.runtime.file_settings import FILE_FIELDS, file_settings
 
-MODEL_FIELDS = ("path", "class", "name", "runtime", "options", "batching", "workers")
+MODEL_FIELDS = ("path", "class", "name", *FILE_FIELDS)
 TOP_FIELDS = ("settings", "models", "pipelines")
 RELATIVE_SETTINGS = ("data_path", "repository", "api_key_file", "tls_certificate", "tls_key")
 
@@ -103,21 +104,15 @@ def _model(path: Path, folder: Path, where: str, value: Any) -> dict[str, Any]:
         raise _fail(path, where, f"unknown field(s) {unknown}; known: {', '.join(MODEL_FIELDS)}")
     if ("path" in entry) == ("class" in entry):
         raise _fail(path, where, "give path (a model file or folder) or class (FILE.py:Class), one of them")
-    options = _mapping(path, f"{where}.options", entry.get("options") or {})
-    batching = _mapping(path, f"{where}.batching", entry.get("batching") or {})
-    wrong = sorted(set(batching) - {"max_batch_size", "max_batch_delay_ms", "max_queue_size"})
-    if wrong:
-        raise _fail(path, f"{where}.batching", f"unknown field(s) {wrong}")
     name = str(entry["name"]) if "name" in entry else None
+    served = {key: value for key, value in entry.items() if key in FILE_FIELDS}
     if "path" in entry:
-        options = {**options, **batching, **({"workers": entry["workers"]} if "workers" in entry else {})}
-        return {
-            "name": name,
-            "path": folder / str(entry["path"]),
-            "runtime": entry.get("runtime"),
-            "options": options,
-        }
-    if batching or options or "workers" in entry or "runtime" in entry:
+        try:
+            runtime, options = file_settings(served, where)
+        except ValueError as error:
+            raise ValueError(f"{path}: {error}") from None
+        return {"name": name, "path": folder / str(entry["path"]), "runtime": runtime, "options": options}
+    if served:
         raise _fail(path, where, "options, batching, workers and runtime are for model files; "
                     "a class says its own as class attributes")  # fmt: skip
     file_part, sep, attribute = str(entry["class"]).rpartition(":")

@@ -8,8 +8,11 @@
 
 A version folder holds one model: the folder itself when it is a model folder (transformers,
 MLflow, sentence-transformers), else the first file in it (by name) whose format modelpod knows;
-declarations (`*.json` sidecars) and hidden files are not models. The highest version is the
-default.
+declarations (`*.json` sidecars), settings and hidden files are not models. The highest version
+is the default. `NAME/modelpod.yaml`, when there, says how the model's files are served (runtime,
+options, batching, workers: see `runtime/file_settings.py`); a mistake in it stops the server from
+starting, or, while polling, leaves the model as it was (logged). Batching and workers are read
+when the model is added.
 
 Each model is hosted as a `VersionedFiles` target; its versions are laid out under the data path
 (`model_info.json`, as the Store's versions are), so versions, listings and the repository
@@ -29,13 +32,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from modelpod.runtime.file_model import name_of_file
+from modelpod.runtime.file_settings import file_settings, mapping
 from modelpod.runtime.formats import ModelFile, VersionedFiles, detect, model_file
 from modelpod.runtime.state_files import write_json
 from modelpod.serving.repository import Repository
 
 logger = logging.getLogger("modelpod.serving.repository_watch")
 
+SETTINGS_FILE = "modelpod.yaml"  # NAME/modelpod.yaml: how the model's files are served
+_NOT_MODELS = (".json", ".yaml", ".yml")  # declarations and settings beside the models
 Stamp = tuple[int, int]  # the newest mtime and total size of a file or of a folder's files
 
 
@@ -57,7 +65,7 @@ def _model_in(folder: Path) -> Path | None:
     if _recognised(folder):
         return folder
     for entry in sorted(folder.iterdir()):
-        if not entry.name.startswith(".") and entry.suffix != ".json" and _recognised(entry):
+        if not entry.name.startswith(".") and entry.suffix not in _NOT_MODELS and _recognised(entry):
             return entry
     return None
 
@@ -74,7 +82,7 @@ def scan(root: Path) -> dict[str, dict[str, Path]]:
     """Model name -> version -> the model file or folder, as the repository holds them now."""
     found: dict[str, dict[str, Path]] = {}
     for entry in sorted(root.iterdir()):
-        if entry.name.startswith(".") or entry.suffix == ".json":
+        if entry.name.startswith(".") or entry.suffix in _NOT_MODELS:
             continue
         if entry.is_dir() and not _recognised(entry):
             versions = {v.name: _model_in(v) for v in entry.iterdir() if v.is_dir() and v.name.isdigit()}
@@ -112,14 +120,26 @@ class RepositoryWatch:
 
     # -- what is there -----------------------------------------------------------------------------
 
-    def _files(self, versions: dict[str, Path]) -> dict[str, Seen]:
+    def settings(self, name: str) -> tuple[str | None, dict[str, Any]]:
+        """The model's settings file (runtime, options, batching, workers); ValueError naming the
+        file and the field for a mistake."""
+        path = self.root / name / SETTINGS_FILE
+        if not path.is_file():
+            return None, dict(self.options)
+        try:
+            document = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ValueError(f"{path} is not YAML: {error}".replace("\n", " ")) from None
+        runtime, options = file_settings(mapping(str(path), document), str(path))
+        return runtime, {**self.options, **options}
+
+    def _files(self, name: str, versions: dict[str, Path]) -> dict[str, Seen]:
         """The versions whose files can be served; one that cannot is logged and left out."""
         files = {}
+        runtime, options = self.settings(name)
         for version, path in versions.items():
             try:
-                files[version] = Seen(
-                    model_file(path, None, self.allow_pickle, **self.options), stamp_of(path)
-                )
+                files[version] = Seen(model_file(path, runtime, self.allow_pickle, **options), stamp_of(path))
             except (ValueError, PermissionError, OSError) as error:
                 logger.error(
                     "repository %s: %s/%s not served: %s", self.root, path.parent.name, version, error
@@ -129,7 +149,7 @@ class RepositoryWatch:
     def add_all(self) -> None:
         """Host every model the folder holds now (before the server starts)."""
         for name, versions in scan(self.root).items():
-            self._add(name, self._files(versions))
+            self._add(name, self._files(name, versions))
 
     def _add(self, name: str, files: dict[str, Seen]) -> bool:
         if not files:
@@ -177,7 +197,11 @@ class RepositoryWatch:
     async def poll_once(self, service: Any) -> None:
         now = await asyncio.to_thread(scan, self.root)
         for name in sorted(set(self.seen) | set(now)):
-            files = await asyncio.to_thread(self._files, now.get(name, {}))
+            try:
+                files = await asyncio.to_thread(self._files, name, now.get(name, {}))
+            except ValueError as error:  # a mistake in its settings file: it stays as it was
+                logger.error("repository: %s", error)
+                continue
             await self._follow(service, name, self.seen.get(name, {}), files)
 
     async def _follow(self, service: Any, name: str, before: dict[str, Seen], after: dict[str, Seen]) -> None:
