@@ -46,6 +46,7 @@ MODULE_EXTRAS: dict[str, tuple[str, ...]] = {
     "modelpod.runtime.torchscript_runtime": ("torch",),
     "modelpod.runtime.torch_export_runtime": ("torch",),
     "modelpod.runtime.transformers_runtime": ("transformers",),
+    "modelpod.runtime.transformers_stream": ("transformers",),
     "modelpod.runtime.sentence_transformers_runtime": ("embeddings",),
     "modelpod.runtime.mlflow_runtime": ("mlflow",),
 }

@@ -29,7 +29,7 @@ sentence_transformers = pytest.importorskip("sentence_transformers")
 
 import tritonclient.grpc as grpcclient  # noqa: E402
 import tritonclient.http as httpclient  # noqa: E402
-from tokenizers import ByteLevelBPETokenizer  # noqa: E402
+from tokenizers import CharBPETokenizer  # noqa: E402
 
 from modelpod import Client, InvalidInput, ModelLoadError, Runner  # noqa: E402
 from modelpod.runtime.formats import detect  # noqa: E402
@@ -55,8 +55,8 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     )  # fmt: skip
     transformers.BertForSequenceClassification(config).eval().save_pretrained(root / "bert")
     tokenizer.save_pretrained(root / "bert")
-    bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(BUNDLED_TEXT * 20, vocab_size=300, special_tokens=["<|endoftext|>"])
+    bpe = CharBPETokenizer(unk_token="<unk>")  # whole characters: each token decodes to text
+    bpe.train_from_iterator(BUNDLED_TEXT * 20, vocab_size=120, special_tokens=["<|endoftext|>", "<unk>"])
     fast = transformers.PreTrainedTokenizerFast(
         tokenizer_object=bpe._tokenizer,
         bos_token="<|endoftext|>",
@@ -140,6 +140,18 @@ def test_generation_is_greedy_and_equal_to_transformers(folders: dict[str, Path]
     ]
 
 
+def test_the_generator_streams_what_generate_writes(folders: dict[str, Path]) -> None:
+    runner = Runner(folders["gpt2"], runtime="transformers-generate")
+    pieces = list(runner.predict_stream(prompt="the quick", max_tokens=6))
+    assert len(pieces) > 1
+    assert "".join(pieces) == _generate(folders["gpt2"], "the quick", 6)
+    assert list(runner.predict_stream(prompt="the quick", max_tokens=0)) == []
+    with pytest.raises(InvalidInput, match="top_p must be a number in"):
+        list(runner.predict_stream(prompt="x", top_p=2.0))
+    with pytest.raises(ModelLoadError, match="a text-classification model; streaming is for text generation"):
+        Runner(folders["bert"], runtime="transformers-generate")
+
+
 def test_sentence_transformers_embeddings_equal_the_librarys(folders: dict[str, Path]) -> None:
     runner = Runner(folders["minilm"], device="cpu")
     assert runner.model.output_specs() == (TensorSpec("embedding", "FP32", (-1, 384)),)
@@ -155,7 +167,11 @@ def test_sentence_transformers_embeddings_equal_the_librarys(folders: dict[str, 
 @pytest.fixture(scope="module")
 def server(folders: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     references = (f"classifier={folders['bert']}", f"writer={folders['gpt2']}", f"minilm={folders['minilm']}")
-    options = ("--runtime-option", "max_new_tokens=6")
+    config = tmp_path_factory.mktemp("config") / "modelpod.yaml"  # one model with the streaming runtime
+    config.write_text(
+        f"models: [{{path: {folders['gpt2']}, name: stream, runtime: transformers-generate}}]\n"
+    )
+    options = ("--runtime-option", "max_new_tokens=6", "-c", str(config))
     started = launch(
         references, tmp_path_factory.mktemp("appdata"), args=options, env={"HF_HUB_OFFLINE": "1"}
     )
@@ -208,3 +224,33 @@ def test_native_client_batches_prompts_and_refuses_long_texts(
     assert long.status_code == 400
     assert "more than the model's limit of 24" in long.json()["error"]
     assert "truncate=true" in long.json()["error"]
+
+
+def test_openai_completions_stream_the_generators_tokens(
+    server: ServerProcess, folders: dict[str, Path]
+) -> None:
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=f"{server.http_url}/v1", api_key="none")
+    expected = _generate(folders["gpt2"], "the quick", 6)
+    answer = client.completions.create(model="stream", prompt="the quick", max_tokens=6)
+    assert answer.choices[0].text == expected
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folders["gpt2"])
+    assert answer.usage.prompt_tokens == len(tokenizer("the quick")["input_ids"])
+    streamed = client.completions.create(model="stream", prompt="the quick", max_tokens=6, stream=True)
+    chunks = [chunk.choices[0].text for chunk in streamed]
+    assert len(chunks) > 1
+    assert "".join(chunks) == expected
+
+
+def test_concurrent_streams_are_batched(server: ServerProcess, folders: dict[str, Path]) -> None:
+    prompts = [f"{BUNDLED_TEXT[i % 2]} {i}" for i in range(12)]
+
+    def stream(prompt: str) -> str:
+        with Client(server.http_url, model="stream") as native:
+            return "".join(native.predict_stream(prompt=prompt, max_tokens=5))
+
+    with ThreadPoolExecutor(6) as pool:
+        texts = list(pool.map(stream, prompts))
+    assert texts[:2] == [_generate(folders["gpt2"], p, 5) for p in prompts[:2]]
+    listing = httpx.get(f"{server.http_url}/models/stream").json()
+    assert max(int(size) for size in listing["versions"][0]["batch_sizes"]) > 1, listing["versions"][0]

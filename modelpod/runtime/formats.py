@@ -158,6 +158,13 @@ FORMATS: dict[str, Format] = {
             "modelpod.runtime.sentence_transformers_runtime:SentenceTransformersModel",
         ),
         Format(
+            "transformers-generate",
+            "transformers",
+            "a transformers text-generation folder, streamed (chosen with --runtime)",
+            lambda path: False,  # chosen, never recognised: the folder is also a transformers one
+            "modelpod.runtime.transformers_stream:TransformersGenerator",
+        ),
+        Format(
             "transformers",
             "transformers",
             "a Hugging Face transformers folder (config.json)",

@@ -99,10 +99,14 @@ class TransformersModel(FileModel):
     def teardown(self) -> None:
         self.model = self.tokenizer = None
 
-    def encode(self, batch: list[str], offsets: bool = False) -> Any:
+    def encode(self, batch: list[str], offsets: bool = False, reserve: int | None = None) -> Any:
+        """The texts, tokenized onto the device; `reserve` positions kept for the answer (text
+        generation: `max_new_tokens`)."""
         limit = self.limit
-        if limit is not None and self.task.name == "text-generation":
-            limit -= int(self.generation["max_new_tokens"])  # the answer needs its positions too
+        if reserve is None and self.task.name == "text-generation":
+            reserve = int(self.generation["max_new_tokens"])
+        if limit is not None and reserve:
+            limit -= reserve  # the answer needs its positions too
         if not self.truncate and limit is not None:
             counts = [len(ids) for ids in self.tokenizer(batch)["input_ids"]]
             check_lengths(counts, limit, "shorten it, or serve with --runtime-option truncate=true")
