@@ -17,6 +17,7 @@ Everything runs on the Runner's device under `torch.inference_mode()`; nothing i
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable, Mapping
 from functools import lru_cache
 from pathlib import Path
@@ -26,6 +27,7 @@ from modelpod.errors import ModelLoadError
 from modelpod.extras import needs_extra
 from modelpod.runtime import transformers_tasks as tasks
 from modelpod.runtime.file_model import Arrays, Description, FileModel
+from modelpod.runtime.model import DEFAULT_VERSION
 from modelpod.runtime.text_files import TEXT, TEXT_INPUT, check_lengths, texts, token_limit, truthy
 
 GENERATION_OPTIONS: dict[str, Callable[[Any], Any]] = {
@@ -64,6 +66,11 @@ class TransformersModel(FileModel):
     platform: ClassVar[str] = "transformers"
     model: Any = None
     tokenizer: Any = None
+
+    def __init__(self, version: str = DEFAULT_VERSION, **kwargs: Any) -> None:
+        # a fast tokenizer called from two threads at once fails ("Already borrowed"): one at a time
+        self.tokenizer_lock = threading.Lock()
+        super().__init__(version, **kwargs)
 
     def describe(self) -> Description:
         status = (self.path / "config.json").stat()
@@ -107,11 +114,12 @@ class TransformersModel(FileModel):
             reserve = int(self.generation["max_new_tokens"])
         if limit is not None and reserve:
             limit -= reserve  # the answer needs its positions too
-        if not self.truncate and limit is not None:
-            counts = [len(ids) for ids in self.tokenizer(batch)["input_ids"]]
-            check_lengths(counts, limit, "shorten it, or serve with --runtime-option truncate=true")
-        encoded = self.tokenizer(batch, padding=True, truncation=limit is not None, max_length=limit,
-                                 return_tensors="pt", return_offsets_mapping=offsets)  # fmt: skip
+        with self.tokenizer_lock:
+            if not self.truncate and limit is not None:
+                counts = [len(ids) for ids in self.tokenizer(batch)["input_ids"]]
+                check_lengths(counts, limit, "shorten it, or serve with --runtime-option truncate=true")
+            encoded = self.tokenizer(batch, padding=True, truncation=limit is not None, max_length=limit,
+                                     return_tensors="pt", return_offsets_mapping=offsets)  # fmt: skip
         mapping = encoded.pop("offset_mapping", None)
         return encoded.to(self.device), mapping
 

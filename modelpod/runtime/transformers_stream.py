@@ -83,10 +83,11 @@ class TransformersGenerator(TransformersModel):
 
     def count_tokens(self, text: str) -> int:
         """The prompt's and the answer's tokens, for OpenAI's `usage` (callable before setup)."""
-        if self.tokenizer is None:
-            _, transformers = import_transformers(self.path)
-            self.tokenizer = transformers.AutoTokenizer.from_pretrained(self.path, local_files_only=True)
-        return len(self.tokenizer(text)["input_ids"])
+        with self.tokenizer_lock:
+            if self.tokenizer is None:
+                _, transformers = import_transformers(self.path)
+                self.tokenizer = transformers.AutoTokenizer.from_pretrained(self.path, local_files_only=True)
+            return len(self.tokenizer(text)["input_ids"])
 
     def predict(  # type: ignore[override]  # keyword calls, not tensors
         self,
