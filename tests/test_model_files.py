@@ -310,3 +310,21 @@ def test_the_onnx_mlp_batches_concurrent_requests(server: ServerProcess, files: 
     sizes = {int(size) for size in listing["versions"][0]["batch_sizes"]}
     assert max(sizes) > 1, listing["versions"][0]["batch_sizes"]
     assert listing["batching"]["max_batch_size"] == 32
+
+
+def test_a_pickle_is_read_once_for_its_metadata_and_its_load(
+    files: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from modelpod.runtime import sklearn_runtime
+
+    (tmp_path / "copy.joblib").write_bytes(
+        (files["folder"] / "iris.joblib").read_bytes()
+    )  # not described yet
+    reads: list[Path] = []
+    real = sklearn_runtime.load_estimator
+    monkeypatch.setattr(sklearn_runtime, "load_estimator", lambda path: reads.append(path) or real(path))
+    runner = Runner(tmp_path / "copy.joblib", allow_pickle=True)
+    np.testing.assert_array_equal(
+        runner.predict(input=FEATURES[:3])["predict"], files["pipeline"].predict(FEATURES[:3])
+    )
+    assert len(reads) == 1

@@ -211,3 +211,22 @@ def test_the_native_client_and_batching(server: ServerProcess, files: dict[str, 
     wrong = httpx.post(f"{server.http_url}/models/script/predict", json={"x": [[1.0, 2.0]], "scale": [[1.0]]})
     assert wrong.status_code == 400
     assert "expected [-1, 8]" in wrong.json()["error"]
+
+
+def test_an_archive_is_read_once_for_its_metadata_and_its_load(
+    files: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from modelpod.runtime import torch_export_runtime
+
+    (tmp_path / "copy.pt2").write_bytes((files["folder"] / "scorer.pt2").read_bytes())  # not described yet
+    reads: list[Path] = []
+    real = torch_export_runtime.load_program
+    monkeypatch.setattr(torch_export_runtime, "load_program", lambda t, p: reads.append(p) or real(t, p))
+    runner = Runner(tmp_path / "copy.pt2", device="cpu")
+    np.testing.assert_allclose(
+        runner.predict(x=ROWS, scale=SCALES)["logits"], _scorer(files, ROWS, SCALES)["logits"], atol=1e-6
+    )
+    assert reads == [tmp_path / "copy.pt2"]
+    again = Runner(tmp_path / "copy.pt2", device="cpu")  # described already: its load reads it
+    again.load()
+    assert len(reads) == 2

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -148,3 +149,44 @@ class FileModel(Model):
 def batch_first(specs: tuple[TensorSpec, ...]) -> bool:
     """Whether every spec has a first dimension of any size, which stacking requests fills."""
     return all(len(spec.shape) >= 1 and spec.shape[0] < 0 for spec in specs)
+
+
+class Handoff:
+    """What describing a file loaded, handed to the first `setup` of the same file, so that a file
+    is read once for its metadata and its load: one object at a time, for `seconds` at most (then
+    dropped, so that a server whose models run in worker processes does not keep it)."""
+
+    def __init__(self, seconds: float = 30.0) -> None:
+        self.seconds = seconds
+        self._lock = threading.Lock()
+        self._key: Any = None
+        self._value: Any = None
+
+    def put(self, key: Any, value: Any) -> None:
+        with self._lock:
+            self._key, self._value = key, value
+        timer = threading.Timer(self.seconds, self._drop, args=(key,))
+        timer.daemon = True
+        timer.start()
+
+    def take(self, key: Any) -> Any:
+        """The object put under `key`, once; None when there is none (load it then)."""
+        with self._lock:
+            if self._key != key:
+                return None
+            value, self._key, self._value = self._value, None, None
+            return value
+
+    def _drop(self, key: Any) -> None:
+        with self._lock:
+            if self._key == key:
+                self._key = self._value = None
+
+
+HANDOFF = Handoff()
+
+
+def file_key(path: Path) -> tuple[str, tuple[int, int]]:
+    """A file (or a folder's marker file) as it is now: its path and (mtime, size)."""
+    status = path.stat()
+    return str(path.resolve()), (status.st_mtime_ns, status.st_size)

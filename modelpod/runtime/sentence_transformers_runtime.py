@@ -18,7 +18,7 @@ import numpy as np
 
 from modelpod.errors import ModelLoadError
 from modelpod.extras import needs_extra
-from modelpod.runtime.file_model import Arrays, Description, FileModel
+from modelpod.runtime.file_model import HANDOFF, Arrays, Description, FileModel, file_key
 from modelpod.runtime.text_files import TEXT, TEXT_INPUT, check_lengths, texts, token_limit, truthy
 from modelpod.types import TensorSpec
 
@@ -43,6 +43,7 @@ def _dimensions(path: str, stamp: tuple[int, int]) -> int:
     # sentence-transformers 6 renamed it; 3 to 5 know the old name alone
     ask = getattr(encoder, "get_embedding_dimension", None) or encoder.get_sentence_embedding_dimension
     dimensions = ask()
+    HANDOFF.put(("sentence-transformers", path, stamp), encoder)  # the first setup takes it: read once
     if not isinstance(dimensions, int):
         raise ModelLoadError(f"{path}: the model does not say how wide its embeddings are")
     return dimensions
@@ -56,18 +57,22 @@ class SentenceTransformersModel(FileModel):
     encoder: Any = None
 
     def describe(self) -> Description:
-        status = (self.path / "modules.json").stat()
-        width = _dimensions(str(self.path.resolve()), (status.st_mtime_ns, status.st_size))
+        width = _dimensions(*self._key())
         return Description((TEXT_INPUT,), (TensorSpec(EMBEDDING, "FP32", (-1, width)),), batchable=True)
 
     def setup(self) -> None:
-        self.encoder = load_encoder(self.path, self.device)
+        encoder = HANDOFF.take(("sentence-transformers", *self._key()))
+        self.encoder = load_encoder(self.path, self.device) if encoder is None else encoder.to(self.device)
         self.limit = token_limit(self.encoder.max_seq_length)
         self.truncate = truthy(self.config.get("truncate", False))
         self.batch_size = int(self.config.get("batch_size", 64))
 
     def teardown(self) -> None:
         self.encoder = None
+
+    def _key(self) -> tuple[str, tuple[int, int]]:
+        """The folder as it is now, its modules.json standing for it."""
+        return str(self.path.resolve()), file_key(self.path / "modules.json")[1]
 
     def run(self, inputs: Arrays) -> Arrays:
         batch = texts(inputs[TEXT])

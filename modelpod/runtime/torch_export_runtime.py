@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 from modelpod.errors import ModelLoadError
 from modelpod.runtime.declared_specs import declared
-from modelpod.runtime.file_model import Description, batch_first
+from modelpod.runtime.file_model import HANDOFF, Description, batch_first, file_key
 from modelpod.runtime.torch_files import TorchFileModel, datatype_of_tensor, import_torch, output_names
 from modelpod.types import TensorSpec
 
@@ -57,7 +57,9 @@ def describe_program(program: Any, where: str) -> Description:
 
 @lru_cache(maxsize=64)
 def _describe(path: str, stamp: tuple[int, int]) -> Description:
-    return describe_program(load_program(import_torch(Path(path)), Path(path)), path)
+    program = load_program(import_torch(Path(path)), Path(path))
+    HANDOFF.put(("torch-export", path, stamp), program)  # the first setup takes it: read once
+    return describe_program(program, path)
 
 
 class TorchExportModel(TorchFileModel):
@@ -67,8 +69,7 @@ class TorchExportModel(TorchFileModel):
     platform: ClassVar[str] = "pytorch_export"
 
     def describe(self) -> Description:
-        status = self.path.stat()
-        found = _describe(str(self.path.resolve()), (status.st_mtime_ns, status.st_size))
+        found = _describe(*file_key(self.path))
         wanted = declared(self.path, self.config)
         for key, have in (("inputs", found.inputs), ("outputs", found.outputs)):
             if key in wanted and len(wanted[key]) != len(have):
@@ -80,4 +81,7 @@ class TorchExportModel(TorchFileModel):
         return Description(inputs, outputs, batchable=batch_first((*inputs, *outputs)))
 
     def load_module(self, torch: Any) -> Any:
-        return load_program(torch, self.path).module().to(self.device)
+        program = HANDOFF.take(("torch-export", *file_key(self.path)))
+        if program is None:
+            program = load_program(torch, self.path)
+        return program.module().to(self.device)

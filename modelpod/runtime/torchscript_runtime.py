@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 from modelpod.errors import ModelLoadError
 from modelpod.runtime.declared_specs import declared, sidecar
-from modelpod.runtime.file_model import Description, batch_first
+from modelpod.runtime.file_model import HANDOFF, Description, batch_first, file_key
 from modelpod.runtime.torch_files import TorchFileModel, import_torch, probed_outputs
 from modelpod.types import TensorSpec
 
@@ -48,7 +48,9 @@ def _probed(path: str, stamp: tuple[int, int], inputs: tuple[TensorSpec, ...]) -
         raise ModelLoadError(
             f"{path}: forward takes {names}, the declared inputs are {[spec.name for spec in inputs]}"
         )
-    return probed_outputs(torch, module, inputs, path)
+    outputs = probed_outputs(torch, module, inputs, path)
+    HANDOFF.put(("torchscript", path, stamp), module)  # the first setup takes it: read once
+    return outputs
 
 
 class TorchScriptModel(TorchFileModel):
@@ -69,9 +71,9 @@ class TorchScriptModel(TorchFileModel):
         inputs = found["inputs"]
         outputs = found.get("outputs")
         if outputs is None:
-            status = self.path.stat()
-            outputs = _probed(str(self.path.resolve()), (status.st_mtime_ns, status.st_size), inputs)
+            outputs = _probed(*file_key(self.path), inputs)
         return Description(inputs, outputs, batchable=batch_first((*inputs, *outputs)))
 
     def load_module(self, torch: Any) -> Any:
-        return load_archive(torch, self.path, self.device)
+        module = HANDOFF.take(("torchscript", *file_key(self.path)))
+        return load_archive(torch, self.path, self.device) if module is None else module.to(self.device)
