@@ -140,3 +140,20 @@ def test_modelpod_serve_says_it_in_one_line(tmp_path: Path) -> None:
         result.stderr
         == f"modelpod: {path}: models[0]: unknown field(s) ['pth']; known: {', '.join(MODEL_FIELDS)}\n"
     )
+
+
+def test_modelpod_config_prints_the_effective_settings(tmp_path: Path) -> None:
+    import os
+
+    import yaml
+
+    path = write(tmp_path, "settings: {http_port: 1, grpc_port: 2, max_batch_delay_ms: 4, data_path: state, "
+                           "api_keys: 'admin:secret'}\n")  # fmt: skip
+    command = [sys.executable, "-m", "modelpod", "config", "--print", "-c", str(path), "--http-port", "9000"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+                            env={**os.environ, "MODELPOD_GRPC_PORT": "5555"})  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    printed = yaml.safe_load(result.stdout)
+    assert (printed["http_port"], printed["grpc_port"], printed["max_batch_delay_ms"]) == (9000, 5555, 4.0)
+    assert printed["data_path"] == str(tmp_path / "state")  # relative to the file
+    assert printed["api_keys"] == "**********"

@@ -25,6 +25,8 @@ are served besides the file's. A mistake is one line naming the file and the fie
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +37,7 @@ from modelpod.runtime.file_settings import FILE_FIELDS, file_settings
 
 MODEL_FIELDS = ("path", "class", "name", *FILE_FIELDS)
 TOP_FIELDS = ("settings", "models", "pipelines")
-RELATIVE_SETTINGS = ("data_path", "repository", "api_key_file", "tls_certificate", "tls_key")
+RELATIVE_SETTINGS = ("data_path", "repository", "api_key_file", "tls_cert", "tls_key")
 
 
 @dataclass
@@ -153,3 +155,22 @@ def targets(config: ConfigFile, allow_pickle: bool) -> list[Any]:
             raise _fail(config.path, f"models[{index}]", str(error)) from None
         found.append(target if model["name"] is None else (model["name"], target))
     return found + [parse_pipeline(text) for text in config.pipelines]
+
+
+def print_settings(arguments: Any) -> int:
+    """`modelpod config --print`: the effective settings, as YAML (secrets masked)."""
+    with needs_extra("server", "modelpod config"):
+        import yaml
+        from pydantic import ValidationError
+
+        from modelpod.server.settings import Settings
+
+    flags = {k: v for k, v in vars(arguments).items() if k in Settings.model_fields and v is not None}
+    try:
+        file = read(Path(arguments.config)) if arguments.config else None
+        settings = Settings(**(settings_below_flags(file, flags, os.environ) if file is not None else flags))
+    except (ValidationError, ValueError) as error:
+        print(f"modelpod: {error}", file=sys.stderr)
+        return 2
+    print(yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False), end="")
+    return 0

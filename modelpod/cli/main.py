@@ -60,6 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_models_command(commands)
     cli_train.add_command(commands)
     commands.add_parser("doctor", help="what is installed, for a bug report: Python, extras, devices")
+    config = commands.add_parser("config", help="the settings modelpod serve would run with (--print)")
+    config.add_argument("--print", dest="print_settings", action="store_true", required=True,
+                        help="print them as YAML: flags, then the environment, then the -c file")  # fmt: skip
+    config.add_argument("-c", "--config", default=None, metavar="FILE", help="a modelpod.yaml")
+    _add_settings(config)
     return parser
 
 
@@ -246,6 +251,10 @@ def _run(arguments: argparse.Namespace) -> int:
         return run_serve(arguments)
     if arguments.command == "train":
         return cli_train.run(arguments)
+    if arguments.command == "config":
+        from modelpod.cli.config_file import print_settings
+
+        return print_settings(arguments)
     if arguments.command == "doctor":
         from modelpod.cli.doctor import report
 
