@@ -45,6 +45,7 @@ logger = logging.getLogger("modelpod.serving.repository_watch")
 SETTINGS_FILE = "modelpod.yaml"  # NAME/modelpod.yaml: how the model's files are served
 _NOT_MODELS = (".json", ".yaml", ".yml")  # declarations and settings beside the models
 Stamp = tuple[int, int]  # the newest mtime and total size of a file or of a folder's files
+REMOVAL_GRACE_SECONDS = 0.5  # between a removed version's last listing and its unloading
 
 
 @dataclass(frozen=True)
@@ -233,8 +234,12 @@ class RepositoryWatch:
             await service.set_default(name, newest)
             # the metadata of the new default
             hosted.probe = await asyncio.to_thread(self.repository.instance, hosted, newest)
-        for version in before.keys() - after.keys():
+        removed = before.keys() - after.keys()
+        for version in removed:  # no longer listed: new requests for it are 404s
             logger.info("repository: %s version %s removed; unloading it", name, version)
-            target.files.pop(version, None)
             self._remove_layout(name, version)
+        if removed:  # requests that resolved it a moment ago may still wait in its batcher
+            await asyncio.sleep(REMOVAL_GRACE_SECONDS)
+        for version in removed:
+            target.files.pop(version, None)
             await asyncio.to_thread(pool.evict, (name, version), "its file was removed")
