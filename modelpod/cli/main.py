@@ -167,6 +167,9 @@ def run_serve(arguments: argparse.Namespace) -> int:
         print("modelpod: nothing to serve: give a MODEL, --repository DIR, or --store URL --model IDENTIFIER",
               file=sys.stderr)  # fmt: skip
         return 2
+    if arguments.backend == "ray" and settings.repository is not None:
+        print("modelpod: --repository is served by the default backend, not --backend ray", file=sys.stderr)
+        return 2
     try:
         if arguments.backend == "ray":
             return cli_ray.run(arguments, targets, settings)
