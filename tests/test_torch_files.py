@@ -139,6 +139,9 @@ def test_a_program_exported_with_fixed_shapes_does_not_batch(files: dict[str, An
     assert runner.model.output_specs() == (TensorSpec("output", "FP32", (4, 3)),)
     assert runner.batching.max_batch_size == 1
     np.testing.assert_allclose(runner.predict(input=ROWS[:4])["output"], _mlp(files, ROWS[:4]), atol=1e-6)
+    with pytest.raises(ModelLoadError, match="no free first dimension to batch on"):
+        Runner(files["folder"] / "fixed.pt2", max_batch_size=4)
+    assert Runner(files["folder"] / "scorer.pt2", max_batch_size=4).batching.max_batch_size == 4
 
 
 def test_a_damaged_archive_is_a_load_error(tmp_path: Path) -> None:

@@ -146,6 +146,11 @@ def test_the_generator_streams_what_generate_writes(folders: dict[str, Path]) ->
     assert len(pieces) > 1
     assert "".join(pieces) == _generate(folders["gpt2"], "the quick", 6)
     assert list(runner.predict_stream(prompt="the quick", max_tokens=0)) == []
+    assert runner.batching.max_batch_size == 8
+    assert (
+        Runner(folders["gpt2"], runtime="transformers-generate", max_batch_size=2).batching.max_batch_size
+        == 2
+    )
     with pytest.raises(InvalidInput, match="top_p must be a number in"):
         list(runner.predict_stream(prompt="x", top_p=2.0))
     with pytest.raises(ModelLoadError, match="a text-classification model; streaming is for text generation"):

@@ -129,7 +129,7 @@ class FileModel(Model):
                 max_batch_delay_ms=self.default_batch_delay_ms,
                 max_queue_size=self.max_queue_size,
             )
-        if chosen.get("max_batch_size", 1) > 1 and not self.description.batchable:
+        if chosen.get("max_batch_size", 1) > 1 and not (self.description.batchable or self.has_batch()):
             raise ModelLoadError(
                 f"{self.path}: its inputs and outputs have no free first dimension to batch on"
             )
