@@ -190,6 +190,8 @@ def test_polling_follows_the_folder_with_no_request_failing(tmp_path: Path) -> N
         _until(lambda: _y(url, "fresh") == (200, [51.0, 52.0]), "the new model fresh")
         (root / "plain.onnx").unlink()  # a removed model is unloaded
         _until(lambda: _y(url, "plain")[0] == 503, "plain unloaded")
+        put(root, "plain.onnx", "Add", 200.0)  # and loaded again when it comes back
+        _until(lambda: _y(url, "plain") == (200, [201.0, 202.0]), "plain back, with its new file")
         shutil.rmtree(root / "adder" / "3")  # the default removed: the highest left takes over
         _until(lambda: _y(url, "adder") == (200, [3.0, 4.0]), "adder back on version 2")
     finally:

@@ -203,7 +203,10 @@ class RepositoryWatch:
             except ValueError as error:  # a mistake in its settings file: it stays as it was
                 logger.error("repository: %s", error)
                 continue
-            await self._follow(service, name, self.seen.get(name, {}), files)
+            try:
+                await self._follow(service, name, self.seen.get(name, {}), files)
+            except Exception as error:  # one model's broken file must not stop the others' changes
+                logger.error("repository: %s: %s", name, error)
 
     async def _follow(self, service: Any, name: str, before: dict[str, Seen], after: dict[str, Seen]) -> None:
         if before == after:
@@ -219,6 +222,9 @@ class RepositoryWatch:
         if not after:
             logger.info("repository: %s removed; unloading it", name)
             await service.unload_model(name)
+            for version in before:  # when it comes back, it has the versions it comes back with
+                target.files.pop(version, None)
+                self._remove_layout(name, version)
             return
         for version in after.keys() - before.keys():
             self._lay_out(name, version, after[version].file)
