@@ -27,7 +27,7 @@ FEATURES: dict[str, str] = {
     "sklearn": "modelpod serve model.joblib: scikit-learn estimators from joblib or pickle files",
     "otel": "modelpod serve --otel: OpenTelemetry traces of every request, exported over OTLP",
     "examples": "the bundled scikit-learn examples (examples/iris.py)",
-    "embeddings": "the sentence-transformers embedding example; serving a sentence-transformers FOLDER",
+    "embeddings": "the sentence-transformers embedding example",
 }
 
 
