@@ -33,6 +33,7 @@ from modelpod.runtime.model import DEFAULT_VERSION, Model
 from modelpod.types import BatchConfig, TensorSpec
 
 Arrays = dict[str, np.ndarray[Any, Any]]
+STORED_FILE = "model_file"  # the config key naming a Store version's file (registry/file_artifacts.py)
 BATCH_OPTIONS: dict[str, type[int] | type[float]] = {"max_batch_size": int, "max_batch_delay_ms": float,
                                                      "max_queue_size": int}  # fmt: skip
 
@@ -71,13 +72,16 @@ class FileModel(Model):
         **kwargs: Any,
     ) -> None:
         chosen = path if path is not None else self.model_file
-        if chosen is None:
+        if chosen is not None:
+            kwargs.setdefault("name", self.name or name_of_file(Path(chosen)))
+        super().__init__(version, **kwargs)
+        stored = self.config.get(STORED_FILE)  # a version the Store laid out: the file is in its folder
+        if chosen is None and stored is None:
             raise ValueError(f"{type(self).__name__} needs a model file: pass path=, or set model_file")
-        self.path = Path(chosen)
+        folder = self.data_path / self.model_name / self.version
+        self.path = Path(chosen) if chosen is not None else folder / str(stored)
         if not self.path.exists():
             raise ModelLoadError(f"no such model file: {self.path}")
-        kwargs.setdefault("name", self.name or name_of_file(self.path))
-        super().__init__(version, **kwargs)
         self.description = self.describe()
 
     # -- what a runtime implements ----------------------------------------------------------------
