@@ -57,14 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_file_options(serve)
     _add_settings(serve)
     cli_ray.add_options(serve)
+    _add_config_command(commands)
     _add_models_command(commands)
     cli_train.add_command(commands)
     commands.add_parser("doctor", help="what is installed, for a bug report: Python, extras, devices")
-    config = commands.add_parser("config", help="the settings modelpod serve would run with (--print)")
-    config.add_argument("--print", dest="print_settings", action="store_true", required=True,
-                        help="print them as YAML: flags, then the environment, then the -c file")  # fmt: skip
-    config.add_argument("-c", "--config", default=None, metavar="FILE", help="a modelpod.yaml")
-    _add_settings(config)
     return parser
 
 
@@ -89,6 +85,14 @@ def runtime_options(pairs: Sequence[str]) -> dict[str, Any]:
             raise ValueError(f"--runtime-option {pair!r}: expected NAME=VALUE")
         options[name] = int(value) if value.lstrip("-").isdigit() else value
     return options
+
+
+def _add_config_command(commands: Any) -> None:
+    config = commands.add_parser("config", help="the settings modelpod serve would run with (--print)")
+    config.add_argument("--print", dest="print_settings", action="store_true", required=True,
+                        help="print them as YAML: flags, then the environment, then the -c file")  # fmt: skip
+    config.add_argument("-c", "--config", default=None, metavar="FILE", help="a modelpod.yaml")
+    _add_settings(config)
 
 
 def _add_models_command(commands: Any) -> None:
@@ -252,12 +256,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(arguments: argparse.Namespace) -> int:
     if arguments.command == "serve":
         return run_serve(arguments)
-    if arguments.command == "train":
-        return cli_train.run(arguments)
     if arguments.command == "config":
         from modelpod.cli.config_file import print_settings
 
         return print_settings(arguments)
+    if arguments.command == "train":
+        return cli_train.run(arguments)
     if arguments.command == "doctor":
         from modelpod.cli.doctor import report
 
