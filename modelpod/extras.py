@@ -19,7 +19,10 @@ FEATURES: dict[str, str] = {
     "store": "Store (SQLite), modelpod models, modelpod serve --store URL --model NAME",
     "postgres": "a Store in PostgreSQL (postgresql+psycopg://...)",
     "ray": "modelpod serve --backend ray: replicas on Ray Serve",
-    "torch": "torch tensors as inputs, devices (cuda, mps), custom_ops, torch profiling",
+    "torch": "torch tensors as inputs, devices (cuda, mps), custom_ops, torch profiling; "
+    "modelpod serve model.pt / model.pt2: TorchScript and torch.export archives",
+    "transformers": "modelpod serve FOLDER: Hugging Face transformers folders (save_pretrained)",
+    "mlflow": "modelpod serve FOLDER: MLflow models (MLmodel) through their pyfunc flavor",
     "onnx": "modelpod serve model.onnx: ONNX graphs run by onnxruntime",
     "sklearn": "modelpod serve model.joblib: scikit-learn estimators from joblib or pickle files",
     "otel": "modelpod serve --otel: OpenTelemetry traces of every request, exported over OTLP",

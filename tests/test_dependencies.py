@@ -48,6 +48,13 @@ MODULE_EXTRAS: dict[str, tuple[str, ...]] = {
     # The runtimes of model files: each imported by `modelpod serve FILE` only for its own format.
     "modelpod.runtime.onnx_runtime": ("onnx",),
     "modelpod.runtime.sklearn_runtime": ("sklearn",),
+    "modelpod.runtime.torch_files": ("torch",),
+    "modelpod.runtime.torchscript_runtime": ("torch",),
+    "modelpod.runtime.torch_export_runtime": ("torch",),
+    "modelpod.runtime.transformers_runtime": ("transformers",),
+    "modelpod.runtime.transformers_stream": ("transformers",),
+    "modelpod.runtime.sentence_transformers_runtime": ("embeddings",),
+    "modelpod.runtime.mlflow_runtime": ("mlflow",),
 }
 
 # (module, import): the extra the import needs; it runs only after a check that torch is there

@@ -19,8 +19,11 @@ under another name. A model is a modelpod.Model subclass, a class with __init__(
 predict(payload, query_params), or a function. A model file is served by the runtime of its
 format, recognised from the file (--runtime forces one), under the file's stem: an ONNX graph
 (extra onnx), a scikit-learn estimator in joblib or pickle (extra sklearn; --allow-pickle, since
-loading it runs code). Every option can also be set by its environment variable; a flag wins over
-the environment."""
+loading it runs code), a TorchScript or torch.export archive (extra torch), a Hugging Face
+transformers folder (extra transformers), a sentence-transformers folder (extra embeddings), an
+MLflow model (extra mlflow; --allow-pickle). --repository DIR serves a folder of them. Every option
+can also be set by its environment variable; a flag wins over the environment, which wins over
+a -c file."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,9 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve the named models as one model NAME, each step's result the next one's input; "
         "MODEL|MODEL branches (?branch=MODEL picks one, the first by default); repeatable",
     )
+    serve.add_argument("-c", "--config", default=None, metavar="FILE",
+                       help="serve the models and settings of a YAML file (flags win)")  # fmt: skip
     _add_file_options(serve)
     _add_settings(serve)
     cli_ray.add_options(serve)
+    _add_config_command(commands)
     _add_models_command(commands)
     cli_train.add_command(commands)
     cli_capture.add_command(commands)
@@ -62,13 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-FILE_OPTIONS = ("runtime", "runtime_options")
+FILE_OPTIONS = ("runtime", "runtime_options", "config")
 
 
 def _add_file_options(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--runtime", default=None, metavar="NAME",
-                       help="serve each model file with this runtime (onnx, sklearn) instead of the one "
-                       "its format names")  # fmt: skip
+                       help="serve each model file with this runtime (onnx, sklearn, torchscript, ...) "
+                       "instead of the one its format names")  # fmt: skip
     serve.add_argument("--runtime-option", dest="runtime_options", action="append", default=[],
                        metavar="NAME=VALUE", help="an option of the model files' runtime, e.g. "
                        "intra_op_threads=2 (onnx); repeatable")  # fmt: skip
@@ -83,6 +89,14 @@ def runtime_options(pairs: Sequence[str]) -> dict[str, Any]:
             raise ValueError(f"--runtime-option {pair!r}: expected NAME=VALUE")
         options[name] = int(value) if value.lstrip("-").isdigit() else value
     return options
+
+
+def _add_config_command(commands: Any) -> None:
+    config = commands.add_parser("config", help="the settings modelpod serve would run with (--print)")
+    config.add_argument("--print", dest="print_settings", action="store_true", required=True,
+                        help="print them as YAML: flags, then the environment, then the -c file")  # fmt: skip
+    config.add_argument("-c", "--config", default=None, metavar="FILE", help="a modelpod.yaml")
+    _add_settings(config)
 
 
 def _add_models_command(commands: Any) -> None:
@@ -122,6 +136,10 @@ def _add_settings(parser: argparse.ArgumentParser) -> None:
 
 
 def run_serve(arguments: argparse.Namespace) -> int:
+    import os
+    from pathlib import Path
+
+    from modelpod.cli import config_file
     from modelpod.errors import ModelpodError
     from modelpod.runtime.loader import parse_reference
     from modelpod.serving.served_pipeline import parse_pipeline
@@ -139,18 +157,26 @@ def run_serve(arguments: argparse.Namespace) -> int:
         and value is not None
     }
     try:
+        file = config_file.read(Path(arguments.config)) if arguments.config else None
+        if file is not None:
+            overrides = config_file.settings_below_flags(file, overrides, os.environ)
         settings = Settings(**overrides)
         options = runtime_options(arguments.runtime_options)
         targets = [
             _named(parse_reference(reference, arguments.runtime, settings.allow_pickle, **options))
             for reference in arguments.models
         ]
+        targets += config_file.targets(file, settings.allow_pickle) if file is not None else []
         targets += [parse_pipeline(text) for text in arguments.pipelines]
     except (ValidationError, ValueError, PermissionError, ModelpodError) as error:
         print(f"modelpod: {error}", file=sys.stderr)
         return 2
-    if not targets and not arguments.store_models:
-        print("modelpod: nothing to serve: give a MODEL, or --store URL --model IDENTIFIER", file=sys.stderr)
+    if not targets and not arguments.store_models and settings.repository is None:
+        print("modelpod: nothing to serve: give a MODEL, --repository DIR, or --store URL --model IDENTIFIER",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    if arguments.backend == "ray" and settings.repository is not None:
+        print("modelpod: --repository is served by the default backend, not --backend ray", file=sys.stderr)
         return 2
     try:
         if arguments.backend == "ray":
@@ -218,6 +244,9 @@ def _table(records: Sequence[Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     arguments, unknown = parser.parse_known_args(argv)
+    if arguments.command == "serve":  # models after flags: argparse takes one run of positionals alone
+        arguments.models += [item for item in unknown if not item.startswith("-")]
+        unknown = [item for item in unknown if item.startswith("-")]
     try:
         if unknown:
             if arguments.command == "serve":  # its settings' flags are unknown without the server extra
@@ -233,6 +262,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(arguments: argparse.Namespace) -> int:
     if arguments.command == "serve":
         return run_serve(arguments)
+    if arguments.command == "config":
+        from modelpod.cli.config_file import print_settings
+
+        return print_settings(arguments)
     if arguments.command == "train":
         return cli_train.run(arguments)
     if arguments.command == "replay":

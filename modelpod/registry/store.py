@@ -26,7 +26,7 @@ from sqlalchemy import Connection, create_engine, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from modelpod.errors import Conflict, InvalidInput, ModelLoadError, NotFound
-from modelpod.registry import artifacts
+from modelpod.registry import artifacts, file_artifacts
 from modelpod.registry.schema import endpoints, metadata, models, settings
 from modelpod.runtime.adapters import as_model
 from modelpod.runtime.loader import load_object
@@ -134,8 +134,9 @@ class Store:
 
     # -- recording models -------------------------------------------------------------------------
 
-    def apply(self, model: Any, version: str | None = None) -> ModelRecord:
-        """Record a model (a Model instance, class, predictor, function or RemoteModel) and its artifacts.
+    def apply(self, model: Any, version: str | None = None, identifier: str | None = None) -> ModelRecord:
+        """Record a model (a Model instance, class, predictor, function, RemoteModel, or a model
+        file's path: see file_artifacts.py) and its artifacts, under `identifier` (default: its name).
 
         Applying what the latest version already holds returns that version instead of a new one.
         """
@@ -144,15 +145,15 @@ class Store:
         if isinstance(model, RemoteModel):
             return model.apply_to(self)
         instance = as_model(model)
-        identifier = check_name("identifier", instance.model_name)
+        identifier = check_name("identifier", identifier or instance.model_name)
         class_ref, pickled = self._class_reference(instance)
-        config = _json_config(instance.config)
         model_dir = instance.data_path / instance.model_name / instance.version
-        digest = artifacts.checksum(model_dir)
-        latest = self._latest(identifier)
-        if version is None and latest is not None and _same(latest, class_ref, config, digest):
-            return latest
-        return self._insert(identifier, version, class_ref, pickled, config, digest, model_dir)
+        with file_artifacts.staged(instance, model_dir, _json_config(instance.config)) as (model_dir, config):
+            digest = artifacts.checksum(model_dir)
+            latest = self._latest(identifier)
+            if version is None and latest is not None and _same(latest, class_ref, config, digest):
+                return latest
+            return self._insert(identifier, version, class_ref, pickled, config, digest, model_dir)
 
     def _class_reference(self, instance: Model) -> tuple[str, bytes | None]:
         source = instance.source()

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from modelpod.errors import ModelLoadError
 from modelpod.runtime.model import DEFAULT_VERSION, Model
 
 _PICKLE_SUFFIXES = (".joblib", ".pkl", ".pickle")
@@ -141,24 +142,49 @@ FORMATS: dict[str, Format] = {
             "modelpod.runtime.sklearn_runtime:SklearnModel",
             executes_code=True,
         ),
-        # Recognised, so that the answer names them, but not served yet (issue 15's next parts).
-        Format("mlflow", "mlflow", "an MLflow model folder (MLmodel)", _has_file("MLmodel"), None),
+        Format(
+            "mlflow",
+            "mlflow",
+            "an MLflow model folder (MLmodel; needs --allow-pickle)",
+            _has_file("MLmodel"),
+            "modelpod.runtime.mlflow_runtime:MlflowModel",
+            executes_code=True,
+        ),
         Format(
             "sentence-transformers",
             "embeddings",
             "a sentence-transformers folder (modules.json)",
             _has_file("modules.json"),
-            None,
+            "modelpod.runtime.sentence_transformers_runtime:SentenceTransformersModel",
+        ),
+        Format(
+            "transformers-generate",
+            "transformers",
+            "a transformers text-generation folder, streamed (chosen with --runtime)",
+            lambda path: False,  # chosen, never recognised: the folder is also a transformers one
+            "modelpod.runtime.transformers_stream:TransformersGenerator",
         ),
         Format(
             "transformers",
             "transformers",
             "a Hugging Face transformers folder (config.json)",
             is_transformers,
-            None,
+            "modelpod.runtime.transformers_runtime:TransformersModel",
         ),
-        Format("torchscript", "torch", "a TorchScript archive (torch.jit.save)", is_torchscript, None),
-        Format("torch-export", "torch", "a torch.export archive (.pt2)", is_torch_export, None),
+        Format(
+            "torchscript",
+            "torch",
+            "a TorchScript archive (torch.jit.save)",
+            is_torchscript,
+            "modelpod.runtime.torchscript_runtime:TorchScriptModel",
+        ),
+        Format(
+            "torch-export",
+            "torch",
+            "a torch.export archive (.pt2)",
+            is_torch_export,
+            "modelpod.runtime.torch_export_runtime:TorchExportModel",
+        ),
     )
 }
 
@@ -219,9 +245,40 @@ class ModelFile:
         return REFERENCE_PREFIX + json.dumps(fields)
 
 
+@dataclass(frozen=True)
+class VersionedFiles(ModelFile):
+    """One model whose versions are files of their own (a model repository's `NAME/VERSION/file`):
+    version -> its `ModelFile`. `path` is the model's folder; `files` changes as versions come
+    and go (a repository's poller updates it)."""
+
+    files: dict[str, ModelFile] = field(default_factory=dict)
+
+    def instantiate(self, version: str = DEFAULT_VERSION, **kwargs: Any) -> Model:
+        chosen = self.files.get(version)
+        if chosen is None:
+            known = ", ".join(self.files) or "none"
+            raise ModelLoadError(f"{self.path} has no file for version {version!r} (versions: {known})")
+        return chosen.instantiate(version, **kwargs)
+
+    def reference(self) -> str:
+        files = {
+            version: json.loads(f.reference().removeprefix(REFERENCE_PREFIX))
+            for version, f in self.files.items()
+        }
+        fields = {"path": str(self.path.resolve()), "runtime": self.runtime, "options": {}, "versions": files}
+        return REFERENCE_PREFIX + json.dumps(fields)
+
+
 def from_reference(reference: str) -> ModelFile:
-    """The `ModelFile` that `ModelFile.reference` wrote."""
+    """The `ModelFile` (or `VersionedFiles`) that `reference` wrote."""
     fields = json.loads(reference.removeprefix(REFERENCE_PREFIX))
+    if "versions" in fields:
+        files = {version: _file_of(each) for version, each in fields["versions"].items()}
+        return VersionedFiles(Path(fields["path"]), fields["runtime"], {}, files)
+    return _file_of(fields)
+
+
+def _file_of(fields: Mapping[str, Any]) -> ModelFile:
     return ModelFile(Path(fields["path"]), fields["runtime"], fields["options"])
 
 

@@ -105,6 +105,7 @@ class OnnxModel(FileModel):
     """An ONNX graph run by onnxruntime. Subclass it to add processing."""
 
     runtime_name: ClassVar[str] = "onnx"
+    platform: ClassVar[str] = "onnxruntime_onnx"
     intra_op_threads: ClassVar[int | None] = None  # threads inside one operator (None: onnxruntime's)
     inter_op_threads: ClassVar[int | None] = None  # operators run at once (None: onnxruntime's)
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from modelpod.errors import ModelLoadError
 from modelpod.extras import needs_extra
-from modelpod.runtime.file_model import Arrays, Description, FileModel
+from modelpod.runtime.file_model import HANDOFF, Arrays, Description, FileModel, file_key
 from modelpod.runtime.model import DEFAULT_VERSION
 from modelpod.types import TensorSpec, datatype_of, numpy_dtype
 
@@ -41,7 +41,9 @@ def load_estimator(path: Path) -> Any:
 def _describe(path: str, stamp: tuple[int, int]) -> Description:
     """What the estimator at `path` takes and answers (cached per file state: a probe and each
     version describe the same file)."""
-    return describe_estimator(load_estimator(Path(path)))
+    estimator = load_estimator(Path(path))
+    HANDOFF.put(("sklearn", path, stamp), estimator)  # the first setup takes it: read once
+    return describe_estimator(estimator)
 
 
 def describe_estimator(estimator: Any) -> Description:
@@ -89,6 +91,7 @@ class SklearnModel(FileModel):
     """A scikit-learn estimator from a joblib or pickle file. Subclass it to add processing."""
 
     runtime_name: ClassVar[str] = "sklearn"
+    platform: ClassVar[str] = "sklearn"
 
     def __init__(
         self,
@@ -108,11 +111,11 @@ class SklearnModel(FileModel):
                 f"{self.path} is a pickle, and loading it runs code from the file: "
                 "pass --allow-pickle (allow_pickle=True) if you trust it"
             )
-        status = self.path.stat()
-        return _describe(str(self.path.resolve()), (status.st_mtime_ns, status.st_size))
+        return _describe(*file_key(self.path))
 
     def setup(self) -> None:
-        self.estimator = load_estimator(self.path)
+        handed = HANDOFF.take(("sklearn", *file_key(self.path)))
+        self.estimator = handed if handed is not None else load_estimator(self.path)
 
     def teardown(self) -> None:
         self.estimator = None

@@ -30,6 +30,7 @@ from modelpod.server.tls import load_tls
 from modelpod.serving.pool import ModelPool
 from modelpod.serving.quotas import Quotas, parse_quotas
 from modelpod.serving.repository import Repository
+from modelpod.serving.repository_watch import RepositoryWatch
 from modelpod.serving.service import InferenceService
 from modelpod.serving.traffic_policy import parse_flag
 
@@ -198,7 +199,12 @@ class ModelServer:
             _say("stopped" if drained else "stopped (some requests were still running at the drain timeout)")
 
 
-async def run_server(repository: Repository, settings: Settings, announcer: Announcer | None = None) -> None:
+async def run_server(
+    repository: Repository,
+    settings: Settings,
+    announcer: Announcer | None = None,
+    watch: RepositoryWatch | None = None,
+) -> None:
     """Serve until SIGINT or SIGTERM, then stop gracefully."""
     server = ModelServer(repository, settings, announcer)
     stop = asyncio.Event()
@@ -206,8 +212,12 @@ async def run_server(repository: Repository, settings: Settings, announcer: Anno
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await server.start()
+    if watch is not None and settings.repository_poll > 0:
+        await watch.start(server.service, settings.repository_poll)
     await stop.wait()
     _say("shutting down: finishing requests in flight")
+    if watch is not None:
+        await watch.stop()
     await server.stop()
 
 
@@ -223,7 +233,11 @@ def serve(
     logs.configure(settings.log_level, settings.log_format)
     repository = build_repository(targets, settings)
     announcer = _announcer(repository, settings, store_models) if store_models else None
-    if not repository.names():
+    watch = None
+    if settings.repository is not None:  # its models, and a poller of the folder when asked for
+        watch = RepositoryWatch(settings.repository, repository, settings.allow_pickle, {})
+        watch.add_all()
+    if not repository.names() and not (watch is not None and settings.repository_poll > 0):
         raise ValueError("nothing to serve: give at least one model")
     try:
         import uvloop
@@ -232,7 +246,7 @@ def serve(
     except ImportError:
         runner = asyncio.Runner()
     with runner:
-        runner.run(run_server(repository, settings, announcer))
+        runner.run(run_server(repository, settings, announcer, watch))
 
 
 def _announcer(repository: Repository, settings: Settings, store_models: Sequence[str]) -> Announcer:

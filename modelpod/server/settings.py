@@ -155,6 +155,16 @@ class Settings(BaseSettings):
     )
     store: str | None = Field(None, description="a Store's database URL, to serve models from it (--model)")
     heartbeat_seconds: float = Field(5.0, gt=0, description="how often a server tells the store it is alive")
+    repository: Path | None = Field(
+        None,
+        description="serve the model files of this folder: NAME/VERSION/FILE (Triton's layout), "
+        "NAME/FOLDER, FILE",
+    )
+    repository_poll: float = Field(
+        0.0,
+        ge=0,
+        description="seconds between looks at --repository for new, changed and removed models (0: none)",
+    )
     allow_pickle: bool = Field(
         False, description="allow store models kept pickled and pickled model files (loading runs their code)"
     )

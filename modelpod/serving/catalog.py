@@ -20,6 +20,12 @@ PLATFORM = "modelpod"
 EXTENSIONS = ("binary_tensor_data", "model_repository", "modelpod_native")
 
 
+def platform_of(probe: object) -> str:
+    """The runtime a model file is served by (`onnxruntime_onnx`, ...), else modelpod's own."""
+    platform = getattr(probe, "platform", PLATFORM)
+    return platform if isinstance(platform, str) else PLATFORM
+
+
 class ServerFacts(NamedTuple):
     name: str
     version: str
@@ -56,7 +62,7 @@ class Catalog:
         """What a model (one version, or all of them) says of itself, for the metadata calls."""
         hosted, resolved = self.repository.resolve(name, version)
         versions = [resolved] if version else self.repository.versions(name)
-        return ModelFacts(hosted.name, versions, PLATFORM, *advertised_specs(hosted.probe))
+        return ModelFacts(hosted.name, versions, platform_of(hosted.probe), *advertised_specs(hosted.probe))
 
     def model_config(self, name: str, version: str | None = None) -> dict[str, Any]:
         """The model's configuration in Triton's shape (what `tritonclient`'s get_model_config reads)."""
@@ -65,7 +71,7 @@ class Catalog:
         inputs, outputs = advertised_specs(hosted.probe)
         config: dict[str, Any] = {
             "name": hosted.name,
-            "platform": PLATFORM,
+            "platform": platform_of(hosted.probe),
             "backend": "python",
             "max_batch_size": batching.max_batch_size if batching.enabled else 0,
             "input": [_config_tensor(spec) for spec in inputs],

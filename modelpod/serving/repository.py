@@ -68,7 +68,8 @@ class Repository:
         **runner_options: Any,
     ) -> HostedModel:
         """Host a Model class, a predictor class or a function under `name` (default: its own)."""
-        probe = as_model(target, default_version, data_path=self.data_path)
+        named = {"name": name} if name else {}  # the probe reads the served name's default version
+        probe = as_model(target, default_version, data_path=self.data_path, **named)
         batching = dataclasses.replace(probe.batch_config(), **self.batching_overrides)
         hosted = HostedModel(
             name=check_name("model name", name or probe.model_name),

@@ -1,0 +1,45 @@
+"""How one model file is served, as a config file or a repository's settings file writes it:
+
+    runtime: torchscript                 # force a runtime (default: the file's format)
+    options: {inputs: "x:FP32[-1,8]"}    # the runtime's options (--runtime-option)
+    batching: {max_batch_size: 16, max_batch_delay_ms: 2, max_queue_size: 256}
+    workers: 2                           # worker processes (0: the server's threads)
+
+checked here, with errors that name where they come from (`models.yaml: models[1].batching: ...`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+FILE_FIELDS = ("runtime", "options", "batching", "workers")
+BATCH_FIELDS = ("max_batch_size", "max_batch_delay_ms", "max_queue_size")
+
+
+def mapping(where: str, value: Any) -> dict[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{where}: expected a mapping, not {type(value).__name__}")
+    return {str(key): item for key, item in value.items()}
+
+
+def file_settings(entry: Mapping[str, Any], where: str) -> tuple[str | None, dict[str, Any]]:
+    """(the runtime forced or None, the options the runtime gets, batching and workers included)."""
+    unknown = sorted(set(entry) - set(FILE_FIELDS))
+    if unknown:
+        raise ValueError(f"{where}: unknown field(s) {unknown}; known: {', '.join(FILE_FIELDS)}")
+    runtime = entry.get("runtime")
+    if runtime is not None and not isinstance(runtime, str):
+        raise ValueError(f"{where}.runtime: expected a runtime's name, e.g. onnx")
+    options = mapping(f"{where}.options", entry.get("options") or {})
+    batching = mapping(f"{where}.batching", entry.get("batching") or {})
+    wrong = sorted(set(batching) - set(BATCH_FIELDS))
+    if wrong:
+        raise ValueError(f"{where}.batching: unknown field(s) {wrong}; known: {', '.join(BATCH_FIELDS)}")
+    for key, value in batching.items():
+        if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+            raise ValueError(f"{where}.batching.{key}: expected a number >= 0, not {value!r}")
+    workers = entry.get("workers")
+    if workers is not None and (not isinstance(workers, int) or isinstance(workers, bool) or workers < 0):
+        raise ValueError(f"{where}.workers: expected a whole number >= 0, not {workers!r}")
+    return runtime, {**options, **batching, **({"workers": workers} if workers is not None else {})}
