@@ -164,7 +164,10 @@ def _y(url: str, name: str, version: str = "") -> tuple[int, list[float] | str]:
 def test_polling_follows_the_folder_with_no_request_failing(tmp_path: Path) -> None:
     root = tmp_path / "repository"
     build(root)
-    server = launch((), tmp_path / "appdata", args=("--repository", str(root), "--repository-poll", "0.1"))
+    # A pool that keeps every version loaded: with one per model, a version evicted just before its
+    # file is deleted cannot be loaded again in the moment before the poll sees the deletion.
+    args = ("--repository", str(root), "--repository-poll", "0.1", "--model-pool-size", "3")
+    server = launch((), tmp_path / "appdata", args=args)
     url, failures, answers, stop = server.http_url, [], set(), threading.Event()
 
     def load() -> None:  # the default of adder and a version that stays, while the folder changes
