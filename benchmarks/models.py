@@ -102,6 +102,17 @@ class Echo(Model):
         return {"x": x}
 
 
+class AsyncEcho(Model):
+    """The echo written as `async def predict`: awaited on the server's event loop, no thread in
+    between (what an `async def` FastAPI handler does with its model)."""
+
+    name = "async_echo"
+    example: ClassVar[dict[str, Any]] = {"x": [sample_row()]}
+
+    async def predict(self, x: list[list[float]]) -> dict[str, list[list[float]]]:
+        return {"x": x}
+
+
 class TensorEcho(Model):
     """Returns its FP32 tensor unchanged: binary tensor transfer, both ways."""
 

@@ -72,13 +72,22 @@ def modelpod_part() -> Part:
         Point(pod, "MLP", t.GRPC_V2, 64, h2load(h2load_grpc.V2_INFER, payloads.grpc_v2(), 64)),
         Point(pod, "Echo", t.HTTP_JSON, 64, wrk("/models/echo/predict", payloads.native_json("Echo"), 64)),
         Point(
+            t.MODELPOD_ASYNC,
+            "Echo",
+            t.HTTP_JSON,
+            64,
+            wrk("/models/async_echo/predict", payloads.native_json("Echo"), 64),
+        ),
+        Point(
             pod, "MiniLM", t.HTTP_JSON, 32, wrk("/models/minilm/predict", payloads.native_json("MiniLM"), 32)
         ),
         Point(pod, "64 MiB tensor", t.V2_BINARY, 1, big_tensor),
     ]
 
     def start(work: Path, keys: set[str]) -> servers.Server:
-        names = ["MLP", "KeywordMLP", "Echo", "TensorEcho"] + (["MiniLM"] if "minilm" in keys else [])
+        names = ["MLP", "KeywordMLP", "Echo", "AsyncEcho", "TensorEcho"] + (
+            ["MiniLM"] if "minilm" in keys else []
+        )
         models = [f"benchmarks/models.py:{name}" for name in names]
         return servers.modelpod(work / "logs", work / "modelpod-data", models)
 

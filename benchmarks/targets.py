@@ -18,6 +18,7 @@ from table import (
     MLSERVER,
     MLSERVER_BATCH,
     MODELPOD,
+    MODELPOD_ASYNC,
     MODELPOD_KEYWORD,
     TRITON_BATCH,
     V2_BINARY,
@@ -82,7 +83,10 @@ def mlp_c1(rows: Sequence[Row], row: Row) -> str | None:
 
 
 def echo_c64(rows: Sequence[Row], row: Row) -> str | None:
-    if not _is(row, "Echo", HTTP_JSON, 64) or row.result is None:
+    if (
+        not (_is(row, "Echo", HTTP_JSON, 64) or _is(row, "Echo", HTTP_JSON, 64, MODELPOD_ASYNC))
+        or row.result is None
+    ):
         return None
     return _at_least(row, best_of(rows, FASTAPIS, "Echo", HTTP_JSON, 64), 1.5, "the faster FastAPI")
 
