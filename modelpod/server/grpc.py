@@ -135,9 +135,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         streams (Triton's decoupled mode), one otherwise; each carries `triton_final_response`,
         false while more are to come. An error answers that request alone, and ends its responses."""
         async for request in requests:
-            answers = in_own_span(
-                self.service, request.model_name, self._stream_answers(request, context), _failed
-            )
+            model = getattr(request, "model_name", "")  # "" for a message that did not parse
+            answers = in_own_span(self.service, model, self._stream_answers(request, context), _failed)
             async with contextlib.aclosing(answers):
                 async for answer in answers:
                     yield answer
