@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import importlib.util
 import re
+from collections.abc import Sequence
 from typing import Any
+
+from modelpod.errors import ModelLoadError
 
 ACCEPTED_FORMS = '"cpu", "cuda", "cuda:N" (N a GPU index), "mps"'
 _CUDA_INDEX = re.compile(r"^cuda:(\d+)$")
@@ -98,3 +101,18 @@ def _most_free_cuda(torch: Any, count: int) -> int:
 def _mps_available(torch: Any) -> bool:
     mps = getattr(getattr(torch, "backends", None), "mps", None)
     return bool(mps is not None and mps.is_available())
+
+
+def load_custom_ops(paths: Sequence[str]) -> None:
+    """Load torch custom operator libraries (`torch.ops.load_library`), before a model's setup."""
+    if not paths:
+        return
+    try:
+        import torch
+    except ImportError as error:
+        raise ModelLoadError("custom_ops need torch: pip install 'modelpod[torch]'") from error
+    for path in paths:
+        try:
+            torch.ops.load_library(path)
+        except (OSError, RuntimeError) as error:
+            raise ModelLoadError(f"cannot load custom operator library {path!r}: {error}") from error

@@ -17,7 +17,6 @@ sidecar `FOLDER.json`, see `declared_specs`), or refused with a message saying s
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
@@ -28,8 +27,8 @@ import numpy as np
 from modelpod.errors import ModelLoadError
 from modelpod.extras import needs_extra
 from modelpod.runtime.declared_specs import declared, sidecar
-from modelpod.runtime.file_model import Arrays, Description, FileModel, batch_first
-from modelpod.runtime.model import DEFAULT_VERSION
+from modelpod.runtime.file_model import Arrays, Description, batch_first
+from modelpod.runtime.pickled_files import PickledFileModel
 from modelpod.types import TensorSpec, datatype_of, numpy_dtype
 
 # MLflow's column types -> Open Inference Protocol datatypes
@@ -98,23 +97,12 @@ def read_signature(path: str, stamp: tuple[int, int]) -> tuple[Any, ...]:
     return inputs, input_columns, outputs, output_columns
 
 
-class MlflowModel(FileModel):
+class MlflowModel(PickledFileModel):
     """An MLflow model folder served through its pyfunc flavor. Subclass it to add processing."""
 
     runtime_name: ClassVar[str] = "mlflow"
     platform: ClassVar[str] = "mlflow"
     pyfunc: Any = None
-
-    def __init__(
-        self,
-        version: str = DEFAULT_VERSION,
-        *,
-        path: str | os.PathLike[str] | None = None,
-        allow_pickle: bool = False,
-        **kwargs: Any,
-    ) -> None:
-        self.allow_pickle = allow_pickle
-        super().__init__(version, path=path, **kwargs)
 
     def describe(self) -> Description:
         status = (self.path / "MLmodel").stat()
@@ -133,11 +121,9 @@ class MlflowModel(FileModel):
         return Description(inputs, outputs, batchable=batch_first((*inputs, *outputs)))
 
     def setup(self) -> None:
-        if not self.allow_pickle:
-            raise ModelLoadError(
-                f"{self.path}: loading an MLflow model unpickles it, which runs code from the folder: "
-                "pass --allow-pickle (allow_pickle=True) if you trust it"
-            )
+        self.refuse_unless_trusted(
+            f"{self.path}: loading an MLflow model unpickles it, which runs code from the folder"
+        )
         with needs_extra("mlflow", f"serving {self.path.name}"):
             import mlflow.pyfunc
             import pandas

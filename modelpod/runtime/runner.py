@@ -29,7 +29,7 @@ from modelpod.runtime.calls import (
     check_train_options,
     describe_error,
 )
-from modelpod.runtime.devices import select_device
+from modelpod.runtime.devices import load_custom_ops, select_device
 from modelpod.runtime.inputs import InputPreparer
 from modelpod.runtime.items import (
     iterate_async,
@@ -107,7 +107,7 @@ class Runner:
         with self._load_lock:
             if self._loaded:
                 return
-            self._load_custom_ops()
+            load_custom_ops(self.custom_ops)
             try:
                 self.model.device = select_device(self.requested_device)
             except ValueError as error:
@@ -138,19 +138,6 @@ class Runner:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-    def _load_custom_ops(self) -> None:
-        if not self.custom_ops:
-            return
-        try:
-            import torch
-        except ImportError as error:
-            raise ModelLoadError("custom_ops need torch: pip install 'modelpod[torch]'") from error
-        for path in self.custom_ops:
-            try:
-                torch.ops.load_library(path)
-            except (OSError, RuntimeError) as error:
-                raise ModelLoadError(f"cannot load custom operator library {path!r}: {error}") from error
 
     def _warm_up(self) -> None:
         example = self.model.example
@@ -323,11 +310,7 @@ class Runner:
             self._stats.record(elapsed, not item_failed)
         if failed and elapsed * 1000 > self.slow_ms:
             logger.warning(
-                "slow %s on %r: %.1f ms (threshold %.0f ms)",
-                what,
-                self.model,
-                elapsed * 1000,
-                self.slow_ms,
+                "slow %s on %r: %.1f ms (threshold %.0f ms)", what, self.model, elapsed * 1000, self.slow_ms
             )
 
     @property

@@ -8,7 +8,6 @@ unless `allow_pickle` (`--allow-pickle`) says the file is trusted.
 
 from __future__ import annotations
 
-import os
 import pickle
 from functools import lru_cache
 from pathlib import Path
@@ -18,8 +17,8 @@ import numpy as np
 
 from modelpod.errors import ModelLoadError
 from modelpod.extras import needs_extra
-from modelpod.runtime.file_model import HANDOFF, Arrays, Description, FileModel, file_key
-from modelpod.runtime.model import DEFAULT_VERSION
+from modelpod.runtime.file_model import HANDOFF, Arrays, Description, file_key
+from modelpod.runtime.pickled_files import PickledFileModel
 from modelpod.types import TensorSpec, datatype_of, numpy_dtype
 
 INPUT = "input"
@@ -87,30 +86,17 @@ def _predict_datatype(estimator: Any) -> str:
     return datatype_of(array) if array.dtype.kind == "b" else "FP64"
 
 
-class SklearnModel(FileModel):
+class SklearnModel(PickledFileModel):
     """A scikit-learn estimator from a joblib or pickle file. Subclass it to add processing."""
 
     runtime_name: ClassVar[str] = "sklearn"
     platform: ClassVar[str] = "sklearn"
 
-    def __init__(
-        self,
-        version: str = DEFAULT_VERSION,
-        *,
-        path: str | os.PathLike[str] | None = None,
-        allow_pickle: bool = False,
-        **kwargs: Any,
-    ) -> None:
-        self.allow_pickle = allow_pickle
-        self.estimator: Any = None
-        super().__init__(version, path=path, **kwargs)
+    estimator: Any = None
 
     def describe(self) -> Description:
-        if not self.allow_pickle:  # describing it loads it: refused before anything is unpickled
-            raise ModelLoadError(
-                f"{self.path} is a pickle, and loading it runs code from the file: "
-                "pass --allow-pickle (allow_pickle=True) if you trust it"
-            )
+        # describing it loads it: refused before anything is unpickled
+        self.refuse_unless_trusted(f"{self.path} is a pickle, and loading it runs code from the file")
         return _describe(*file_key(self.path))
 
     def setup(self) -> None:

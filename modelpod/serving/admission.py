@@ -8,7 +8,7 @@ import contextlib
 import contextvars
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -43,32 +43,28 @@ class Admission:
 
     async def wait(self, start: Callable[[], asyncio.Future[T]], timeout: float | None) -> T:
         """Wait for work started by `start`, counted in flight; past `timeout`, answer Timeout."""
-        self._refuse_if_draining()
-        if timeout is not None and timeout <= 0:
-            raise Timeout("the request's deadline had passed when it arrived")
-        with self._lock:
-            self._in_flight += 1
-        try:
+        with self._counted(timeout):
             if timeout is None:
                 return await start()
             return await asyncio.wait_for(start(), timeout)
-        except TimeoutError:
-            raise Timeout(f"no answer within the request's timeout of {timeout:g} s") from None
-        finally:
-            with self._lock:
-                self._in_flight -= 1
 
     async def here(self, work: Callable[[], Awaitable[T]], timeout: float | None) -> T:
         """Await model code on the event loop itself (an `async def predict`), counted in flight
         like `run`, and bounded by the request's timeout (which cancels it)."""
+        with self._counted(timeout):
+            async with asyncio.timeout(timeout):
+                return await work()
+
+    @contextlib.contextmanager
+    def _counted(self, timeout: float | None) -> Iterator[None]:
+        """In flight meanwhile (refused while draining); a TimeoutError inside is the request's Timeout."""
         self._refuse_if_draining()
         if timeout is not None and timeout <= 0:
             raise Timeout("the request's deadline had passed when it arrived")
         with self._lock:
             self._in_flight += 1
         try:
-            async with asyncio.timeout(timeout):
-                return await work()
+            yield
         except TimeoutError:
             raise Timeout(f"no answer within the request's timeout of {timeout:g} s") from None
         finally:

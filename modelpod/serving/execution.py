@@ -4,9 +4,10 @@ not batch; each request's outcome and each run's batch published once to the rec
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 from modelpod.errors import InvalidInput, ModelpodError, Unavailable
@@ -109,31 +110,37 @@ class Execution:
         self, runner: Runner, hosted: HostedModel, version: str, request: dict[str, Any], options: Options
     ) -> Any:
         """An `async def predict` awaited on the event loop: no thread, no queue, the same records."""
+        with self._computing(hosted, version, 1, time.monotonic()):
+            return await self.admission.here(lambda: runner.predict_async(**request), options.timeout)
+
+    @contextlib.contextmanager
+    def _computing(self, hosted: HostedModel, version: str, rows: int, submitted: float) -> Iterator[None]:
+        """Around a model's run outside a batcher: its compute time published as a batch of `rows`
+        (and put in the request's timing), unless it was refused before the model ran."""
         timing = timings.current.get()
         started = time.monotonic()
 
         def observe() -> None:
             compute = time.monotonic() - started
-            self.observe_batch(hosted.name, version, 1, compute, [0.0], [request_trace.get()])
+            waits = [started - submitted]
+            self.observe_batch(hosted.name, version, rows, compute, waits, [request_trace.get()])
             if timing is not None:
-                timing.ran(0.0, compute)
+                timing.ran(started - submitted, compute)
 
         try:
-            answer = await self.admission.here(lambda: runner.predict_async(**request), options.timeout)
+            yield
         except InvalidInput:
             raise  # refused before the model ran: no compute to count
         except ModelpodError:
             observe()
             raise
         observe()
-        return answer
 
     async def _on_thread(
         self, hosted: HostedModel, version: str, requests: list[dict[str, Any]], options: Options
     ) -> list[Any]:
         """A model that does not batch: one call per request on a model thread, its wait bounded."""
         tensor = hosted.probe.is_tensor_model()
-        timing = timings.current.get()
         deadline = _deadline(options)
         rows = sum(rows_of(r) for r in requests) if tensor else len(requests)
         submitted = time.monotonic()
@@ -143,27 +150,10 @@ class Execution:
         def run(runner: AnyRunner) -> list[Any]:
             leave_waiting()
             call_deadline.set(deadline)  # a worker past it is replaced (this is a copied context)
-            started = time.monotonic()
-
-            def observe() -> None:
-                compute = time.monotonic() - started
-                waits = [started - submitted]
-                self.observe_batch(hosted.name, version, rows, compute, waits, [request_trace.get()])
-                if timing is not None:
-                    timing.ran(started - submitted, compute)
-
-            try:
+            with self._computing(hosted, version, rows, submitted):
                 if tensor or len(requests) == 1:
-                    answers = [runner.predict(**request) for request in requests]
-                else:
-                    answers = runner.predict_batch(requests)
-            except InvalidInput:
-                raise  # refused before the model ran: no compute to count
-            except ModelpodError:
-                observe()
-                raise
-            observe()
-            return answers
+                    return [runner.predict(**request) for request in requests]
+                return runner.predict_batch(requests)
 
         try:
             return await self.admission.run(self.with_runner, hosted, version, run, timeout=options.timeout)
