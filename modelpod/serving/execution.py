@@ -78,7 +78,8 @@ class Execution:
     async def predict_many(
         self, hosted: HostedModel, version: str, requests: list[dict[str, Any]], options: Options
     ) -> list[Any]:
-        """Run requests through the version's batcher, or as one call on a model thread."""
+        """Run requests through the version's batcher, awaited on the event loop (an `async def
+        predict` loaded in this process), or as one call on a model thread."""
         for request in requests:
             check_field_names(request)
         batcher = self.batcher(hosted, version)
