@@ -1,12 +1,16 @@
-"""Token-level batching vs per-request streaming, over OpenAI's /v1/completions, on the tiny GPT-2.
+"""Token-level batching vs per-request streaming vs plain FastAPI, over /v1/completions, on the tiny GPT-2.
 
     python benchmarks/openai_load.py [--seconds 4] [--tokens 32] [--concurrency 1 8 32]
 
 One `modelpod serve` serves the tiny GPT-2 of examples/tiny_gpt2.py twice: `gpt2` takes steps (one
 running batch, every sequence one token further per forward pass) and `gpt2-per-request` (below) is
-the same model without the step contract, each request generating alone on a model thread. At each
-concurrency, that many clients stream completions of `--tokens` tokens back to back for `--seconds`;
-reported: aggregate tokens/s and time to first token (p50, p99). About 40 s in all with the defaults.
+the same model without the step contract, each request generating alone on a model thread. The third
+mode is a plain FastAPI app (benchmarks/peers/fastapi_generate.py) streaming the same model object's
+own per-request generation as server-sent events. Every server runs torch and BLAS on one thread.
+At each concurrency, that many clients stream completions of `--tokens` tokens back to back for
+`--seconds` per mode, with the same client, prompt and seeds; reported: aggregate tokens/s and time to
+first token (p50, p99). About 60 s in all with the defaults. LitServe's OpenAISpec is reported as not
+measured, with the reason, while its environment lacks torch and transformers.
 """
 
 from __future__ import annotations
@@ -15,12 +19,9 @@ import argparse
 import asyncio
 import importlib.util
 import json
-import os
-import re
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +29,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import servers
 
 from modelpod import STREAM_END
 
@@ -47,7 +49,7 @@ def _example() -> Any:
 tiny_gpt2 = _example()
 
 
-class PerRequestGPT2(tiny_gpt2.TinyGPT2):  # type: ignore[misc]
+class PerRequestGPT2(tiny_gpt2.TinyGPT2):  # type: ignore[misc,name-defined]
     """The same model without the step contract: the server streams each request on its own."""
 
     name = "gpt2-per-request"
@@ -111,24 +113,28 @@ async def _point(url: str, model: str, concurrency: int, seconds: float, tokens:
     }  # fmt: skip
 
 
-def _serve(data: Path) -> tuple[subprocess.Popen[str], str]:
-    command = [
-        sys.executable, "-m", "modelpod", "serve",
-        f"{ROOT / 'examples' / 'tiny_gpt2.py'}:TinyGPT2", f"{Path(__file__).resolve()}:PerRequestGPT2",
-        "--host", "127.0.0.1", "--http-port", "0", "--grpc-port", "0", "--data-path", str(data),
-        "--log-level", "warning",
-    ]  # fmt: skip
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    assert process.stdout is not None
-    url = ""
-    for line in process.stdout:
-        if found := re.search(r"HTTP listening on (?:http://)?(\S+):(\d+)", line):
-            url = f"http://{found[1]}:{found[2]}"
-        if "modelpod: ready" in line:
-            threading.Thread(target=process.stdout.read, daemon=True).start()  # keep the pipe drained
-            return process, url
-    raise RuntimeError(f"the server did not start (exit {process.wait()})")
+def _litserve_note() -> str:
+    """Why LitServe's OpenAISpec is not in the table: its environment, or the missing peer script."""
+    try:
+        python = servers.peer_python("litserve")
+    except RuntimeError as error:
+        return f"LitServe OpenAISpec: not measured: {error}"
+    probe = "import importlib.util as u; print(*(m for m in ('torch', 'transformers') if not u.find_spec(m)))"
+    missing = subprocess.run([str(python), "-c", probe], capture_output=True, text=True, check=False)
+    if missing.returncode != 0 or missing.stdout.strip():
+        lacks = ", ".join(missing.stdout.split()) or "a working interpreter"
+        return (
+            f"LitServe OpenAISpec: not measured: benchmarks/.venv-litserve lacks {lacks} for the tiny "
+            "GPT-2 (too heavy to install beside this run)"
+        )
+    return "LitServe OpenAISpec: not measured: no OpenAISpec peer script in benchmarks/peers yet"
+
+
+MODES = {  # label: (which server, model name)
+    "token-level batching": ("modelpod", "gpt2"),
+    "per-request streaming": ("modelpod", "gpt2-per-request"),
+    "plain FastAPI": ("fastapi", "gpt2"),
+}
 
 
 def main() -> None:
@@ -139,32 +145,43 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="one JSON line per point instead of a table")
     options = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
-        data = Path(folder)
+        data, logs = Path(folder) / "data", Path(folder) / "logs"
+        logs.mkdir()
         built = tiny_gpt2.build(data / "tiny-gpt2")
         for model in (tiny_gpt2.TinyGPT2, PerRequestGPT2):
             model(data_path=data).initialize(model_path=str(built))
-        process, url = _serve(data)
+        peer = servers.fastapi_generate(logs, data, built)  # loads while modelpod starts
         try:
-            if not options.json:
-                print(
-                    f"{'mode':<22}{'clients':>8}{'requests':>10}{'tokens/s':>10}{'TTFT p50':>10}{'p99 ms':>8}"
-                )
-            for concurrency in options.concurrency:  # both modes side by side: they share the machine's load
-                for model in ("gpt2", "gpt2-per-request"):
-                    point = asyncio.run(_point(url, model, concurrency, options.seconds, options.tokens))
-                    _show(point, options.json)
+            served = [
+                f"{ROOT / 'examples' / 'tiny_gpt2.py'}:TinyGPT2",
+                f"{Path(__file__).resolve()}:PerRequestGPT2",
+            ]
+            pod = servers.modelpod(logs, data, served)
+            with servers.running(pod, "/v2/health/ready"), servers.running(peer, "/health"):
+                _measure({"modelpod": pod.url, "fastapi": peer.url}, options)
         finally:
-            process.terminate()
-            process.wait(timeout=30)
+            peer.stop()  # idempotent: also when modelpod never started
+    note = _litserve_note()
+    print(
+        json.dumps({"mode": "litserve-openaispec", "measured": False, "note": note}) if options.json else note
+    )
+
+
+def _measure(urls: dict[str, str], options: argparse.Namespace) -> None:
+    if not options.json:
+        print(f"{'mode':<22}{'clients':>8}{'requests':>10}{'tokens/s':>10}{'TTFT p50':>10}{'p99 ms':>8}")
+    for concurrency in options.concurrency:  # the modes side by side: they share the machine's load
+        for mode, (server, model) in MODES.items():
+            point = asyncio.run(_point(urls[server], model, concurrency, options.seconds, options.tokens))
+            _show({"mode": mode, **point}, options.json)
 
 
 def _show(point: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print(json.dumps(point), flush=True)
         return
-    mode = "token-level batching" if point["model"] == "gpt2" else "per-request streaming"
     print(
-        f"{mode:<22}{point['concurrency']:>8}{point['requests']:>10}{point['tokens_per_s']:>10.0f}"
+        f"{point['mode']:<22}{point['concurrency']:>8}{point['requests']:>10}{point['tokens_per_s']:>10.0f}"
         f"{point['ttft_p50_ms']:>10.0f}{point['ttft_p99_ms']:>8.0f}",
         flush=True,
     )

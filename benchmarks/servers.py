@@ -153,6 +153,15 @@ def fastapi(log_dir: Path, handlers: str, with_minilm: bool = True) -> Server:
     return Server(f"fastapi-{handlers}", process, log, port, None, pid_file)
 
 
+def fastapi_generate(log_dir: Path, data_path: Path, model_path: Path) -> Server:
+    """Plain FastAPI streaming the tiny GPT-2's per-request generation (`openai_load.py`'s baseline)."""
+    port = free_port()
+    command = [sys.executable, str(PEERS / "fastapi_generate.py"), "--port", str(port)]
+    command += ["--data-path", str(data_path), "--model-path", str(model_path)]
+    process, log, pid_file = _spawn("fastapi-generate", command, log_dir)
+    return Server("fastapi-generate", process, log, port, None, pid_file)
+
+
 def peer_python(peer: str) -> Path:
     """The interpreter of a peer's own virtual environment, which `run.sh` creates."""
     python = HERE / f".venv-{peer}" / "bin" / "python"
