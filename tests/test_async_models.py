@@ -119,3 +119,25 @@ def test_worker_processes_run_it_too(tmp_path: Path) -> None:
         assert answer["pid"] != process.process.pid
     finally:
         assert process.stop() == 0, process.output
+
+
+def test_an_async_generator_model_refuses_a_synchronous_call_inside_a_running_loop(tmp_path: Path) -> None:
+    from collections.abc import AsyncIterator
+
+    from modelpod import Model
+
+    class Counts(Model):
+        async def predict(self, n: int = 2) -> AsyncIterator[int]:
+            for i in range(n):
+                yield i
+
+    runner = Runner(Counts, data_path=tmp_path)
+    assert runner.predict(n=3) == [0, 1, 2]  # outside a loop: gathered on a private one
+
+    async def inside_a_loop() -> None:
+        with pytest.raises(
+            RuntimeError, match="cannot be iterated synchronously inside a running event loop"
+        ):
+            runner.predict(n=3)
+
+    asyncio.run(inside_a_loop())

@@ -77,15 +77,10 @@ def close_quietly(generator: Generator[Any, Any, Any], label: str) -> None:
 
 def iterate_async(items: AsyncGenerator[T, None]) -> Generator[T, None, None]:
     """An async generator's items for synchronous code, driven on a private event loop."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        pass
-    else:
-        raise RuntimeError(
-            "an async generator model cannot be iterated synchronously inside a running event loop; "
-            "call it from a thread (asyncio.to_thread), or serve it and use AsyncClient.predict_stream"
-        )
+    _refuse_inside_a_running_loop(
+        "an async generator model cannot be iterated synchronously inside a running event loop; "
+        "call it from a thread (asyncio.to_thread), or serve it and use AsyncClient.predict_stream"
+    )
     loop = asyncio.new_event_loop()
     try:
         while True:
@@ -104,15 +99,13 @@ def run_coroutine(coroutine: Coroutine[Any, Any, T]) -> T:
     """An `async def` model method's answer for synchronous code (a `Runner` call, a batch, a
     worker process), on this thread's private event loop, made once and kept."""
     try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        pass
-    else:
-        coroutine.close()
-        raise SyncCallInLoop(
+        _refuse_inside_a_running_loop(
             "an async model cannot be called synchronously inside a running event loop; call it "
             "from a thread (asyncio.to_thread), use Runner.predict_async, or serve it"
         )
+    except SyncCallInLoop:
+        coroutine.close()  # never awaited: closed, so that Python does not warn of it
+        raise
     loop = getattr(_private, "loop", None)
     if loop is None or loop.is_closed():
         loop = _private.loop = asyncio.new_event_loop()
@@ -125,6 +118,16 @@ _private = threading.local()
 class SyncCallInLoop(RuntimeError):
     """A synchronous call of an async model from inside a running event loop: the caller's mistake,
     raised as it is (not as the model's error)."""
+
+
+def _refuse_inside_a_running_loop(message: str) -> None:
+    """SyncCallInLoop if this thread runs an event loop: a private loop cannot run inside it, and
+    blocking it until the model's answer would stall everything else it runs."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    raise SyncCallInLoop(message)
 
 
 def checked_pair(pair: Any, count: int, label: str) -> tuple[int, Any]:
