@@ -18,7 +18,7 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 import tritonclient.http as httpclient  # noqa: E402
-from onnx import TensorProto, helper  # noqa: E402
+from onnx_graphs import adder_bytes  # noqa: E402
 
 from modelpod import Client  # noqa: E402
 from modelpod.cli.config_file import MODEL_FIELDS, read, settings_below_flags, targets  # noqa: E402
@@ -34,19 +34,6 @@ class Doubler(Model):
     def predict(self, x: float) -> float:
         return 2 * x
 """
-
-
-def adder_bytes(constant: float) -> bytes:
-    """y = x + constant, x and y FP32 [-1, 2]."""
-    graph = helper.make_graph(
-        [helper.make_node("Add", ["x", "c"], ["y"])], "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2])],
-        initializer=[helper.make_tensor("c", TensorProto.FLOAT, [1], [constant])],
-    )  # fmt: skip
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    return model.SerializeToString()  # type: ignore[no-any-return]
 
 
 def write(folder: Path, text: str) -> Path:

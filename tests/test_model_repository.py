@@ -2,7 +2,7 @@
 a model folder or a plain file, served by name and version; with `--repository-poll`, versions and
 models added, changed and removed while requests run, with no request failing.
 
-The models are ONNX graphs built here with `onnx.helper` (y = x + c, or x * c), so that each
+The models are ONNX graphs built with `onnx.helper` (tests/onnx_graphs.py) (y = x + c, or x * c), so that each
 version's answer says which file served it.
 """
 
@@ -27,7 +27,7 @@ pytest.importorskip("onnxruntime")
 
 import tritonclient.grpc as grpcclient  # noqa: E402
 import tritonclient.http as httpclient  # noqa: E402
-from onnx import TensorProto, helper  # noqa: E402
+from onnx_graphs import graph_bytes  # noqa: E402
 
 from modelpod import Client  # noqa: E402
 from modelpod.serving.repository_watch import scan  # noqa: E402
@@ -35,19 +35,6 @@ from modelpod.serving.repository_watch import scan  # noqa: E402
 from conftest import ROOT, ServerProcess, launch  # noqa: E402
 
 X = np.array([[1.0, 2.0]], dtype=np.float32)
-
-
-def graph_bytes(operation: str, constant: float) -> bytes:
-    """y = x `operation` constant, x and y FP32 [-1, 2]."""
-    node = helper.make_node(operation, ["x", "c"], ["y"])
-    graph = helper.make_graph(
-        [node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2])],
-        initializer=[helper.make_tensor("c", TensorProto.FLOAT, [1], [constant])],
-    )  # fmt: skip
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    return model.SerializeToString()  # type: ignore[no-any-return]
 
 
 def put(root: Path, relative: str, operation: str, constant: float) -> None:

@@ -1,7 +1,7 @@
 """The Store takes model files: `store.apply("adder.onnx", identifier="adder")` records the file as
 the version's artifact, with its checksum (the same file again is the same version, a changed one
 a new version), and `modelpod serve --store URL --model adder` serves every version with its
-runtime. The graphs are built here with `onnx.helper`, y = x + c, so an answer names its version.
+runtime. The graphs (tests/onnx_graphs.py) are y = x + c, so an answer names its version.
 """
 
 from __future__ import annotations
@@ -16,25 +16,12 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("sqlalchemy")
 
 import tritonclient.http as httpclient  # noqa: E402
-from onnx import TensorProto, helper  # noqa: E402
+from onnx_graphs import adder_bytes  # noqa: E402
 
 from modelpod import Client  # noqa: E402
 from modelpod.registry.store import Store  # noqa: E402
 
 from conftest import launch  # noqa: E402
-
-
-def adder_bytes(constant: float) -> bytes:
-    """y = x + constant, x and y FP32 [-1, 2]."""
-    graph = helper.make_graph(
-        [helper.make_node("Add", ["x", "c"], ["y"])], "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2])],
-        initializer=[helper.make_tensor("c", TensorProto.FLOAT, [1], [constant])],
-    )  # fmt: skip
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    return model.SerializeToString()  # type: ignore[no-any-return]
 
 
 def test_a_stored_model_file_is_served_by_version(tmp_path: Path) -> None:
