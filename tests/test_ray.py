@@ -11,7 +11,6 @@ cluster is shut down at the end, and no process it started may be left.
 from __future__ import annotations
 
 import asyncio
-import gc
 import os
 import signal
 import socket
@@ -39,8 +38,10 @@ serve = pytest.importorskip("ray.serve", reason="Ray Serve is not installed: pip
 modelpod_ray = pytest.importorskip("modelpod.ray")
 
 # After the skips: modelpod.ray imports Ray.
+from ray_replicas import eventually, run_replica_pair  # noqa: E402
+
 from modelpod.ray._replica import ModelpodReplica, ReplicaSpec  # noqa: E402
-from modelpod.ray._sync import SharedState, start_state, stop_state  # noqa: E402
+from modelpod.ray._sync import SharedState  # noqa: E402
 
 from servable_ray import BatchedDoubler, Whoami  # noqa: E402
 
@@ -325,49 +326,30 @@ def test_replicas_apply_what_another_replica_changed(cluster: Cluster, tmp_path:
         url="http://127.0.0.1:1",
         server_id="in-process",
     )
-    start_state(spec.state_name, {"whoami": "1"})
-    thresholds = gc.get_threshold()
 
-    async def eventually(condition: Callable[[], bool], what: str) -> None:
-        for _ in range(int(DEADLINE_S / 0.02)):
-            if condition():
-                return
-            await asyncio.sleep(0.02)
-        pytest.fail(f"{what} did not happen within {DEADLINE_S} s")
-
-    async def scenario(this: ModelpodReplica, other: ModelpodReplica) -> None:
-        apps = [await replica.__serve_build_asgi_app__() for replica in (this, other)]
-        here, there = (
-            httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://replica")
-            for app in apps
+    async def scenario(
+        this: ModelpodReplica, other: ModelpodReplica, here: httpx.AsyncClient, there: httpx.AsyncClient
+    ) -> None:
+        assert (await here.post("/models/whoami/versions/2/initialize", json={})).status_code == 200
+        assert (await here.put("/models/whoami/default", json={"version": "2"})).status_code == 200
+        await eventually(
+            lambda: other.service.repository.get("whoami").default_version == "2", "switch", DEADLINE_S
         )
-        async with here, there:
-            assert (await here.post("/models/whoami/versions/2/initialize", json={})).status_code == 200
-            assert (await here.put("/models/whoami/default", json={"version": "2"})).status_code == 200
-            await eventually(lambda: other.service.repository.get("whoami").default_version == "2", "switch")
-            answer = await there.post("/models/whoami/predict", json={"text": "hi"})
-            assert answer.json()["version"] == "2"
-            assert "x-request-id" not in answer.headers  # Ray's proxy adds the one it gave the request
+        answer = await there.post("/models/whoami/predict", json={"text": "hi"})
+        assert answer.json()["version"] == "2"
+        assert "x-request-id" not in answer.headers  # Ray's proxy adds the one it gave the request
 
-            assert (await there.post("/v2/repository/models/whoami/unload")).status_code == 200
-            await eventually(lambda: this.service.repository.get("whoami").unloaded, "unload")
-            assert (await here.post("/models/whoami/predict", json={})).status_code == 503
-            assert (await here.post("/v2/repository/models/whoami/load")).status_code == 200
-            await eventually(lambda: not other.service.repository.get("whoami").unloaded, "load")
+        assert (await there.post("/v2/repository/models/whoami/unload")).status_code == 200
+        await eventually(lambda: this.service.repository.get("whoami").unloaded, "unload", DEADLINE_S)
+        assert (await here.post("/models/whoami/predict", json={})).status_code == 503
+        assert (await here.post("/v2/repository/models/whoami/load")).status_code == 200
+        await eventually(lambda: not other.service.repository.get("whoami").unloaded, "load", DEADLINE_S)
 
-            assert other.service.pool.is_loaded(("whoami", "2"))
-            assert (await here.post("/models/whoami/versions/2/train", json={"steps": 7})).status_code == 202
-            await eventually(
-                lambda: not other.service.pool.is_loaded(("whoami", "2")), "dropping stale weights"
-            )
-            assert (await there.post("/models/whoami/predict", json={})).json()["weights"] == "trained 7"
+        assert other.service.pool.is_loaded(("whoami", "2"))
+        assert (await here.post("/models/whoami/versions/2/train", json={"steps": 7})).status_code == 202
+        await eventually(
+            lambda: not other.service.pool.is_loaded(("whoami", "2")), "dropping stale weights", DEADLINE_S
+        )
+        assert (await there.post("/models/whoami/predict", json={})).json()["weights"] == "trained 7"
 
-    replicas = (ModelpodReplica(spec), ModelpodReplica(spec))
-    try:
-        asyncio.run(scenario(*replicas))
-    finally:
-        for replica in replicas:
-            replica.close()
-        stop_state(spec.state_name)
-        gc.unfreeze()  # the replicas tuned this process's collector as they would their own
-        gc.set_threshold(*thresholds)
+    run_replica_pair(spec, {"whoami": "1"}, scenario)

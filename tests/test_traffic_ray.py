@@ -5,8 +5,7 @@ A rollout's decision made on one replica is shared the same way."""
 from __future__ import annotations
 
 import asyncio
-import gc
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -17,8 +16,9 @@ from modelpod.server.settings import Settings
 ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'modelpod[ray]'")
 pytest.importorskip("ray.serve", reason="Ray Serve is not installed: pip install 'modelpod[ray]'")
 # After the skips: modelpod.ray imports Ray.
+from ray_replicas import eventually, run_replica_pair  # noqa: E402
+
 from modelpod.ray._replica import ModelpodReplica, ReplicaSpec  # noqa: E402
-from modelpod.ray._sync import start_state, stop_state  # noqa: E402
 
 from servable_ray import Whoami  # noqa: E402
 
@@ -47,54 +47,37 @@ def test_a_policy_set_on_one_replica_reaches_the_other(local_ray: None, tmp_path
         url="http://127.0.0.1:1",
         server_id="in-process",
     )
-    start_state(spec.state_name, {"whoami": "1"})
-    thresholds = gc.get_threshold()
 
-    async def eventually(condition: Callable[[], bool], what: str) -> None:
-        for _ in range(int(DEADLINE_S / 0.02)):
-            if condition():
-                return
-            await asyncio.sleep(0.02)
-        pytest.fail(f"{what} did not happen within {DEADLINE_S} s")
-
-    async def scenario(this: ModelpodReplica, other: ModelpodReplica) -> None:
-        apps = [await replica.__serve_build_asgi_app__() for replica in (this, other)]
-        here, there = (
-            httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://replica")
-            for app in apps
-        )
+    async def scenario(
+        this: ModelpodReplica, other: ModelpodReplica, here: httpx.AsyncClient, there: httpx.AsyncClient
+    ) -> None:
         followed = other.service.traffic.traffic
-        async with here, there:
-            assert followed.policy("whoami").split == {"1": 1.0}  # from the settings, as `modelpod serve`
-            assert this.quotas
-            assert (await here.post("/models/whoami/versions/2/initialize", json={})).status_code == 200
-            put = await here.put("/models/whoami/traffic", json={"split": {"2": 1}})
-            assert put.status_code == 200, put.text
-            await eventually(lambda: followed.policy("whoami").split == {"2": 1.0}, "the policy's sharing")
-            answer = await there.post("/models/whoami/predict", json={"text": "hi"})
-            assert answer.json()["version"] == "2"
+        assert followed.policy("whoami").split == {"1": 1.0}  # from the settings, as `modelpod serve`
+        assert this.quotas
+        assert (await here.post("/models/whoami/versions/2/initialize", json={})).status_code == 200
+        put = await here.put("/models/whoami/traffic", json={"split": {"2": 1}})
+        assert put.status_code == 200, put.text
+        await eventually(
+            lambda: followed.policy("whoami").split == {"2": 1.0}, "the policy's sharing", DEADLINE_S
+        )
+        answer = await there.post("/models/whoami/predict", json={"text": "hi"})
+        assert answer.json()["version"] == "2"
 
-            # a rollout that rolls its canary back on its first request: decided there, applied here
-            rollout = {"version": "2", "min_requests": 1, "max_p99_seconds": 0, "window_seconds": 0.1}
-            policy = {"split": {"1": 1, "2": 1}, "rollout": rollout}
-            assert (await there.put("/models/whoami/traffic", json=policy)).status_code == 200
-            mine = this.service.traffic.traffic
-            await eventually(lambda: mine.policy("whoami").rollout is not None, "the rollout's sharing")
-            for _ in range(200):
-                if followed.policy("whoami").rollout is None:
-                    break
-                await there.post("/models/whoami/predict", json={"text": "hi"})
-                await asyncio.sleep(0.02)
-            await eventually(
-                lambda: mine.policy("whoami").split == {"1": 1.0, "2": 0.0}, "the rollback's sharing"
-            )
+        # a rollout that rolls its canary back on its first request: decided there, applied here
+        rollout = {"version": "2", "min_requests": 1, "max_p99_seconds": 0, "window_seconds": 0.1}
+        policy = {"split": {"1": 1, "2": 1}, "rollout": rollout}
+        assert (await there.put("/models/whoami/traffic", json=policy)).status_code == 200
+        mine = this.service.traffic.traffic
+        await eventually(
+            lambda: mine.policy("whoami").rollout is not None, "the rollout's sharing", DEADLINE_S
+        )
+        for _ in range(200):
+            if followed.policy("whoami").rollout is None:
+                break
+            await there.post("/models/whoami/predict", json={"text": "hi"})
+            await asyncio.sleep(0.02)
+        await eventually(
+            lambda: mine.policy("whoami").split == {"1": 1.0, "2": 0.0}, "the rollback's sharing", DEADLINE_S
+        )
 
-    replicas = (ModelpodReplica(spec), ModelpodReplica(spec))
-    try:
-        asyncio.run(scenario(*replicas))
-    finally:
-        for replica in replicas:
-            replica.close()
-        stop_state(spec.state_name)
-        gc.unfreeze()  # the replicas tuned this process's collector as they would their own
-        gc.set_threshold(*thresholds)
+    run_replica_pair(spec, {"whoami": "1"}, scenario)
