@@ -85,7 +85,7 @@ class Execution:
         batcher = self.batcher(hosted, version)
         if batcher is not None:
             return await self._batched(batcher, hosted, requests, options)
-        if len(requests) == 1 and hosted.probe.awaits():
+        if len(requests) == 1 and hosted.awaits:  # read once, when the model was added
             answer = await self._awaited(hosted, version, requests[0], options)
             if answer is not _NOT_HERE:
                 return [answer]

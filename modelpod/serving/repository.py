@@ -38,6 +38,7 @@ class HostedModel:
     batching: BatchConfig = field(default_factory=BatchConfig)
     workers: int = 0  # worker processes per loaded version; 0 runs the model on this process's threads
     query_params: bool = False  # whether its predict takes the request's query string
+    awaits: bool = False  # whether its predict is `async def` (awaited on the event loop)
     memory_budget: int | None = None  # bytes its loaded versions may take together (None: no bound)
 
 
@@ -80,6 +81,7 @@ class Repository:
             batching=batching,
             workers=self.workers if self.workers is not None else probe.worker_processes(),
             query_params=probe.accepts_query_params(),
+            awaits=probe.awaits(),
             memory_budget=getattr(probe, "memory_budget", None),
         )
         hosted.configured_default = hosted.default_version
