@@ -25,14 +25,16 @@ class Recorder:
 
     def __init__(self, seconds: float = 0.0) -> None:
         self.batches: list[list[Any]] = []
+        self.rows: list[list[int]] = []  # each batch's row counts, as the batcher hands them over
         self.seconds = seconds
         self.gate = threading.Event()
         self.gate.set()
 
-    def __call__(self, items: list[Any]) -> list[Any]:
+    def __call__(self, items: list[Any], rows: list[int]) -> list[Any]:
         self.gate.wait(10)
         time.sleep(self.seconds)
         self.batches.append(list(items))
+        self.rows.append(list(rows))
         return [("done", item) for item in items]
 
 
@@ -79,6 +81,8 @@ def test_every_request_answered_once_in_order_within_the_batch_limit(
         batcher.close(timeout=10)
     ran = [item for batch in recorder.batches for item in batch]
     assert sorted(ran) == list(range(len(rows)))  # each exactly once
+    # the rows counted at submission reach the batch function with their requests (counted once)
+    assert [[rows[i] for i in batch] for batch in recorder.batches] == recorder.rows
     for batch in recorder.batches:
         size = sum(rows[i] for i in batch)
         assert size <= max_batch_size or len(batch) == 1  # over the limit only alone
@@ -217,7 +221,7 @@ def test_preferred_batch_sizes(make: Any, recorder: Recorder) -> None:
 
 
 def test_errors_reach_only_their_requests(make: Any) -> None:
-    def run(items: list[Any]) -> list[Any]:
+    def run(items: list[Any], rows: list[int]) -> list[Any]:
         return [ValueError(f"bad {i}") if i % 2 else i for i in items]
 
     batcher = Batcher(run, BatchConfig(max_batch_size=4, max_batch_delay_ms=20))
@@ -230,7 +234,7 @@ def test_errors_reach_only_their_requests(make: Any) -> None:
 def test_a_failing_batch_function_fails_its_batch_and_the_batcher_goes_on() -> None:
     calls = []
 
-    def run(items: list[Any]) -> list[Any]:
+    def run(items: list[Any], rows: list[int]) -> list[Any]:
         calls.append(items)
         if len(calls) == 1:
             raise RuntimeError("boom")
@@ -280,7 +284,7 @@ def test_config_is_checked(config: dict[str, Any], message: str) -> None:
 def test_no_request_waits_longer_than_the_delay_while_the_model_is_idle(
     gaps: list[float], delay_ms: float
 ) -> None:
-    batcher = Batcher(lambda items: items, BatchConfig(max_batch_size=64, max_batch_delay_ms=delay_ms))
+    batcher = Batcher(lambda items, rows: items, BatchConfig(max_batch_size=64, max_batch_delay_ms=delay_ms))
     try:
         for gap in gaps:
             time.sleep(gap)
@@ -357,7 +361,7 @@ def test_deadlines_decide_exactly_which_requests_run(
     now = 1000.0
     ran: list[int] = []
 
-    def run(items: list[int]) -> list[int]:
+    def run(items: list[int], rows: list[int]) -> list[int]:
         ran.extend(items)
         return items
 
@@ -381,7 +385,7 @@ def test_a_batch_may_run_until_the_latest_deadline_of_its_requests() -> None:
     seen: list[float | None] = []
     release = threading.Event()
 
-    def run(items: list[Any]) -> list[Any]:
+    def run(items: list[Any], rows: list[int]) -> list[Any]:
         seen.append(call_deadline.get())
         release.wait(10)
         return items

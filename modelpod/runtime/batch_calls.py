@@ -15,9 +15,16 @@ from modelpod.runtime.stacking import split, stack
 
 
 def chunk_results(
-    calls: ModelCalls, chunk: Sequence[Mapping[str, Any]], offset: int, skip_errors: bool
+    calls: ModelCalls,
+    chunk: Sequence[Mapping[str, Any]],
+    offset: int,
+    skip_errors: bool,
+    rows: Sequence[int] | None = None,
 ) -> list[Any]:
+    """Each item's result; `rows`, when given, are the items' row counts (a batcher's, counted when
+    each was submitted)."""
     prepared: list[Prepared] = []
+    prepared_rows: list[int] | None = None if rows is None else []
     failures: dict[int, ModelpodError] = {}
     for index, item in enumerate(chunk):
         where = f"item {offset + index}: "
@@ -27,11 +34,13 @@ def chunk_results(
                     f"{where}expected a mapping of input names to values, got {type(item).__name__}"
                 )
             prepared.append(calls.prepare(item, where))
+            if prepared_rows is not None and rows is not None:
+                prepared_rows.append(rows[index])
         except ModelpodError as error:
             if not skip_errors:
                 raise
             failures[index] = error
-    outputs = batch_outputs(calls, [p.values for p in prepared], skip_errors)
+    outputs = batch_outputs(calls, [p.values for p in prepared], skip_errors, prepared_rows)
     results: list[Any] = []
     good = iter(zip(prepared, outputs, strict=True))
     for index in range(len(chunk)):
@@ -48,7 +57,9 @@ def chunk_results(
     return results
 
 
-def batch_outputs(calls: ModelCalls, items: list[dict[str, Any]], skip_errors: bool) -> list[Any]:
+def batch_outputs(
+    calls: ModelCalls, items: list[dict[str, Any]], skip_errors: bool, rows: Sequence[int] | None = None
+) -> list[Any]:
     if not items:
         return []
     if calls.model.has_batch():
@@ -69,7 +80,7 @@ def batch_outputs(calls: ModelCalls, items: list[dict[str, Any]], skip_errors: b
             )
         return [as_item_error(o) for o in outputs]
     if calls.model.is_tensor_model() and len(items) > 1 and not calls.model.is_streaming():
-        stacked = stack(items)
+        stacked = stack(items, rows)
         if stacked is not None:
             return _stacked_outputs(calls, *stacked, items, skip_errors)
     if skip_errors:
@@ -78,7 +89,11 @@ def batch_outputs(calls: ModelCalls, items: list[dict[str, Any]], skip_errors: b
 
 
 def _stacked_outputs(
-    calls: ModelCalls, joined: dict[str, Any], rows: list[int], items: list[dict[str, Any]], skip_errors: bool
+    calls: ModelCalls,
+    joined: dict[str, Any],
+    rows: Sequence[int],
+    items: list[dict[str, Any]],
+    skip_errors: bool,
 ) -> list[Any]:
     """One call for every request of a tensor model, its output cut back per request."""
     try:

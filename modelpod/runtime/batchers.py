@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Callable, Sequence
-from typing import Any
 
-from modelpod.runtime.batching import Batcher, BatchObserver
+from modelpod.runtime.batching import Batcher, BatchObserver, RunBatch
 from modelpod.runtime.waiting import WaitingRoom
 from modelpod.types import BatchConfig
 
@@ -32,7 +30,7 @@ class Batchers:
         self,
         key: Key,
         config: BatchConfig,
-        run: Callable[[list[Any]], Sequence[Any]],
+        run: RunBatch,
         kind: str = PLAIN,
         observer: BatchObserver | None = None,
     ) -> Batcher:

@@ -36,7 +36,9 @@ from modelpod.types import BatchConfig
 
 logger = logging.getLogger("modelpod.runtime.batching")
 
-RunBatch = Callable[[list[Any]], Sequence[Any]]
+# Runs one batch: the requests' inputs, and each one's rows as counted when it was submitted (so the
+# runner stacks them without counting again).
+RunBatch = Callable[[list[Any], list[int]], Sequence[Any]]
 
 
 class Timed(Protocol):
@@ -250,7 +252,7 @@ class Batcher:
         started = self._clock()
         token = call_deadline.set(latest)
         try:
-            results = self._run([r.inputs for r in live])
+            results = self._run([r.inputs for r in live], [r.rows for r in live])
         except ModelpodError as error:
             results = [error] * len(live)
         except Exception as error:  # a bug in the run function itself: every request learns of it

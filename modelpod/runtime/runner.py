@@ -9,10 +9,6 @@ The runner is what the server uses, and what a user uses without a server:
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import logging
-import threading
 import time
 from collections.abc import AsyncGenerator, Callable, Generator, Iterator, Mapping, Sequence
 from concurrent.futures import Future
@@ -22,24 +18,15 @@ from modelpod.errors import InvalidInput, ModelLoadError, ModelpodError
 from modelpod.runtime import batch_calls, checks, item_streams, leaks, profiling
 from modelpod.runtime.adapters import as_model
 from modelpod.runtime.batchers import Batchers
-from modelpod.runtime.calls import (
-    ModelCalls,
-    Postprocessor,
-    Preprocessor,
-    check_train_options,
-    describe_error,
-)
-from modelpod.runtime.devices import load_custom_ops, select_device
+from modelpod.runtime.call_log import CallLog
+from modelpod.runtime.calls import ModelCalls, Postprocessor, Preprocessor, check_train_options
 from modelpod.runtime.inputs import InputPreparer
-from modelpod.runtime.items import (
-    iterate_async,
-)
-from modelpod.runtime.latency import LatencyStats, StatsSnapshot
+from modelpod.runtime.items import iterate_async
+from modelpod.runtime.latency import StatsSnapshot
+from modelpod.runtime.loading import Loading
 from modelpod.runtime.model import DEFAULT_VERSION, Model
 from modelpod.runtime.stacking import rows_of
 from modelpod.types import BatchConfig
-
-logger = logging.getLogger("modelpod.runtime.runner")
 
 
 class Runner:
@@ -74,15 +61,12 @@ class Runner:
         **model_options: Any,
     ) -> None:
         self.model: Model = as_model(model, version, **model_options)
-        self.requested_device = device
-        self.warmup = warmup
-        self.custom_ops = tuple(custom_ops)
-        self.slow_ms = slow_ms
         self._inputs = InputPreparer(self.model, convert=convert, add_batch_dim=add_batch_dim)
         self._calls = ModelCalls(self.model, self._inputs, mixed_precision, inference_mode)
-        self._stats = LatencyStats()
-        self._load_lock = threading.Lock()
-        self._loaded = False
+        self._log = CallLog(self.model, slow_ms)
+        self._stats = self._log.stats
+        warm_up = self._run_one if warmup else None
+        self._loading = Loading(self.model, self._inputs, device, custom_ops, warm_up)
         self.batching = batching or self.model.batch_config()
         self._batchers = Batchers()  # the one batcher of `submit`, made on first use
 
@@ -98,39 +82,16 @@ class Runner:
 
     @property
     def loaded(self) -> bool:
-        return self._loaded
+        return self._loading.loaded
 
     def load(self) -> None:
         """Load custom operators, choose the device, run `setup`, then warm up. Idempotent."""
-        if self._loaded:
-            return
-        with self._load_lock:
-            if self._loaded:
-                return
-            load_custom_ops(self.custom_ops)
-            try:
-                self.model.device = select_device(self.requested_device)
-            except ValueError as error:
-                raise ModelLoadError(f"model {self._label} cannot be loaded: {error}") from error
-            self._inputs.device = self.model.device
-            try:
-                self.model.setup()
-            except Exception as error:
-                raise ModelLoadError(
-                    f"model {self._label} failed to load: {describe_error(error)}"
-                ) from error
-            self._warm_up()
-            self._loaded = True
-            logger.info("loaded %r on %s", self.model, self.model.device)
+        self._loading.load()
 
     def close(self) -> None:
         """Finish submitted requests, then tear the model down; the next request loads it again."""
         self._batchers.close()
-        with self._load_lock:
-            if self._loaded:
-                self._loaded = False
-                self.model.teardown()
-                logger.info("unloaded %r", self.model)
+        self._loading.unload()
 
     def __enter__(self) -> Runner:
         self.load()
@@ -138,18 +99,6 @@ class Runner:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-    def _warm_up(self) -> None:
-        example = self.model.example
-        if not self.warmup or example is None:
-            return
-        try:
-            self._run_one(dict(example))
-        except ModelpodError as error:
-            # not loaded, so close() will not tear it down: free what setup took now
-            with contextlib.suppress(Exception):
-                self.model.teardown()
-            raise ModelLoadError(f"model {self._label} failed its warm-up request: {error}") from error
 
     # -- processors -------------------------------------------------------------------------
 
@@ -178,12 +127,12 @@ class Runner:
             ok = True
             return result
         finally:
-            self._record(started, ok, "predict")
+            self._log.record(started, ok, "predict")
 
     async def predict_async(self, **inputs: Any) -> Any:
         """One request to a loaded model whose `predict` is `async def`, awaited on this event loop
         (`predict` runs it on a private loop instead). Raises ModelLoadError if not loaded yet."""
-        if not self._loaded:
+        if not self._loading.loaded:
             raise ModelLoadError(f"model {self._label} is not loaded: load() it first, off the event loop")
         started = time.perf_counter()
         ok = False
@@ -192,18 +141,20 @@ class Runner:
             ok = True
             return result
         finally:
-            self._record(started, ok, "predict")
+            self._log.record(started, ok, "predict")
 
     def predict_batch(
         self,
         items: Sequence[Mapping[str, Any]],
         max_batch_size: int | None = None,
         skip_errors: bool = False,
+        rows: Sequence[int] | None = None,
     ) -> list[Any]:
         """Many requests, in chunks of `max_batch_size`, results in the same order.
 
         With `skip_errors`, a failing item's place holds its error (a `ModelpodError`) and the
-        others still get results; without it, the first failure is raised.
+        others still get results; without it, the first failure is raised. `rows` are the items'
+        row counts where the caller has them (a batcher counts each request once, when submitted).
         """
         if max_batch_size is not None and max_batch_size < 1:
             raise InvalidInput(f"max_batch_size must be at least 1, not {max_batch_size}")
@@ -213,7 +164,8 @@ class Runner:
         size = max_batch_size or max(len(items), 1)
         results: list[Any] = []
         for start in range(0, len(items), size):
-            results.extend(self._run_chunk(items[start : start + size], start, skip_errors))
+            counted = None if rows is None else rows[start : start + size]
+            results.extend(self._run_chunk(items[start : start + size], start, skip_errors, counted))
         return results
 
     def submit(self, priority: int = 0, deadline: float | None = None, **inputs: Any) -> Future[Any]:
@@ -222,7 +174,10 @@ class Runner:
         Concurrent submitters are batched together by `self.batching`. `deadline` is a
         `time.monotonic()` instant after which the request is dropped before compute.
         """
-        run = functools.partial(self.predict_batch, skip_errors=True)
+
+        def run(items: list[Any], rows: list[int]) -> list[Any]:
+            return self.predict_batch(items, skip_errors=True, rows=rows)
+
         batcher = self._batchers.batcher((self.model.model_name, self.model.version), self.batching, run)
         rows = rows_of(inputs) if self.model.is_tensor_model() else 1
         return batcher.submit(inputs, rows=rows, priority=priority, deadline=deadline)
@@ -290,33 +245,23 @@ class Runner:
     def _run_one(self, inputs: dict[str, Any]) -> Any:
         return self._calls.run_one(inputs)
 
-    def _run_chunk(self, chunk: Sequence[Mapping[str, Any]], offset: int, skip_errors: bool) -> list[Any]:
+    def _run_chunk(
+        self, chunk: Sequence[Mapping[str, Any]], offset: int, skip_errors: bool, rows: Sequence[int] | None
+    ) -> list[Any]:
         started = time.perf_counter()
         results: list[Any] = []
         try:
-            results = batch_calls.chunk_results(self._calls, chunk, offset, skip_errors)
+            results = batch_calls.chunk_results(self._calls, chunk, offset, skip_errors, rows)
             return results
         finally:
             # every item is a request: a chunk that raised counts all its items as failed
             failed = [isinstance(r, ModelpodError) for r in results] if results else [True] * len(chunk)
-            self._record_many(started, failed, f"predict_batch of {len(chunk)}")
-
-    def _record(self, started: float, ok: bool, what: str) -> None:
-        self._record_many(started, [not ok], what)
-
-    def _record_many(self, started: float, failed: Sequence[bool], what: str) -> None:
-        elapsed = time.perf_counter() - started
-        for item_failed in failed:
-            self._stats.record(elapsed, not item_failed)
-        if failed and elapsed * 1000 > self.slow_ms:
-            logger.warning(
-                "slow %s on %r: %.1f ms (threshold %.0f ms)", what, self.model, elapsed * 1000, self.slow_ms
-            )
+            self._log.record_many(started, failed, f"predict_batch of {len(chunk)}")
 
     @property
     def _label(self) -> str:
         return f"{self.model.model_name}:{self.model.version}"
 
     def __repr__(self) -> str:
-        state = "loaded" if self._loaded else "not loaded"
+        state = "loaded" if self._loading.loaded else "not loaded"
         return f"<Runner {self.model!r} on {self.model.device} ({state})>"

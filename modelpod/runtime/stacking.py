@@ -18,12 +18,16 @@ def rows_of(inputs: Mapping[str, Any]) -> int:
     return 1
 
 
-def stack(items: Sequence[Mapping[str, Any]]) -> tuple[dict[str, Any], list[int]] | None:
-    """One request holding every item's rows, and each item's row count; None if they do not join."""
+def stack(
+    items: Sequence[Mapping[str, Any]], rows: Sequence[int] | None = None
+) -> tuple[dict[str, Any], Sequence[int]] | None:
+    """One request holding every item's rows, and each item's row count (`rows` when the caller
+    counted them already, as a batcher does when a request is submitted); None if they do not join."""
     names = list(items[0])
     if any(list(item) != names for item in items):
         return None
-    rows = [rows_of(item) for item in items]
+    if rows is None:
+        rows = [rows_of(item) for item in items]
     joined: dict[str, Any] = {}
     for name in names:
         values = [item[name] for item in items]

@@ -72,8 +72,12 @@ class Execution:
         observer = functools.partial(self.observe_batch, hosted.name, version)
         return self.batchers.batcher((hosted.name, version), hosted.batching, run, observer=observer)
 
-    def _run_batch(self, hosted: HostedModel, version: str, items: list[dict[str, Any]]) -> list[Any]:
-        return self.with_runner(hosted, version, lambda r: r.predict_batch(items, skip_errors=True))
+    def _run_batch(
+        self, hosted: HostedModel, version: str, items: list[dict[str, Any]], rows: list[int]
+    ) -> list[Any]:
+        return self.with_runner(
+            hosted, version, lambda r: r.predict_batch(items, skip_errors=True, rows=rows)
+        )
 
     async def predict_many(
         self, hosted: HostedModel, version: str, requests: list[dict[str, Any]], options: Options

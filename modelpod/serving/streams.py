@@ -244,7 +244,11 @@ class Streams:
         key = (hosted.name, version)
         return self.execution.batchers.batcher(key, hosted.batching, run, STREAMS, observer)
 
-    def _run_batch(self, hosted: HostedModel, version: str, requests: list[BatchedStream]) -> list[None]:
+    def _run_batch(
+        self, hosted: HostedModel, version: str, requests: list[BatchedStream], rows: list[int]
+    ) -> list[None]:
+        """One batch of streams (a row each: `rows` are all 1)."""
+
         def run(runner: AnyRunner) -> None:
             assert isinstance(runner, Runner)  # streaming batches run in this process (workers == 0)
             pairs = runner.stream_batch([request.inputs for request in requests])

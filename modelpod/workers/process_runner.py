@@ -39,7 +39,10 @@ class ProcessRunner:
     def predict(self, **inputs: Any) -> Any:
         return self.predict_batch([inputs])[0]
 
-    def predict_batch(self, items: Sequence[Mapping[str, Any]], skip_errors: bool = False) -> list[Any]:
+    def predict_batch(
+        self, items: Sequence[Mapping[str, Any]], skip_errors: bool = False, rows: Sequence[int] | None = None
+    ) -> list[Any]:
+        # `rows` stay here: the worker stacks the arrays it decodes from shared memory, and counts them.
         results = self._workers.run_batch([dict(item) for item in items], timeout=self._timeout())
         if not skip_errors:
             for result in results:
