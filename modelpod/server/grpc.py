@@ -111,17 +111,19 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelReady(self, request: pb.ModelReadyRequest, context: Any) -> pb.ModelReadyResponse:
         version = request.version or None
         self.service.repository.resolve(request.name, version)
-        return pb.ModelReadyResponse(ready=self.service.model_ready(request.name, version))
+        return pb.ModelReadyResponse(ready=self.service.catalog.model_ready(request.name, version))
 
     @guarded
     async def ServerMetadata(
         self, request: pb.ServerMetadataRequest, context: Any
     ) -> pb.ServerMetadataResponse:
-        return pb.ServerMetadataResponse(**v2.server_metadata_json(*self.service.server_facts()))
+        return pb.ServerMetadataResponse(**v2.server_metadata_json(*self.service.catalog.server_facts()))
 
     @guarded
     async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Any) -> pb.ModelMetadataResponse:
-        return v2.model_metadata_grpc(*self.service.model_facts(request.name, request.version or None))
+        return v2.model_metadata_grpc(
+            *self.service.catalog.model_facts(request.name, request.version or None)
+        )
 
     @guarded
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
@@ -190,7 +192,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @guarded
     async def ModelConfig(self, request: pb.ModelConfigRequest, context: Any) -> pb.ModelConfigResponse:
-        config = self.service.model_config(request.name, request.version or None)
+        config = self.service.catalog.model_config(request.name, request.version or None)
         message = pb.ModelConfig(
             name=config["name"],
             platform=config["platform"],
@@ -209,7 +211,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.ModelStatisticsRequest, context: Any
     ) -> pb.ModelStatisticsResponse:
         return pb.ModelStatisticsResponse(
-            **self.service.model_statistics(request.name, request.version or None)
+            **self.service.catalog.model_statistics(request.name, request.version or None)
         )
 
     def _budget(self, request: pb.ModelInferRequest) -> DecodeBudget:
@@ -236,7 +238,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def RepositoryIndex(
         self, request: pb.RepositoryIndexRequest, context: Any
     ) -> pb.RepositoryIndexResponse:
-        index = self.service.repository_index()
+        index = self.service.catalog.repository_index()
         if request.ready:
             index = [entry for entry in index if entry["state"] == "READY"]
         models = [pb.RepositoryIndexResponse.ModelIndex(**entry) for entry in index]

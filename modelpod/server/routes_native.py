@@ -66,12 +66,12 @@ def routes() -> list[BaseRoute]:
 
 @handled
 async def list_models(request: Request) -> Response:
-    return json_response(service_of(request).models())
+    return json_response(service_of(request).catalog.models())
 
 
 @handled
 async def show_model(request: Request) -> Response:
-    return json_response(service_of(request).describe(request.path_params["name"]))
+    return json_response(service_of(request).catalog.describe(request.path_params["name"]))
 
 
 @handled

@@ -51,7 +51,7 @@ def routes() -> list[BaseRoute]:
 
 @handled
 async def server_metadata(request: Request) -> Response:
-    return json_response(v2.server_metadata_json(*service_of(request).server_facts()))
+    return json_response(v2.server_metadata_json(*service_of(request).catalog.server_facts()))
 
 
 @handled
@@ -70,8 +70,8 @@ async def ready(request: Request) -> Response:
 async def model_metadata(request: Request) -> Response:
     name, version = request.path_params["name"], request.path_params.get("version")
     service = service_of(request)
-    document = v2.model_metadata_json(*service.model_facts(name, version))
-    load_error = service.load_error(name, version)
+    document = v2.model_metadata_json(*service.catalog.model_facts(name, version))
+    load_error = service.catalog.load_error(name, version)
     if load_error is not None:  # beside the protocol's fields: why the model is not ready
         document["load_error"] = load_error
     return json_response(document)
@@ -80,13 +80,13 @@ async def model_metadata(request: Request) -> Response:
 @handled
 async def model_statistics(request: Request) -> Response:
     params = request.path_params
-    return json_response(service_of(request).model_statistics(params["name"], params.get("version")))
+    return json_response(service_of(request).catalog.model_statistics(params["name"], params.get("version")))
 
 
 @handled
 async def model_config(request: Request) -> Response:
     params = request.path_params
-    return json_response(service_of(request).model_config(params["name"], params.get("version")))
+    return json_response(service_of(request).catalog.model_config(params["name"], params.get("version")))
 
 
 @handled
@@ -94,7 +94,7 @@ async def model_ready(request: Request) -> Response:
     name, version = request.path_params["name"], request.path_params.get("version")
     service = service_of(request)
     service.repository.resolve(name, version)  # unknown model or version: 404
-    is_ready = service.model_ready(name, version)
+    is_ready = service.catalog.model_ready(name, version)
     return json_response({"name": name, "ready": is_ready}, 200 if is_ready else 503)
 
 
@@ -133,7 +133,7 @@ async def infer(request: Request) -> Response:
 
 @handled
 async def repository_index(request: Request) -> Response:
-    return json_response(service_of(request).repository_index())
+    return json_response(service_of(request).catalog.repository_index())
 
 
 @handled

@@ -7,7 +7,7 @@ service is a facade: each call goes to the collaborator whose one job it is.
 - `Execution`: a request on one version, through its batcher or on a thread, recorded once.
 - `Composition`: routers and pipelines of served models.
 - `Streams`: answers that are streams of items.
-- `Trainer`: training jobs.
+- `Trainer`: training jobs; `ModelMethods`: a model's methods other than `predict`, called by name.
 - `Versions`: initialize, load, unload, switch the default (each passed through `Changes`).
 - `Catalog`: what the server says about what it serves.
 - `TrafficControl`: which version a request to a bare model name goes to (a split, sticky or not),
@@ -32,10 +32,11 @@ from modelpod.protocol.cost import CostLimits, DecodeBudget
 from modelpod.protocol.openai_requests import Sampling
 from modelpod.runtime.batchers import Batchers
 from modelpod.serving.admission import Admission
-from modelpod.serving.catalog import Catalog, ModelFacts, ServerFacts
-from modelpod.serving.changes import CHANGED, DEFAULT, LOAD, UNLOAD, Changes
+from modelpod.serving.catalog import Catalog
+from modelpod.serving.changes import DEFAULT, LOAD, UNLOAD, Changes
 from modelpod.serving.composition import Composition
 from modelpod.serving.execution import Execution
+from modelpod.serving.model_methods import METHODS, ModelMethods
 from modelpod.serving.openai import Finished, OpenAIServing, Prepared
 from modelpod.serving.options import DEFAULT_OPTIONS, Options
 from modelpod.serving.pool import ModelPool
@@ -45,12 +46,10 @@ from modelpod.serving.served_pipeline import ServedPipeline
 from modelpod.serving.streams import Streams
 from modelpod.serving.tensor_requests import TensorRequests
 from modelpod.serving.tensors import Arrays
-from modelpod.serving.traffic_control import TRAFFIC_METHODS, TrafficControl
+from modelpod.serving.traffic_control import TrafficControl
 from modelpod.serving.traffic_policy import TrafficPolicy
 from modelpod.serving.trainer import Trainer
 from modelpod.serving.versions import Versions
-
-METHODS = ("predict", "initialize", "train", "training", "log", "traffic", "set_traffic")
 
 
 class InferenceService:
@@ -95,6 +94,7 @@ class InferenceService:
         self.traffic = TrafficControl(
             self.execution, pool.per_model, watch, self.recorder, promote, self.changes
         )
+        self.methods = ModelMethods(self.execution, self.versions, self.trainer, self.traffic, self.changes)
         self.openai = OpenAIServing(self.execution, self.streaming)
         self.catalog = Catalog(name, self.execution, self.batchers, self.trainer, self.statistics)
 
@@ -115,25 +115,10 @@ class InferenceService:
             raise NotFound(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
         if not isinstance(arguments, Mapping) or not all(isinstance(key, str) for key in arguments):
             raise InvalidInput("the arguments must be an object of keyword arguments, named by strings")
-        if method in TRAFFIC_METHODS:
-            return await self.traffic.call(name, version, method, arguments)
-        run = self.admission.run
-        if method == "initialize":
-            resolved = version or self.repository.get(name).default_version
-            initialize = self.versions.initialize
-            return await self.changes.make(
-                CHANGED, name, resolved, lambda: run(initialize, name, version, dict(arguments))
-            )
-        requested = version
-        if method == "predict":
-            version = self.traffic.version_for(name, version, options.traffic_key)
+        if method != "predict":
+            return await self.methods.call(name, version, method, arguments)
+        requested, version = version, self.traffic.version_for(name, version, options.traffic_key)
         hosted, version = self.execution.available(name, version)
-        if method == "log":
-            return await run(lambda: self.repository.instance(hosted, version).log())
-        if method == "train":
-            return await run(self.trainer.start, hosted, version, dict(arguments))
-        if method == "training":
-            return await run(self.trainer.job, hosted.name, version)
         target = self.composition.route(hosted, version, query_params, arguments)
         if target is not None:
             return await self.call(target, None, method, arguments, query_params, options)
@@ -253,34 +238,7 @@ class InferenceService:
         """What a V2 request's tensors may cost as they are decoded (see `TensorRequests`)."""
         return self.tensor_requests.decode_budget(name, version)
 
-    # -- what the server says about what it serves ------------------------------------------------
-
-    def server_facts(self) -> ServerFacts:
-        return self.catalog.server_facts()
-
-    def model_facts(self, name: str, version: str | None = None) -> ModelFacts:
-        return self.catalog.model_facts(name, version)
-
-    def model_config(self, name: str, version: str | None = None) -> dict[str, Any]:
-        return self.catalog.model_config(name, version)
-
-    def model_statistics(self, name: str, version: str | None = None) -> dict[str, Any]:
-        return self.catalog.model_statistics(name, version)
-
-    def model_ready(self, name: str, version: str | None = None) -> bool:
-        return self.catalog.model_ready(name, version)
-
-    def load_error(self, name: str, version: str | None = None) -> str | None:
-        return self.catalog.load_error(name, version)
-
-    def repository_index(self) -> list[dict[str, Any]]:
-        return self.catalog.repository_index()
-
-    def models(self) -> list[dict[str, Any]]:
-        return self.catalog.models()
-
-    def describe(self, name: str) -> dict[str, Any]:
-        return self.catalog.describe(name)
+    # -- readiness (what the server says about what it serves: `self.catalog`) -----------------------
 
     def ready(self) -> bool:
         """Ready once the server has loaded its models, until it starts shutting down."""
