@@ -73,15 +73,9 @@ from modelpod.runtime.deadline import clamp_wait
 from modelpod.runtime.memory import rss_bytes
 from modelpod.workers import shm
 from modelpod.workers.handle import Died, Hung, WorkerHandle, encode_items, reference_of, spawn, wait_ready
+from modelpod.workers.restarts import Restarts
 
 logger = logging.getLogger("modelpod.workers.pool")
-
-FIRST_BACKOFF = 0.1
-"""Seconds before the first restart of a worker that died."""
-MAX_BACKOFF = 5.0
-"""The restart delay doubles up to this."""
-STABLE_AFTER = 10.0
-"""A worker that stayed up this long before dying is restarted after `FIRST_BACKOFF` again."""
 
 
 class WorkerPool:
@@ -113,12 +107,12 @@ class WorkerPool:
         self._idle: collections.deque[WorkerHandle] = collections.deque()
         self._busy: set[WorkerHandle] = set()
         self._down: dict[int, str] = {}  # slot -> why its last restart failed
-        self._backoff = [FIRST_BACKOFF] * workers
-        self._restarters: set[threading.Thread] = set()
-        self._restarts = 0
         self._started = False
         self._closed = False
         self._closing = threading.Event()
+        self._restarts = Restarts(
+            workers, self.label, self._closing, self._start_worker, self._welcome, self._slot_down
+        )
 
     @property
     def label(self) -> str:
@@ -127,7 +121,7 @@ class WorkerPool:
     @property
     def restarts(self) -> int:
         """How many workers were replaced (after a crash or a timeout) since the pool started."""
-        return self._restarts
+        return self._restarts.count
 
     def pids(self) -> list[int]:
         """The process ids of the running workers, by slot."""
@@ -136,12 +130,8 @@ class WorkerPool:
 
     def memory(self) -> dict[int, int]:
         """Resident memory of each running worker, in bytes, by pid."""
-        sizes = {}
-        for pid in self.pids():
-            size = rss_bytes(pid)
-            if size is not None:
-                sizes[pid] = size
-        return sizes
+        sizes = {pid: rss_bytes(pid) for pid in self.pids()}
+        return {pid: size for pid, size in sizes.items() if size is not None}  # None: it just exited
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -194,8 +184,7 @@ class WorkerPool:
         for worker in workers:
             if worker not in busy:
                 worker.discard(grace=max(deadline - time.monotonic(), 0.0))
-        for thread in list(self._restarters):
-            thread.join(max(deadline - time.monotonic(), 0.1))
+        self._restarts.join(deadline)
         with self._cond:
             self._cond.wait_for(lambda: not self._busy, max(deadline - time.monotonic(), 1.0))
             left = list(self._live.values())
@@ -243,7 +232,8 @@ class WorkerPool:
             return [failures.get(index) or Timeout(message) for index in range(count)]
         except Died as died:
             self._lost(worker)
-            return [failures.get(index) or error for index, error in enumerate(self._died(died, count))]
+            errors = _died_errors(self.label, self._closed, died, count)
+            return [failures.get(index) or error for index, error in enumerate(errors)]
         except BaseException:
             worker.kill()
             self._lost(worker)
@@ -252,18 +242,6 @@ class WorkerPool:
         if len(outputs) != count:
             raise RuntimeError(f"worker answered {len(outputs)} results for {count} items")
         return [failures.get(index, output) for index, output in enumerate(outputs)]
-
-    def _died(self, died: Died, count: int) -> list[ModelpodError]:
-        if self._closed:
-            message = f"model {self.label} was shut down while running this request"
-            return [Unavailable(message) for _ in range(count)]
-        message = (
-            f"the worker process running model {self.name}:{self.version} died ({died.reason}) "
-            "while running this request"
-        )
-        error_id = uuid.uuid4().hex[:12]
-        logger.error("error id %s: %s; restarting it", error_id, message)
-        return [ModelError(message, error_id) for _ in range(count)]
 
     def _checkout(self, deadline: float | None, timeout: float | None) -> WorkerHandle | ModelpodError:
         with self._cond:
@@ -280,7 +258,7 @@ class WorkerPool:
                     why = next(iter(self._down.values()))
                     return Unavailable(
                         f"model {self.label} has no running worker process ({why}); restarting",
-                        retry_after=max(self._backoff),
+                        retry_after=self._restarts.longest_backoff(),
                     )
                 remaining = None if deadline is None else clamp_wait(deadline - time.monotonic())
                 if remaining is not None and remaining <= 0:
@@ -302,54 +280,36 @@ class WorkerPool:
             self._busy.discard(worker)
             if self._live.get(worker.slot) is worker:
                 del self._live[worker.slot]
-            if time.monotonic() - worker.started >= STABLE_AFTER:
-                self._backoff[worker.slot] = FIRST_BACKOFF
             self._cond.notify_all()
             if self._closed:
                 return
-            thread = threading.Thread(
-                target=self._restart, args=(worker.slot,), name=f"modelpod-restart-{self.label}", daemon=True
-            )
-            self._restarters.add(thread)
-        thread.start()
+        self._restarts.lost(worker)
 
-    def _restart(self, slot: int) -> None:
+    def _start_worker(self, slot: int) -> WorkerHandle:
+        """A new worker in `slot`, its model loaded (or the error that stopped it, the process gone)."""
+        worker = self._spawn(slot)
         try:
-            while not self._closing.is_set():
-                with self._cond:
-                    delay = self._backoff[slot]
-                    self._backoff[slot] = min(delay * 2, MAX_BACKOFF)
-                if self._closing.wait(delay):
-                    return
-                worker = None
-                try:
-                    worker = self._spawn(slot)
-                    self._wait_ready(worker)
-                except Exception as error:
-                    if worker is not None:
-                        worker.discard()
-                    if self._closing.is_set():
-                        return
-                    with self._cond:
-                        self._down[slot] = str(error)
-                        self._cond.notify_all()
-                    logger.error("cannot restart a worker of model %s: %s", self.label, error)
-                    continue
-                with self._cond:
-                    if not self._closed:
-                        self._down.pop(slot, None)
-                        self._live[slot] = worker
-                        self._idle.append(worker)
-                        self._restarts += 1
-                        self._cond.notify_all()
-                        logger.info("restarted a worker of model %s: pid %d", self.label, worker.pid)
-                        return
-                worker.stop()
-                worker.discard(grace=2.0)
-                return
-        finally:
-            with self._cond:
-                self._restarters.discard(threading.current_thread())
+            self._wait_ready(worker)
+        except BaseException:
+            worker.discard()
+            raise
+        return worker
+
+    def _welcome(self, slot: int, worker: WorkerHandle) -> bool:
+        """Serve with a restarted worker; False once the pool is closed."""
+        with self._cond:
+            if self._closed:
+                return False
+            self._down.pop(slot, None)
+            self._live[slot] = worker
+            self._idle.append(worker)
+            self._cond.notify_all()
+            return True
+
+    def _slot_down(self, slot: int, why: str) -> None:
+        with self._cond:
+            self._down[slot] = why
+            self._cond.notify_all()
 
     def _spawn(self, slot: int) -> WorkerHandle:
         return spawn(self._context, slot, self._process_options(), self.label)
@@ -368,6 +328,17 @@ class WorkerPool:
             logging.getLogger("modelpod").getEffectiveLevel(),
             os.getpid(),
         )
+
+
+def _died_errors(label: str, closed: bool, died: Died, count: int) -> list[ModelpodError]:
+    """What each request of a batch whose worker died learns: shut down, or the death, logged once."""
+    if closed:
+        message = f"model {label} was shut down while running this request"
+        return [Unavailable(message) for _ in range(count)]
+    message = f"the worker process running model {label} died ({died.reason}) while running this request"
+    error_id = uuid.uuid4().hex[:12]
+    logger.error("error id %s: %s; restarting it", error_id, message)
+    return [ModelError(message, error_id) for _ in range(count)]
 
 
 def _copy(error: ModelpodError) -> ModelpodError:
