@@ -18,16 +18,17 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, create_engine, delete, insert, select, update
+from sqlalchemy import Connection, create_engine, delete, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from modelpod.errors import Conflict, InvalidInput, ModelLoadError, NotFound
 from modelpod.registry import artifacts, file_artifacts
-from modelpod.registry.schema import endpoints, metadata, models, settings
+from modelpod.registry.endpoint_records import EndpointRecords
+from modelpod.registry.schema import metadata, models, settings
 from modelpod.runtime.adapters import as_model
 from modelpod.runtime.loader import load_object
 from modelpod.runtime.model import Model, check_name, class_path, default_data_path
@@ -64,20 +65,9 @@ class ModelRecord:
         return {k: v for k, v in self.__dict__.items()}
 
 
-@dataclass(frozen=True)
-class Endpoint:
-    """A live server answering for one version of a model."""
-
-    identifier: str
-    version: str
-    protocol: str
-    address: str
-    server_id: str
-    heartbeat_at: float = field(compare=False)
-
-
-class Store:
-    """Models by identifier, version and uuid, in any SQLAlchemy database; artifacts on disk."""
+class Store(EndpointRecords):
+    """Models by identifier, version and uuid, in any SQLAlchemy database; artifacts on disk; and the
+    endpoints that serve them (`EndpointRecords`)."""
 
     def __init__(
         self,
@@ -325,39 +315,6 @@ class Store:
         return target
 
     # -- where models are served ----------------------------------------------------------------------
-
-    def register_endpoint(
-        self, server_id: str, identifier: str, version: str, protocol: str, address: str
-    ) -> None:
-        row = {"server_id": server_id, "identifier": identifier, "version": version, "protocol": protocol,
-               "address": address, "heartbeat_at": time.time()}  # fmt: skip
-        with self._transaction() as connection:
-            connection.execute(delete(endpoints).where(
-                (endpoints.c.server_id == server_id) & (endpoints.c.identifier == identifier)
-                & (endpoints.c.version == version) & (endpoints.c.protocol == protocol)
-            ))  # fmt: skip
-            connection.execute(insert(endpoints).values(**row))
-
-    def heartbeat(self, server_id: str) -> None:
-        with self._transaction() as connection:
-            connection.execute(
-                update(endpoints).where(endpoints.c.server_id == server_id).values(heartbeat_at=time.time())
-            )
-
-    def deregister(self, server_id: str) -> None:
-        with self._transaction() as connection:
-            connection.execute(delete(endpoints).where(endpoints.c.server_id == server_id))
-
-    def endpoints(self, identifier: str, version: str) -> builtins.list[Endpoint]:
-        """Live endpoints for a version, freshest first; stale ones (a crashed server) are forgotten."""
-        fresh_after = time.time() - self.heartbeat_timeout
-        with self._transaction() as connection:
-            connection.execute(delete(endpoints).where(endpoints.c.heartbeat_at < fresh_after))
-            query = select(endpoints).where(
-                (endpoints.c.identifier == identifier) & (endpoints.c.version == version)
-            )
-            rows = connection.execute(query.order_by(endpoints.c.heartbeat_at.desc())).mappings().all()
-        return [Endpoint(**row) for row in rows]
 
 
 def _record(row: Any) -> ModelRecord:
