@@ -161,6 +161,12 @@ class Batcher:
         return least
 
     @property
+    def at_rest(self) -> bool:
+        """Nothing queued and nothing running: the thread waits for a first request (read unlocked,
+        as a hint: the caller acts on it only when no request of its own could be arriving)."""
+        return self._idle and not self._queue
+
+    @property
     def queued_rows(self) -> int:
         with self._condition:
             return self._rows_queued

@@ -23,7 +23,7 @@ from modelpod.server.auth import exposure_warning, grpc_interceptors, load_keys
 from modelpod.server.capturing import count_in, start_capture
 from modelpod.server.grpc_server import start_grpc_server
 from modelpod.server.http import create_app
-from modelpod.server.http_connections import ConnectionLimits, guarded_protocol
+from modelpod.server.http_connections import ConnectionLimits, EdgeRequests, guarded_protocol
 from modelpod.server.quota_edges import QuotaInterceptor
 from modelpod.server.settings import Settings
 from modelpod.server.tls import load_tls
@@ -71,7 +71,7 @@ class ModelServer:
         recorders = [r for r in (self.tracing, self.capture) if r is not None]
         self.service = InferenceService(
             repository, self.pool, settings.rpc_max_workers, slow_ms=settings.slow_ms, limits=limits,
-            recorders=recorders, tracer=self.tracing,
+            recorders=recorders, tracer=self.tracing, inline_ms=settings.inline_ms,
         )  # fmt: skip
         if self.capture is not None:
             count_in(self.service.metrics.registry, self.capture)
@@ -137,6 +137,8 @@ class ModelServer:
             settings.max_header_size, settings.keep_alive_timeout, settings.max_connections
         )
         _allow_open_files(4 * settings.max_connections + 256)  # HTTP to twice the cap, gRPC, files
+        edge = EdgeRequests()
+        self.service.execution.inline.lone_at_edge = edge.at_most_one
         config = uvicorn.Config(
             create_app(
                 self.service,
@@ -146,7 +148,7 @@ class ModelServer:
                 settings.max_parsed_size,
                 self.quotas,
             ),
-            http=guarded_protocol(limits),
+            http=guarded_protocol(limits, edge),
             timeout_keep_alive=settings.keep_alive_timeout,  # type: ignore[arg-type]  # a float works
             log_level=self.settings.log_level,
             log_config=None,  # logging is configured once, by modelpod.observe.logs

@@ -22,6 +22,7 @@ import functools
 import http
 import logging
 import time
+from collections.abc import Sized
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -44,13 +45,25 @@ class ConnectionLimits:
     max_connections: int
 
 
-def guarded_protocol(limits: ConnectionLimits) -> type[GuardedHttpProtocol]:
-    """uvicorn's `http=` protocol class, holding these limits."""
-    return type("GuardedHttp", (GuardedHttpProtocol,), {"limits": limits})
+class EdgeRequests:
+    """The requests this HTTP server is answering now: uvicorn's set of request tasks (one per request
+    from its head to its answer, whichever connection it came on), seen through a connection."""
+
+    def __init__(self) -> None:
+        self.tasks: Sized = ()
+
+    def at_most_one(self) -> bool:
+        return len(self.tasks) <= 1
+
+
+def guarded_protocol(limits: ConnectionLimits, edge: EdgeRequests | None = None) -> type[GuardedHttpProtocol]:
+    """uvicorn's `http=` protocol class, holding these limits (and showing its requests to `edge`)."""
+    return type("GuardedHttp", (GuardedHttpProtocol,), {"limits": limits, "edge": edge or EdgeRequests()})
 
 
 class GuardedHttpProtocol(HttpToolsProtocol):
     limits: ClassVar[ConnectionLimits]
+    edge: ClassVar[EdgeRequests]
     _last_warning: ClassVar[float] = 0.0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -63,6 +76,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self.edge.tasks = self.tasks  # the server's one set, the same for every connection
         open_now = len(self.connections)
         if open_now > 2 * self.limits.max_connections:
             self._warn(f"{open_now - 1} connections open: closed a new one unanswered")

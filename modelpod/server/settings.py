@@ -108,6 +108,12 @@ class Settings(BaseSettings):
         "(else max_message_size)",
     )
     slow_ms: float = Field(1000.0, ge=0, description="requests slower than this are logged as warnings")
+    inline_ms: float = Field(
+        1.0,
+        ge=0,
+        description="a lone request to a model whose single computes stay under this many ms runs on "
+        "the event loop, with no thread hop; 0: never",
+    )
     log_level: str = Field("info", description="debug, info, warning or error")
     log_format: Literal["text", "json"] = Field("text", description="text, or json: one object per line")
     otel: bool = Field(

@@ -43,7 +43,7 @@ class Admission:
 
     async def wait(self, start: Callable[[], asyncio.Future[T]], timeout: float | None) -> T:
         """Wait for work started by `start`, counted in flight; past `timeout`, answer Timeout."""
-        with self._counted(timeout):
+        with self.counted(timeout):
             if timeout is None:
                 return await start()
             return await asyncio.wait_for(start(), timeout)
@@ -51,12 +51,12 @@ class Admission:
     async def here(self, work: Callable[[], Awaitable[T]], timeout: float | None) -> T:
         """Await model code on the event loop itself (an `async def predict`), counted in flight
         like `run`, and bounded by the request's timeout (which cancels it)."""
-        with self._counted(timeout):
+        with self.counted(timeout):
             async with asyncio.timeout(timeout):
                 return await work()
 
     @contextlib.contextmanager
-    def _counted(self, timeout: float | None) -> Iterator[None]:
+    def counted(self, timeout: float | None) -> Iterator[None]:
         """In flight meanwhile (refused while draining); a TimeoutError inside is the request's Timeout."""
         self._refuse_if_draining()
         if timeout is not None and timeout <= 0:

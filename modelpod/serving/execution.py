@@ -20,6 +20,7 @@ from modelpod.runtime.inputs import check_field_names
 from modelpod.runtime.runner import Runner
 from modelpod.runtime.stacking import rows_of
 from modelpod.serving.admission import Admission
+from modelpod.serving.inline import InlineGate
 from modelpod.serving.options import Options
 from modelpod.serving.pool import ModelPool
 from modelpod.serving.repository import HostedModel, Repository
@@ -41,12 +42,14 @@ class Execution:
         admission: Admission,
         batchers: Batchers,
         recorder: Recorder,
+        inline: InlineGate | None = None,
     ) -> None:
         self.repository = repository
         self.pool = pool
         self.admission = admission
         self.batchers = batchers
         self.recorder = recorder
+        self.inline = inline or InlineGate()
 
     def available(self, name: str, version: str | None) -> tuple[HostedModel, str]:
         """The model and resolved version a request is for; Unavailable while the model is unloaded."""
@@ -87,6 +90,12 @@ class Execution:
         for request in requests:
             check_field_names(request)
         batcher = self.batcher(hosted, version)
+        at_rest = batcher is None or batcher.at_rest
+        lone = hosted.inlines and self.inline.lone((hosted.name, version), self.admission.in_flight, at_rest)
+        if len(requests) == 1 and lone:
+            answer = self._inline(hosted, version, requests[0], batcher is not None, options)
+            if answer is not _NOT_HERE:
+                return [answer]
         if batcher is not None:
             return await self._batched(batcher, hosted, requests, options)
         if len(requests) == 1 and hosted.awaits:  # read once, when the model was added
@@ -117,6 +126,32 @@ class Execution:
         """An `async def predict` awaited on the event loop: no thread, no queue, the same records."""
         with self._computing(hosted, version, 1, time.monotonic()):
             return await self.admission.here(lambda: runner.predict_async(**request), options.timeout)
+
+    def _inline(
+        self, hosted: HostedModel, version: str, request: dict[str, Any], batches: bool, options: Options
+    ) -> Any:
+        """The answer computed here, on the event loop, as the batcher or a model thread would compute
+        it; `_NOT_HERE` when the version is not loaded in this process or the request has many rows."""
+        rows = rows_of(request) if hosted.probe.is_tensor_model() else 1
+        if rows != 1:
+            return _NOT_HERE
+        with self.pool.use_if_loaded((hosted.name, version)) as runner:
+            if not isinstance(runner, Runner):
+                return _NOT_HERE
+            token = call_deadline.set(_deadline(options))
+            try:
+                with (
+                    self.admission.counted(options.timeout),
+                    self._computing(hosted, version, 1, time.monotonic()),
+                ):
+                    if not batches:
+                        return runner.predict(**request)
+                    answer = runner.predict_batch([request], skip_errors=True, rows=[1])[0]
+            finally:
+                call_deadline.reset(token)
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
 
     @contextlib.contextmanager
     def _computing(self, hosted: HostedModel, version: str, rows: int, submitted: float) -> Iterator[None]:
@@ -197,6 +232,7 @@ class Execution:
         self, model: str, version: str, rows: int, compute: float, waits: list[float], traces: list[Any]
     ) -> None:
         worker = take_worker_seconds()  # None unless this thread's batch ran in a worker process
+        self.inline.observe((model, version), rows, compute)
         self.recorder.on_batch(BatchDone(model, version, rows, compute, waits, traces, worker))
 
     async def observed(

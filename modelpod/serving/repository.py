@@ -39,6 +39,7 @@ class HostedModel:
     workers: int = 0  # worker processes per loaded version; 0 runs the model on this process's threads
     query_params: bool = False  # whether its predict takes the request's query string
     awaits: bool = False  # whether its predict is `async def` (awaited on the event loop)
+    inlines: bool = False  # whether a lone request may be computed on the event loop (serving/inline.py)
     memory_budget: int | None = None  # bytes its loaded versions may take together (None: no bound)
 
 
@@ -82,6 +83,7 @@ class Repository:
             workers=self.workers if self.workers is not None else probe.worker_processes(),
             query_params=probe.accepts_query_params(),
             awaits=probe.awaits(),
+            inlines=not (probe.awaits() or probe.is_streaming()),
             memory_budget=getattr(probe, "memory_budget", None),
         )
         hosted.configured_default = hosted.default_version

@@ -36,6 +36,7 @@ from modelpod.serving.catalog import Catalog
 from modelpod.serving.changes import DEFAULT, LOAD, UNLOAD, Changes
 from modelpod.serving.composition import Composition
 from modelpod.serving.execution import Execution
+from modelpod.serving.inline import InlineGate
 from modelpod.serving.model_methods import METHODS, ModelMethods
 from modelpod.serving.openai import Finished, OpenAIServing, Prepared
 from modelpod.serving.options import DEFAULT_OPTIONS, Options
@@ -66,6 +67,7 @@ class InferenceService:
         changes: Changes | None = None,
         limits: CostLimits | None = None,
         tracer: SpanStarter | None = None,
+        inline_ms: float = 1.0,
     ) -> None:
         self.repository = repository
         self.tracer = tracer  # the edges start each request's span with it; None: tracing is off
@@ -85,7 +87,8 @@ class InferenceService:
         )
         watch = RolloutWatch()  # the numbers rollouts decide on
         self.recorder = Recorders([self.statistics, self.metrics, self.recent, watch, *recorders])
-        self.execution = Execution(repository, pool, self.admission, self.batchers, self.recorder)
+        inline = InlineGate(inline_ms)  # lone requests to cheap models on the event loop
+        self.execution = Execution(repository, pool, self.admission, self.batchers, self.recorder, inline)
         self.composition = Composition(repository, self.execution, self.tensor_requests)
         self.streaming = Streams(self.execution, self.composition, self.tensor_requests)
         self.trainer = Trainer(repository, pool, self.recorder, self.changes)
