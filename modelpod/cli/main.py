@@ -183,7 +183,8 @@ def run_serve(arguments: argparse.Namespace) -> int:
             if settings.capture:  # its replicas record no payloads yet: say so rather than drop them
                 raise ValueError("--capture is not available with --backend ray yet")
             return cli_ray.run(arguments, targets, settings)
-        serve(*targets, settings=settings, store_models=arguments.store_models)
+        serve(*targets, settings=settings, store_models=arguments.store_models, runtime=arguments.runtime,
+              runtime_options=options)  # fmt: skip
     except (OSError, ModelpodError, ValueError) as error:
         print(f"modelpod: {error}", file=sys.stderr)
         return 2
