@@ -27,12 +27,23 @@ from modelpod.server.settings import Settings  # noqa: E402
 from conftest import ROOT, launch  # noqa: E402
 
 DOUBLER = """
-from modelpod import Model
+from modelpod import Model, Router, ServedPipeline
 
 
 class Doubler(Model):
     def predict(self, x: float) -> float:
         return 2 * x
+
+
+class Pick(Router):
+    routes = {"double": "Doubler", "twice": "twice"}
+    route_param = "to"
+    default_route = "double"
+
+
+class Quadruple(ServedPipeline):
+    name = "quadruple"
+    steps = ["Doubler", "Doubler"]
 """
 
 
@@ -54,8 +65,10 @@ models:
     options: {intra_op_threads: 1}
     batching: {max_batch_size: 4}
   - class: doubler.py:Doubler
+  - class: doubler.py:Pick        # a router, as any class
+  - class: doubler.py:Quadruple   # a served pipeline's class
 pipelines:
-  - twice=Doubler,Doubler
+  - twice=Doubler,Doubler         # a pipeline declared as --pipeline takes it
 """
 
 
@@ -74,6 +87,11 @@ def test_the_files_models_and_settings_are_served(tmp_path: Path) -> None:
             assert native.predict(x=2.5) == 5.0
         twice = httpx.post(f"{server.http_url}/models/twice/predict", json={"x": 2.5}, timeout=30)
         assert twice.json() == 10.0, twice.text
+        for route, expected in (("", 5.0), ("?to=double", 5.0), ("?to=twice", 10.0)):  # the router's choice
+            routed = httpx.post(f"{server.http_url}/models/Pick/predict{route}", json={"x": 2.5}, timeout=30)
+            assert routed.json() == expected, routed.text
+        with Client(server.grpc_address, model="quadruple") as native:
+            assert native.predict(x=2.5) == 10.0
     finally:
         server.stop(timeout=15)
 
