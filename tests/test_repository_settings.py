@@ -120,7 +120,7 @@ def test_without_allow_pickle_a_processing_class_stops_the_server(tmp_path: Path
         ("no_such_package.module:Scaled", "cannot import 'no_such_package.module'"),
         ("{module}:Missing", "has no 'Missing'"),
         ("{module}:helper", "is not a class but function; expected a subclass of OnnxModel"),
-        ("{module}:Wrong", "(Wrong) is not a subclass of modelpod.runtime.onnx_runtime.OnnxModel"),
+        ("{module}:Wrong", "(Wrong) is not a subclass of modelpod.OnnxModel, the class of the onnx runtime"),
         ("Scaled", "processing: expected FILE.py:Class or package.module:Class"),
         ("[1, 2]", "processing: expected FILE.py:Class"),
     ],

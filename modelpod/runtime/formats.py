@@ -254,7 +254,9 @@ class ModelFile:
     path: Path
     runtime: str
     options: Mapping[str, Any] = field(default_factory=dict)
-    processing: str | None = None  # `module:Class` or `/abs/file.py:Class`: see `processing_class`
+    # `module:Class` or `/abs/file.py:Class` (see `processing_class`); keyword-only, so that a
+    # subclass's fields (VersionedFiles.files) keep their places
+    processing: str | None = field(default=None, kw_only=True)
 
     @property
     def format(self) -> Format:
@@ -309,7 +311,9 @@ def from_reference(reference: str) -> ModelFile:
 
 
 def _file_of(fields: Mapping[str, Any]) -> ModelFile:
-    return ModelFile(Path(fields["path"]), fields["runtime"], fields["options"], fields.get("processing"))
+    return ModelFile(
+        Path(fields["path"]), fields["runtime"], fields["options"], processing=fields.get("processing")
+    )
 
 
 def model_file(
@@ -341,4 +345,4 @@ def model_file(
             processing_class(processing, chosen)  # checked now, so that a mistake stops the start
         except ValueError as error:
             raise ValueError(f"processing: {error}") from None
-    return ModelFile(where, chosen.name, options, processing)
+    return ModelFile(where, chosen.name, options, processing=processing)
