@@ -123,6 +123,10 @@ def test_without_allow_pickle_a_processing_class_stops_the_server(tmp_path: Path
         ("{module}:Wrong", "(Wrong) is not a subclass of modelpod.OnnxModel, the class of the onnx runtime"),
         ("Scaled", "processing: expected FILE.py:Class or package.module:Class"),
         ("[1, 2]", "processing: expected FILE.py:Class"),
+        (
+            "scaling.py:Scaled\noptions: {{processing: x.py:Y}}",
+            "options.processing: name the class in the field",
+        ),
     ],
 )
 def test_a_wrong_processing_class_names_the_file_and_field(tmp_path: Path, value: str, message: str) -> None:
@@ -131,7 +135,7 @@ def test_a_wrong_processing_class_names_the_file_and_field(tmp_path: Path, value
     with pytest.raises(ValueError, match="processing") as raised:
         watch.add_all()
     text = str(raised.value)
-    assert text.startswith(f"{tmp_path / 'scaled' / 'modelpod.yaml'}.processing: "), text
+    assert text.startswith(f"{tmp_path / 'scaled' / 'modelpod.yaml'}."), text
     assert message in text
     assert "\n" not in text
 

@@ -19,11 +19,11 @@ under another name. A model is a modelpod.Model subclass, a class with __init__(
 predict(payload, query_params), or a function. A model file is served by the runtime of its
 format, recognised from the file (--runtime forces one), under the file's stem: an ONNX graph
 (extra onnx), a scikit-learn estimator in joblib or pickle (extra sklearn, or boosting for XGBoost
-and LightGBM; --allow-pickle, since loading it runs code), a TorchScript or torch.export archive (extra torch), a Hugging Face
-transformers folder (extra transformers), a sentence-transformers folder (extra embeddings), an
-MLflow model (extra mlflow; --allow-pickle). --repository DIR serves a folder of them. Every option
-can also be set by its environment variable; a flag wins over the environment, which wins over
-a -c file."""
+and LightGBM; --allow-pickle, since loading it runs code), a TorchScript or torch.export archive
+(extra torch), a Hugging Face transformers folder (extra transformers), a sentence-transformers
+folder (extra embeddings), an MLflow model (extra mlflow; --allow-pickle). --repository DIR serves
+a folder of them. Every option can also be set by its environment variable; a flag wins over the
+environment, which wins over a -c file."""
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -48,6 +48,8 @@ def file_settings(
     if runtime is not None and not isinstance(runtime, str):
         raise ValueError(f"{where}.runtime: expected a runtime's name, e.g. onnx")
     options = mapping(f"{where}.options", entry.get("options") or {})
+    if "processing" in options:  # the field is checked and made absolute; an option would be neither
+        raise ValueError(f"{where}.options.processing: name the class in the field processing instead")
     batching = mapping(f"{where}.batching", entry.get("batching") or {})
     wrong = sorted(set(batching) - set(BATCH_FIELDS))
     if wrong:
