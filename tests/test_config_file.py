@@ -20,19 +20,30 @@ pytest.importorskip("onnxruntime")
 import tritonclient.http as httpclient  # noqa: E402
 from onnx_graphs import adder_bytes  # noqa: E402
 
-from modelpod import Client  # noqa: E402
+from modelpod import Client, Runner  # noqa: E402
 from modelpod.cli.config_file import MODEL_FIELDS, read, settings_below_flags, targets  # noqa: E402
 from modelpod.server.settings import Settings  # noqa: E402
 
 from conftest import ROOT, launch  # noqa: E402
 
 DOUBLER = """
-from modelpod import Model
+from modelpod import Model, Router, ServedPipeline
 
 
 class Doubler(Model):
     def predict(self, x: float) -> float:
         return 2 * x
+
+
+class Pick(Router):
+    routes = {"double": "Doubler", "twice": "twice"}
+    route_param = "to"
+    default_route = "double"
+
+
+class Quadruple(ServedPipeline):
+    name = "quadruple"
+    steps = ["Doubler", "Doubler"]
 """
 
 
@@ -54,8 +65,10 @@ models:
     options: {intra_op_threads: 1}
     batching: {max_batch_size: 4}
   - class: doubler.py:Doubler
+  - class: doubler.py:Pick        # a router, as any class
+  - class: doubler.py:Quadruple   # a served pipeline's class
 pipelines:
-  - twice=Doubler,Doubler
+  - twice=Doubler,Doubler         # a pipeline declared as --pipeline takes it
 """
 
 
@@ -74,6 +87,11 @@ def test_the_files_models_and_settings_are_served(tmp_path: Path) -> None:
             assert native.predict(x=2.5) == 5.0
         twice = httpx.post(f"{server.http_url}/models/twice/predict", json={"x": 2.5}, timeout=30)
         assert twice.json() == 10.0, twice.text
+        for route, expected in (("", 5.0), ("?to=double", 5.0), ("?to=twice", 10.0)):  # the router's choice
+            routed = httpx.post(f"{server.http_url}/models/Pick/predict{route}", json={"x": 2.5}, timeout=30)
+            assert routed.json() == expected, routed.text
+        with Client(server.grpc_address, model="quadruple") as native:
+            assert native.predict(x=2.5) == 10.0
     finally:
         server.stop(timeout=15)
 
@@ -92,6 +110,20 @@ def test_the_environment_wins_over_the_file_and_flags_over_both(tmp_path: Path) 
     assert config.models[0]["options"] == {"intra_op_threads": 1, "max_batch_size": 4}
 
 
+def test_a_model_files_processing_class_is_the_class_that_serves_it(tmp_path: Path) -> None:
+    path = write(tmp_path, "models: [{path: models/adder.onnx, processing: scaled_adder.py:Scaled}]")
+    (tmp_path / "scaled_adder.py").write_text(
+        "from modelpod import OnnxModel\n\n\nclass Scaled(OnnxModel):\n"
+        "    def postprocess(self, outputs):\n        return {'y': outputs['y'] * 10}\n"
+    )
+    (target,) = targets(read(path), allow_pickle=False)  # the operator's own file: no --allow-pickle
+    assert target.processing == f"{tmp_path / 'scaled_adder.py'}:Scaled"
+    model = target.instantiate(data_path=tmp_path / "appdata")
+    assert type(model).__name__ == "Scaled"
+    with Runner(model) as runner:
+        assert runner.predict(x=np.array([[1.0, 2.0]], dtype=np.float32))["y"].tolist() == [[20.0, 30.0]]
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
@@ -102,7 +134,19 @@ def test_the_environment_wins_over_the_file_and_flags_over_both(tmp_path: Path) 
         ("models: [{path: models/adder.onnx, batching: {max_batch: 2}}]", "models[0].batching: unknown"),
         (
             "models: [{class: doubler.py:Doubler, workers: 2}]",
-            "models[0]: options, batching, workers and runtime",
+            "models[0]: options, batching, workers, runtime and processing are for model files",
+        ),
+        (
+            "models: [{path: models/adder.onnx, processing: os:path}]",
+            "models[0]: processing: 'os:path' is not a class",
+        ),
+        (
+            "models: [{path: models/adder.onnx, processing: modelpod:SklearnModel}]",
+            "models[0]: processing: 'modelpod:SklearnModel' (SklearnModel) is not a subclass of modelpod",
+        ),
+        (
+            "models: [{path: models/adder.onnx, processing: Scaled}]",
+            "models[0].processing: expected FILE.py:Class",
         ),
         ("models: [{path: models/missing.onnx}]", "models[0]: no such model file"),
         ("models: {plus: a.onnx}", "models: expected a list of models"),

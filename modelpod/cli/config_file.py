@@ -110,12 +110,12 @@ def _model(path: Path, folder: Path, where: str, value: Any) -> dict[str, Any]:
     served = {key: value for key, value in entry.items() if key in FILE_FIELDS}
     if "path" in entry:
         try:
-            runtime, options = file_settings(served, where)
+            runtime, options = file_settings(served, where, folder)
         except ValueError as error:
             raise ValueError(f"{path}: {error}") from None
         return {"name": name, "path": folder / str(entry["path"]), "runtime": runtime, "options": options}
     if served:
-        raise _fail(path, where, "options, batching, workers and runtime are for model files; "
+        raise _fail(path, where, "options, batching, workers, runtime and processing are for model files; "
                     "a class says its own as class attributes")  # fmt: skip
     file_part, sep, attribute = str(entry["class"]).rpartition(":")
     is_file = file_part.endswith(".py") or "/" in file_part

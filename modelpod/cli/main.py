@@ -18,12 +18,12 @@ EPILOG = """Each MODEL is FILE.py:Class, package.module:Class, a model file, or 
 under another name. A model is a modelpod.Model subclass, a class with __init__(config) and
 predict(payload, query_params), or a function. A model file is served by the runtime of its
 format, recognised from the file (--runtime forces one), under the file's stem: an ONNX graph
-(extra onnx), a scikit-learn estimator in joblib or pickle (extra sklearn; --allow-pickle, since
-loading it runs code), a TorchScript or torch.export archive (extra torch), a Hugging Face
-transformers folder (extra transformers), a sentence-transformers folder (extra embeddings), an
-MLflow model (extra mlflow; --allow-pickle). --repository DIR serves a folder of them. Every option
-can also be set by its environment variable; a flag wins over the environment, which wins over
-a -c file."""
+(extra onnx), a scikit-learn estimator in joblib or pickle (extra sklearn, or boosting for XGBoost
+and LightGBM; --allow-pickle, since loading it runs code), a TorchScript or torch.export archive
+(extra torch), a Hugging Face transformers folder (extra transformers), a sentence-transformers
+folder (extra embeddings), an MLflow model (extra mlflow; --allow-pickle). --repository DIR serves
+a folder of them. Every option can also be set by its environment variable; a flag wins over the
+environment, which wins over a -c file."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -183,7 +183,8 @@ def run_serve(arguments: argparse.Namespace) -> int:
             if settings.capture:  # its replicas record no payloads yet: say so rather than drop them
                 raise ValueError("--capture is not available with --backend ray yet")
             return cli_ray.run(arguments, targets, settings)
-        serve(*targets, settings=settings, store_models=arguments.store_models)
+        serve(*targets, settings=settings, store_models=arguments.store_models, runtime=arguments.runtime,
+              runtime_options=options)  # fmt: skip
     except (OSError, ModelpodError, ValueError) as error:
         print(f"modelpod: {error}", file=sys.stderr)
         return 2

@@ -3,10 +3,16 @@ it) is the version's artifact, and its config names it (`model_file`), so that a
 the version out (`Store.materialize`) finds it in the version's folder and serves it with the
 runtime the record names. An ONNX graph, a torch archive, a Hugging Face or MLflow folder are
 recorded like any model: checksummed, versioned, and applied again only when they changed.
+
+A pickled file (scikit-learn's joblib, an MLflow folder) runs code when it is described and when it
+is loaded: a store records one only when it allows pickles (`Store(allow_pickle=True)`), and lays
+one out as trusted only for a server that allows them (`--allow-pickle`); a record never carries
+that trust (`laid_out_config`).
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -17,6 +23,19 @@ from typing import Any
 from modelpod.runtime.declared_specs import sidecar
 from modelpod.runtime.file_model import STORED_FILE, FileModel
 from modelpod.runtime.model import Model
+from modelpod.runtime.pickled_files import TRUSTED
+
+
+def model_options(model: Any, allow_pickle: bool) -> dict[str, Any]:
+    """What `as_model` takes besides `model`: a model file's path gets the store's `allow_pickle`."""
+    return {"allow_pickle": allow_pickle} if isinstance(model, str | os.PathLike) else {}
+
+
+def laid_out_config(config: dict[str, Any], allow_pickle: bool) -> dict[str, Any]:
+    """A version's config as the store lays it out for a server: trusted with pickles only when
+    the store allows them, whatever the record says."""
+    kept = {key: value for key, value in config.items() if key != TRUSTED}
+    return {**kept, TRUSTED: True} if allow_pickle and STORED_FILE in config else kept
 
 
 @contextmanager
@@ -34,4 +53,5 @@ def staged(instance: Model, model_dir: Path, config: dict[str, Any]) -> Iterator
             shutil.copy2(source, Path(folder) / source.name)
         if sidecar(source).is_file():
             shutil.copy2(sidecar(source), Path(folder) / sidecar(source).name)
-        yield Path(folder), {**config, STORED_FILE: source.name}
+        kept = {key: value for key, value in config.items() if key != TRUSTED}  # never recorded
+        yield Path(folder), {**kept, STORED_FILE: source.name}

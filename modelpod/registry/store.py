@@ -134,7 +134,7 @@ class Store(EndpointRecords):
 
         if isinstance(model, RemoteModel):
             return model.apply_to(self)
-        instance = as_model(model)
+        instance = as_model(model, **file_artifacts.model_options(model, self.allow_pickle))
         identifier = check_name("identifier", identifier or instance.model_name)
         class_ref, pickled = self._class_reference(instance)
         model_dir = instance.data_path / instance.model_name / instance.version
@@ -306,7 +306,7 @@ class Store(EndpointRecords):
             "name": record.identifier,
             "version": record.version,
             "class": record.class_ref,
-            "config": record.config,
+            "config": file_artifacts.laid_out_config(record.config, self.allow_pickle),
             "uuid": record.uuid,
             "created_at": record.created_at,
             "updated_at": record.updated_at,

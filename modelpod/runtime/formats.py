@@ -14,6 +14,7 @@ where its runtime class lives. A new format is one more entry in `FORMATS`.
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 import os
 import zipfile
@@ -24,6 +25,7 @@ from typing import Any
 
 from modelpod.errors import ModelLoadError
 from modelpod.runtime.model import DEFAULT_VERSION, Model
+from modelpod.runtime.objects import load_object
 
 _PICKLE_SUFFIXES = (".joblib", ".pkl", ".pickle")
 # Compressed joblib files start with one of these (zlib, gzip, bz2, xz, lz4).
@@ -224,24 +226,54 @@ def check_pickle_allowed(path: Path, chosen: Format, allow_pickle: bool) -> None
         )
 
 
+def processing_class(reference: str, chosen: Format) -> type[Model]:
+    """The class `reference` names (`package.module:Class`, `file.py:Class`), checked to be a subclass
+    of the class of `chosen`'s runtime, which it adds pre- or post-processing to; ValueError otherwise.
+    Importing it runs its module's code."""
+    try:
+        found = load_object(reference)
+    except Exception as error:  # a module missing, or one that fails while it is imported
+        raise ValueError(f"cannot load {reference!r}: {error}") from None
+    base = chosen.runtime_class()
+    if not inspect.isclass(found):
+        raise ValueError(f"{reference!r} is not a class but {type(found).__name__}; expected a subclass of "
+                         f"{base.__name__}")  # fmt: skip
+    if not issubclass(found, base):
+        raise ValueError(
+            f"{reference!r} ({found.__name__}) is not a subclass of {base.__module__}.{base.__name__}, "
+            f"the class of the {chosen.name} runtime that serves the file"
+        )
+    return found
+
+
 @dataclass(frozen=True)
 class ModelFile:
-    """A model file as a server hosts it: the runtime that serves it and the options it gets."""
+    """A model file as a server hosts it: the runtime that serves it and the options it gets, and
+    the subclass of the runtime's class that serves it instead when one adds processing."""
 
     path: Path
     runtime: str
     options: Mapping[str, Any] = field(default_factory=dict)
+    # `module:Class` or `/abs/file.py:Class` (see `processing_class`); keyword-only, so that a
+    # subclass's fields (VersionedFiles.files) keep their places
+    processing: str | None = field(default=None, kw_only=True)
 
     @property
     def format(self) -> Format:
         return FORMATS[self.runtime]
 
+    def runtime_class(self) -> type[Model]:
+        if self.processing is None:
+            return self.format.runtime_class()
+        return processing_class(self.processing, self.format)
+
     def instantiate(self, version: str = DEFAULT_VERSION, **kwargs: Any) -> Model:
-        return self.format.runtime_class()(version, path=self.path, **{**self.options, **kwargs})
+        return self.runtime_class()(version, path=self.path, **{**self.options, **kwargs})
 
     def reference(self) -> str:
         """This model file as text, which `from_reference` reads back (in a worker process)."""
-        fields = {"path": str(self.path.resolve()), "runtime": self.runtime, "options": dict(self.options)}
+        fields = {"path": str(self.path.resolve()), "runtime": self.runtime, "options": dict(self.options),
+                  "processing": self.processing}  # fmt: skip
         return REFERENCE_PREFIX + json.dumps(fields)
 
 
@@ -274,22 +306,26 @@ def from_reference(reference: str) -> ModelFile:
     fields = json.loads(reference.removeprefix(REFERENCE_PREFIX))
     if "versions" in fields:
         files = {version: _file_of(each) for version, each in fields["versions"].items()}
-        return VersionedFiles(Path(fields["path"]), fields["runtime"], {}, files)
+        return VersionedFiles(Path(fields["path"]), fields["runtime"], files=files)
     return _file_of(fields)
 
 
 def _file_of(fields: Mapping[str, Any]) -> ModelFile:
-    return ModelFile(Path(fields["path"]), fields["runtime"], fields["options"])
+    return ModelFile(
+        Path(fields["path"]), fields["runtime"], fields["options"], processing=fields.get("processing")
+    )
 
 
 def model_file(
     path: str | os.PathLike[str],
     runtime: str | None = None,
     allow_pickle: bool = False,
+    processing: str | None = None,
     **options: Any,
 ) -> ModelFile:
-    """The `ModelFile` for `path`: its format recognised, or `runtime` when given. Raises ValueError
-    for an unknown format or runtime, PermissionError for a pickle that was not allowed."""
+    """The `ModelFile` for `path`: its format recognised, or `runtime` when given, served by the class
+    `processing` names when given (a subclass of the runtime's). Raises ValueError for an unknown
+    format or runtime or a wrong processing class, PermissionError for a pickle that was not allowed."""
     where = Path(path)
     if runtime is None:
         chosen = detect(where)
@@ -304,4 +340,9 @@ def model_file(
     check_pickle_allowed(where, chosen, allow_pickle)
     if chosen.executes_code:
         options = {**options, "allow_pickle": allow_pickle}
-    return ModelFile(where, chosen.name, options)
+    if processing is not None:
+        try:
+            processing_class(processing, chosen)  # checked now, so that a mistake stops the start
+        except ValueError as error:
+            raise ValueError(f"processing: {error}") from None
+    return ModelFile(where, chosen.name, options, processing=processing)

@@ -10,7 +10,7 @@ import resource
 import signal
 import socket
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -224,12 +224,18 @@ async def run_server(
 
 
 def serve(
-    *targets: Any, settings: Settings | None = None, store_models: Sequence[str] = (), **overrides: Any
+    *targets: Any,
+    settings: Settings | None = None,
+    store_models: Sequence[str] = (),
+    runtime: str | None = None,
+    runtime_options: Mapping[str, Any] | None = None,
+    **overrides: Any,
 ) -> None:
     """Serve models over HTTP and gRPC until stopped: `serve(MyModel, http_port=8080)`.
 
     A target is a Model class, a predictor class or a function, or a `(name, target)` pair;
-    `store_models` are `identifier[:version]` references into the store at `settings.store`.
+    `store_models` are `identifier[:version]` references into the store at `settings.store`;
+    `runtime` and `runtime_options` (--runtime, --runtime-option) reach the repository's models.
     """
     settings = settings or Settings(**overrides)
     logs.configure(settings.log_level, settings.log_format)
@@ -237,7 +243,8 @@ def serve(
     announcer = _announcer(repository, settings, store_models) if store_models else None
     watch = None
     if settings.repository is not None:  # its models, and a poller of the folder when asked for
-        watch = RepositoryWatch(settings.repository, repository, settings.allow_pickle, {})
+        watch = RepositoryWatch(settings.repository, repository, settings.allow_pickle,
+                                dict(runtime_options or {}), runtime)  # fmt: skip
         watch.add_all()
     if not repository.names() and not (watch is not None and settings.repository_poll > 0):
         raise ValueError("nothing to serve: give at least one model")

@@ -10,9 +10,12 @@ A version folder holds one model: the folder itself when it is a model folder (t
 MLflow, sentence-transformers), else the first file in it (by name) whose format modelpod knows;
 declarations (`*.json` sidecars), settings and hidden files are not models. The highest version
 is the default. `NAME/modelpod.yaml`, when there, says how the model's files are served (runtime,
-options, batching, workers: see `runtime/file_settings.py`); a mistake in it stops the server from
-starting, or, while polling, leaves the model as it was (logged). Batching and workers are read
-when the model is added.
+options, batching, workers, a processing class: see `runtime/file_settings.py`); a mistake in it
+stops the server from starting, or, while polling, leaves the model as it was (logged). Batching
+and workers are read when the model is added. The server's `--runtime` and `--runtime-option`
+apply to every model; its settings file's `runtime` and `options` win over them. A processing
+class is code the repository brings (`NAME/scaling.py:Scaled`) or names: importing it runs it, so,
+like a pickle, it is refused unless the server trusts the repository (`--allow-pickle`).
 
 Each model is hosted as a `VersionedFiles` target; its versions are laid out under the data path
 (`model_info.json`, as the Store's versions are), so versions, listings and the repository
@@ -108,31 +111,42 @@ class RepositoryWatch:
     """Serves a model repository's folder, and follows its changes while polling."""
 
     def __init__(
-        self, root: Path, repository: Repository, allow_pickle: bool, options: dict[str, Any]
+        self,
+        root: Path,
+        repository: Repository,
+        allow_pickle: bool,
+        options: dict[str, Any],
+        runtime: str | None = None,
     ) -> None:
         if not root.is_dir():
             raise ValueError(f"--repository {root}: no such folder")
         self.root = root
         self.repository = repository
         self.allow_pickle = allow_pickle
-        self.options = options
+        self.options = options  # the server's --runtime-option, below a settings file's
+        self.runtime = runtime  # the server's --runtime, below a settings file's
         self.seen: dict[str, dict[str, Seen]] = {}
         self._task: asyncio.Task[None] | None = None
 
     # -- what is there -----------------------------------------------------------------------------
 
     def settings(self, name: str) -> tuple[str | None, dict[str, Any]]:
-        """The model's settings file (runtime, options, batching, workers); ValueError naming the
-        file and the field for a mistake."""
+        """The model's settings file (runtime, options, batching, workers, processing) over the
+        server's; ValueError naming the file and the field for a mistake."""
         path = self.root / name / SETTINGS_FILE
         if not path.is_file():
-            return None, dict(self.options)
+            return self.runtime, dict(self.options)
         try:
             document = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as error:
             raise ValueError(f"{path} is not YAML: {error}".replace("\n", " ")) from None
-        runtime, options = file_settings(mapping(str(path), document), str(path))
-        return runtime, {**self.options, **options}
+        runtime, options = file_settings(mapping(str(path), document), str(path), path.parent)
+        if "processing" in options and not self.allow_pickle:
+            raise ValueError(
+                f"{path}.processing: importing {options['processing']} runs code the repository names: "
+                "pass --allow-pickle if you trust the repository"
+            )
+        return runtime or self.runtime, {**self.options, **options}
 
     def _files(self, name: str, versions: dict[str, Path]) -> dict[str, Seen]:
         """The versions whose files can be served; one that cannot is logged and left out."""
@@ -141,7 +155,11 @@ class RepositoryWatch:
         for version, path in versions.items():
             try:
                 files[version] = Seen(model_file(path, runtime, self.allow_pickle, **options), stamp_of(path))
-            except (ValueError, PermissionError, OSError) as error:
+            except ValueError as error:
+                if str(error).startswith("processing:"):  # the settings file's mistake, not the file's
+                    raise ValueError(f"{self.root / name / SETTINGS_FILE}.{error}") from None
+                logger.error("repository %s: %s/%s not served: %s", self.root, name, version, error)
+            except (PermissionError, OSError) as error:
                 logger.error(
                     "repository %s: %s/%s not served: %s", self.root, path.parent.name, version, error
                 )
@@ -157,7 +175,7 @@ class RepositoryWatch:
             return False
         for version, seen in files.items():
             self._lay_out(name, version, seen.file)
-        target = VersionedFiles(self.root / name, "versions", {}, {v: s.file for v, s in files.items()})
+        target = VersionedFiles(self.root / name, "versions", files={v: s.file for v, s in files.items()})
         try:
             self.repository.add(target, name=name, default_version=latest(files))
         except Exception as error:  # a file that cannot be described must not stop the others
