@@ -7,7 +7,8 @@ One sentence per request on both routes; the native route answers the vector as 
 OpenAI's `{"data": [{"embedding": [...]}], "usage": ...}` (float encoding), tokens counted. The two
 routes alternate `--rounds` times (the machine is shared: its load changes between points), and each
 point also reports the server process's CPU time per request (user + system, from /proc), which
-other work on the machine disturbs less than throughput.
+other work on the machine disturbs less than throughput. `--fast` serves `FastVectors` instead (a
+fixed vector, no compute): the routes' own CPU per request, side by side.
 """
 
 from __future__ import annotations
@@ -23,10 +24,12 @@ import servers
 import wrk_load
 from inprocess import SENTENCE
 
-ROUTES = {
-    "native": ("/models/minilm/predict", {"text": SENTENCE}),
-    "/v1": ("/v1/embeddings", {"model": "minilm", "input": SENTENCE}),
-}
+
+def routes(model: str) -> dict[str, tuple[str, dict[str, str]]]:
+    return {
+        "native": (f"/models/{model}/predict", {"text": SENTENCE}),
+        "/v1": ("/v1/embeddings", {"model": model, "input": SENTENCE}),
+    }
 
 
 def cpu_seconds(pid: int) -> float:
@@ -42,17 +45,25 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--fast", action="store_true", help="a model without compute (FastVectors): the routes' own cost"
+    )
     options = parser.parse_args()
+    model = "fastvectors" if options.fast else "minilm"
     print("| round | route | req/s | p50 ms | p99 ms | errors | server CPU ms/request | x native req/s |")
     print("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     with TemporaryDirectory(prefix="modelpod-embeddings-") as folder:
         work = Path(folder)
         (work / "logs").mkdir()
-        server = servers.modelpod(work / "logs", work / "data", ["benchmarks/models.py:MiniLM"])
+        server = servers.modelpod(
+            work / "logs",
+            work / "data",
+            [f"benchmarks/models.py:{'FastVectors' if options.fast else 'MiniLM'}"],
+        )
         with servers.running(server, "/v2/health/ready"):
             for round_number in range(1, options.rounds + 1):
                 native = 0.0
-                for label, (path, body) in ROUTES.items():
+                for label, (path, body) in routes(model).items():
                     before = cpu_seconds(server.process.pid)
                     measured = wrk_load.run_wrk(
                         server.url + path, json.dumps(body).encode(), options.concurrency, options.seconds
