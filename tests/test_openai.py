@@ -246,6 +246,30 @@ def test_a_stop_sequence_ends_a_stream_as_answered_not_cancelled(
     assert _cancelled(server) == cancelled
 
 
+def test_v1_requests_are_counted_like_any_other_with_the_protocol_openai(
+    server: ServerProcess, client: openai.OpenAI
+) -> None:
+    def counts() -> tuple[float, int]:
+        metrics = _sample(server, "modelpod_requests_total", protocol="openai", outcome="ok")
+        stats = httpx.get(
+            f"{server.http_url}/v2/models/words/stats", headers={"authorization": f"Bearer {READER}"}
+        ).json()["model_stats"][0]
+        return metrics, stats["inference_stats"]["success"]["count"]
+
+    before = counts()
+    client.completions.create(model="words", prompt="one two", max_tokens=2)
+    stream = client.chat.completions.create(
+        model="words", messages=[{"role": "user", "content": "x"}], max_tokens=1, stream=True
+    )
+    assert len([chunk for chunk in stream]) >= 1
+    deadline = time.monotonic() + 10
+    while counts()[0] < before[0] + 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    after = counts()
+    assert after[0] == before[0] + 2  # the Prometheus counter, labelled protocol="openai"
+    assert after[1] == before[1] + 2  # the V2 statistics extension: two successes
+
+
 def _cancelled(server: ServerProcess) -> float:
     return _sample(server, "modelpod_streams_cancelled_total", protocol="openai")
 
