@@ -14,6 +14,8 @@ from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from modelpod.errors import ModelError
 from modelpod.protocol.openai_requests import InvalidParameter, Sampling
 from modelpod.runtime.generation import EMBEDDINGS, GENERATION, OpenAIFace, openai_face
@@ -70,6 +72,11 @@ class OpenAIServing:
         if dimensions is not None:
             _refuse_unsupported(face, {"dimensions": dimensions})
             extra = face.arguments({"dimensions": dimensions})
+        if face.output is not None:  # a tensor model: the texts as one request of BYTES rows
+            rows = np.array([text.encode("utf-8") for text in texts], dtype=object)
+            work = self.execution.predict_many(hosted, version, [{face.text_argument: rows}], options)
+            (answer,) = await self.execution.observed(hosted, version, options, work)
+            return list(np.asarray(answer[face.output])), None
         calls = [{face.text_argument: text, **extra} for text in texts]
         work = self.execution.predict_many(hosted, version, calls, options)
         vectors = await self.execution.observed(hosted, version, options, work)
