@@ -42,6 +42,19 @@ class Vectors(Model):
         return len(text.split())
 
 
+class Narrow(Model):
+    """An embedding model with one place in its queue and two rows per batch, each row taking 0.2 s:
+    five texts in one request cannot all be taken (three at most), and the request is refused (503)."""
+
+    name = "narrow"
+    max_batch_size = 2
+    max_queue_size = 1
+
+    def predict(self, text: str) -> list[float]:
+        time.sleep(0.2)
+        return [float(len(text))]
+
+
 class Turns(Model):
     """Takes a chat's messages as they are (no template): yields who said what, one turn a piece."""
 

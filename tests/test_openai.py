@@ -30,7 +30,10 @@ TEXTS = ["A cat sits on the mat.", "Stock prices fell sharply today.", "modelpod
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    models = [example("chargen.py:CharGen"), *(f"{MODELS}:{name}" for name in ("Words", "Vectors", "Turns"))]
+    models = [
+        example("chargen.py:CharGen"),
+        *(f"{MODELS}:{name}" for name in ("Words", "Vectors", "Turns", "Narrow")),
+    ]
     if HAS_MINILM:
         models.append(example("embeddings.py:Embeddings"))
     keys = {"MODELPOD_API_KEYS": f"admin:{ADMIN},predict:{READER}"}
@@ -323,6 +326,20 @@ def test_errors_come_in_openai_shape(server: ServerProcess, client: openai.OpenA
     assert set(body["error"]) == {"message", "type", "param", "code"}
     assert body["error"]["type"] == "invalid_request_error"
     assert body["error"]["param"] == "messages"
+
+
+def test_a_full_queue_is_a_503_with_retry_after_in_openai_shape(server: ServerProcess) -> None:
+    refused = httpx.post(
+        f"{server.http_url}/v1/embeddings", json={"model": "narrow", "input": ["a", "b", "c", "d", "e"]},
+        headers={"authorization": f"Bearer {READER}"},
+    )  # fmt: skip
+    assert refused.status_code == 503
+    assert refused.headers["retry-after"] == "1"  # what OpenAI's clients wait before they retry
+    assert refused.json()["error"]["type"] == "server_error"
+    assert refused.json()["error"]["code"] == "unavailable"
+    # The official client, retrying as the header says while the rows taken before still compute:
+    patient = openai.OpenAI(base_url=f"{server.http_url}/v1", api_key=READER, max_retries=3)
+    assert patient.embeddings.create(model="narrow", input="abcd").data[0].embedding == [4.0]
 
 
 def test_api_keys_are_bearer_keys_from_the_key_table(server: ServerProcess) -> None:
