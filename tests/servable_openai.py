@@ -55,6 +55,15 @@ class Narrow(Model):
         return [float(len(text))]
 
 
+class Comparable(Vectors):  # noqa: PLW1641 - unhashable on purpose
+    """`Vectors` whose class defines `__eq__` and so, in Python, no hash: its face cannot be cached."""
+
+    name = "comparable"
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+
 class Turns(Model):
     """Takes a chat's messages as they are (no template): yields who said what, one turn a piece."""
 

@@ -32,7 +32,7 @@ TEXTS = ["A cat sits on the mat.", "Stock prices fell sharply today.", "modelpod
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     models = [
         example("chargen.py:CharGen"),
-        *(f"{MODELS}:{name}" for name in ("Words", "Vectors", "Turns", "Narrow")),
+        *(f"{MODELS}:{name}" for name in ("Words", "Vectors", "Turns", "Narrow", "Comparable")),
     ]
     if HAS_MINILM:
         models.append(example("embeddings.py:Embeddings"))
@@ -107,6 +107,11 @@ def test_dimensions_and_usage_where_the_model_has_them(client: openai.OpenAI) ->
     assert [item.embedding for item in answer.data] == [[7.0, 8.0], [5.0, 6.0]]
     assert answer.usage.prompt_tokens == 3
     assert answer.usage.total_tokens == 3
+
+
+def test_an_unhashable_model_answers_too(client: openai.OpenAI) -> None:
+    answer = client.embeddings.create(model="comparable", input=["one two", "three"], dimensions=2)
+    assert [item.embedding for item in answer.data] == [[7.0, 8.0], [5.0, 6.0]]
 
 
 def test_embeddings_through_the_async_client(server: ServerProcess) -> None:

@@ -212,9 +212,12 @@ def _face(hosted: HostedModel) -> OpenAIFace:
     """The model's face, read from its signature once per model object, not on every request."""
     if isinstance(hosted.probe, ServedPipeline):
         return OpenAIFace()
-    face = _FACES.get(hosted.probe)
-    if face is None:
-        face = _FACES[hosted.probe] = openai_face(hosted.probe)
+    try:
+        face = _FACES.get(hosted.probe)
+        if face is None:
+            face = _FACES[hosted.probe] = openai_face(hosted.probe)
+    except TypeError:  # a model class that made itself unhashable (its own __eq__): read each time
+        return openai_face(hosted.probe)
     return face
 
 
