@@ -9,14 +9,17 @@ mode is a plain FastAPI app (benchmarks/peers/fastapi_generate.py) streaming the
 own per-request generation as server-sent events. Every server runs torch and BLAS on one thread.
 At each concurrency, that many clients stream completions of `--tokens` tokens back to back for
 `--seconds` per mode, with the same client, prompt and seeds; reported: aggregate tokens/s and time to
-first token (p50, p99). About 60 s in all with the defaults. LitServe's OpenAISpec is reported as not
-measured, with the reason, while its environment lacks torch and transformers.
+first token (p50, p99). About 60 s in all with the defaults. The fourth mode is LitServe's OpenAISpec
+(benchmarks/peers/litserve_generate.py, in benchmarks/.venv-litserve with torch and transformers), asked
+the same completion as a chat (its spec serves `/v1/chat/completions` only); without those in its
+environment it is reported as not measured, with the reason.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib.util
 import json
 import subprocess
@@ -34,6 +37,7 @@ import servers
 from modelpod import STREAM_END
 
 ROOT = Path(__file__).resolve().parents[1]
+PROMPT = "The river"
 
 
 def _example() -> Any:
@@ -70,24 +74,37 @@ class PerRequestGPT2(tiny_gpt2.TinyGPT2):  # type: ignore[misc,name-defined]
             yield piece
 
 
-async def _one(client: httpx.AsyncClient, model: str, tokens: int, seed: int) -> tuple[float, int]:
+def _request(model: str, tokens: int, seed: int, chat: bool) -> tuple[str, dict[str, Any]]:
+    """The same completion as a prompt, or (LitServe's spec) as a chat whose last message is it."""
+    body: dict[str, Any] = {"model": model, "max_tokens": tokens, "stream": True}
+    if not chat:
+        return "/v1/completions", {**body, "prompt": PROMPT, "seed": seed}
+    asked = {"messages": [{"role": "user", "content": PROMPT}], "metadata": {"seed": str(seed)}}
+    return "/v1/chat/completions", {**body, **asked}
+
+
+async def _one(
+    client: httpx.AsyncClient, model: str, tokens: int, seed: int, chat: bool = False
+) -> tuple[float, int]:
     """One streamed completion: seconds to its first token, and its tokens."""
-    body = {"model": model, "prompt": "The river", "max_tokens": tokens, "seed": seed, "stream": True}
+    path, body = _request(model, tokens, seed, chat)
     started, first, count = time.perf_counter(), 0.0, 0
-    async with client.stream("POST", "/v1/completions", json=body) as response:
+    async with client.stream("POST", path, json=body) as response:
         response.raise_for_status()
         async for line in response.aiter_lines():
             if not line.startswith("data: {"):
                 continue
             choice = json.loads(line[6:])["choices"][0]
-            if choice["text"]:
+            if choice.get("text") or (choice.get("delta") or {}).get("content"):
                 count += 1
                 if count == 1:
                     first = time.perf_counter() - started
     return first, count
 
 
-async def _point(url: str, model: str, concurrency: int, seconds: float, tokens: int) -> dict[str, Any]:
+async def _point(
+    url: str, model: str, concurrency: int, seconds: float, tokens: int, chat: bool = False
+) -> dict[str, Any]:
     firsts: list[float] = []
     made = 0
     limits = httpx.Limits(max_connections=concurrency + 4)
@@ -98,7 +115,7 @@ async def _point(url: str, model: str, concurrency: int, seconds: float, tokens:
             nonlocal made
             seed = number * 1000
             while time.perf_counter() < deadline:
-                first, count = await _one(client, model, tokens, seed)
+                first, count = await _one(client, model, tokens, seed, chat)
                 firsts.append(first)
                 made += count
                 seed += 1
@@ -113,27 +130,26 @@ async def _point(url: str, model: str, concurrency: int, seconds: float, tokens:
     }  # fmt: skip
 
 
-def _litserve_note() -> str:
-    """Why LitServe's OpenAISpec is not in the table: its environment, or the missing peer script."""
+def _litserve_missing() -> str | None:
+    """Why LitServe's OpenAISpec cannot be measured here, or None when its environment has what the
+    tiny GPT-2 needs (run.sh makes it; torch as the CPU build, pinned)."""
     try:
         python = servers.peer_python("litserve")
     except RuntimeError as error:
-        return f"LitServe OpenAISpec: not measured: {error}"
+        return str(error)
     probe = "import importlib.util as u; print(*(m for m in ('torch', 'transformers') if not u.find_spec(m)))"
     missing = subprocess.run([str(python), "-c", probe], capture_output=True, text=True, check=False)
     if missing.returncode != 0 or missing.stdout.strip():
         lacks = ", ".join(missing.stdout.split()) or "a working interpreter"
-        return (
-            f"LitServe OpenAISpec: not measured: benchmarks/.venv-litserve lacks {lacks} for the tiny "
-            "GPT-2 (too heavy to install beside this run)"
-        )
-    return "LitServe OpenAISpec: not measured: no OpenAISpec peer script in benchmarks/peers yet"
+        return f"benchmarks/.venv-litserve lacks {lacks} for the tiny GPT-2"
+    return None
 
 
-MODES = {  # label: (which server, model name)
-    "token-level batching": ("modelpod", "gpt2"),
-    "per-request streaming": ("modelpod", "gpt2-per-request"),
-    "plain FastAPI": ("fastapi", "gpt2"),
+MODES = {  # label: (which server, model name, whether it is asked as a chat)
+    "token-level batching": ("modelpod", "gpt2", False),
+    "per-request streaming": ("modelpod", "gpt2-per-request", False),
+    "plain FastAPI": ("fastapi", "gpt2", False),
+    "LitServe OpenAISpec": ("litserve", "gpt2", True),  # its spec serves chat completions only
 }
 
 
@@ -144,35 +160,50 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--json", action="store_true", help="one JSON line per point instead of a table")
     options = parser.parse_args()
+    missing = _litserve_missing()
     with tempfile.TemporaryDirectory() as folder:
         data, logs = Path(folder) / "data", Path(folder) / "logs"
         logs.mkdir()
         built = tiny_gpt2.build(data / "tiny-gpt2")
         for model in (tiny_gpt2.TinyGPT2, PerRequestGPT2):
             model(data_path=data).initialize(model_path=str(built))
-        peer = servers.fastapi_generate(logs, data, built)  # loads while modelpod starts
+        peers = {"fastapi": (servers.fastapi_generate(logs, data, built), "/health")}  # load meanwhile
+        if missing is None:
+            peers["litserve"] = (servers.litserve_generate(logs, data, built), "/health")
         try:
             served = [
                 f"{ROOT / 'examples' / 'tiny_gpt2.py'}:TinyGPT2",
                 f"{Path(__file__).resolve()}:PerRequestGPT2",
             ]
             pod = servers.modelpod(logs, data, served)
-            with servers.running(pod, "/v2/health/ready"), servers.running(peer, "/health"):
-                _measure({"modelpod": pod.url, "fastapi": peer.url}, options)
+            with contextlib.ExitStack() as stack:
+                stack.enter_context(servers.running(pod, "/v2/health/ready"))
+                for peer, ready in peers.values():
+                    stack.enter_context(servers.running(peer, ready))
+                urls = {"modelpod": pod.url, **{name: peer.url for name, (peer, _) in peers.items()}}
+                _measure(urls, options)
         finally:
-            peer.stop()  # idempotent: also when modelpod never started
-    note = _litserve_note()
-    print(
-        json.dumps({"mode": "litserve-openaispec", "measured": False, "note": note}) if options.json else note
-    )
+            for peer, _ in peers.values():
+                peer.stop()  # idempotent: also when modelpod never started
+    if missing is not None:
+        note = f"LitServe OpenAISpec: not measured: {missing}"
+        print(
+            json.dumps({"mode": "LitServe OpenAISpec", "measured": False, "note": note})
+            if options.json
+            else note
+        )
 
 
 def _measure(urls: dict[str, str], options: argparse.Namespace) -> None:
     if not options.json:
         print(f"{'mode':<22}{'clients':>8}{'requests':>10}{'tokens/s':>10}{'TTFT p50':>10}{'p99 ms':>8}")
     for concurrency in options.concurrency:  # the modes side by side: they share the machine's load
-        for mode, (server, model) in MODES.items():
-            point = asyncio.run(_point(urls[server], model, concurrency, options.seconds, options.tokens))
+        for mode, (server, model, chat) in MODES.items():
+            if server not in urls:
+                continue
+            point = asyncio.run(
+                _point(urls[server], model, concurrency, options.seconds, options.tokens, chat)
+            )
             _show({"mode": mode, **point}, options.json)
 
 

@@ -73,7 +73,9 @@ peer_env() {
     fi
     rm -f "$constraints" "$log"
 }
-peer_env litserve "litserve, numpy" "litserve==$LITSERVE_VERSION"
+# torch and transformers: LitServe's OpenAI spec serves the tiny GPT-2 in openai_load.py
+peer_env litserve "litserve, numpy, torch, transformers" "litserve==$LITSERVE_VERSION" "$TORCH_PIN" \
+    "transformers>=5.0" "tokenizers>=0.21"
 # MLServer 1.7.1's worker processes call asyncio.get_event_loop(), which uvloop 0.22 turned into an error
 peer_env mlserver "mlserver, numpy" "mlserver==$MLSERVER_VERSION" "uvloop<0.22"
 peer_env pytriton "pytriton.triton, numpy" "nvidia-pytriton==$PYTRITON_VERSION"

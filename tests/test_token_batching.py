@@ -119,6 +119,47 @@ def test_a_late_request_joins_the_running_batch_without_waiting(
     )
 
 
+def test_sequences_past_the_running_batch_wait_counted_in_metrics(server: ServerProcess) -> None:
+    """`steps` runs 8 sequences at most: of 10 streams, 2 wait in its queue until places free up."""
+
+    async def main() -> tuple[float, float, int]:
+        async with openai.AsyncOpenAI(
+            base_url=f"{server.http_url}/v1", api_key="unused", max_retries=0, timeout=60
+        ) as client:
+            first_tokens = 0
+
+            async def one(seed: int) -> None:
+                nonlocal first_tokens
+                stream = await client.completions.create(
+                    model="steps", prompt="long", max_tokens=2000, seed=seed, stream=True
+                )
+                async for _ in stream:
+                    first_tokens += 1
+                    await asyncio.sleep(3600)  # holds its place until cancelled
+
+            tasks = [asyncio.create_task(one(seed)) for seed in range(10)]
+            counts = (0.0, 0.0)
+            for _ in range(200):  # 10 s at most
+                counts = await asyncio.to_thread(
+                    lambda: (
+                        _sample(server, "modelpod_running_sequences", "steps"),
+                        _sample(server, "modelpod_waiting_sequences", "steps"),
+                    )
+                )
+                if counts == (8, 2) and first_tokens == 8:
+                    break
+                await asyncio.sleep(0.05)
+            for task in tasks:
+                task.cancel()  # the clients leave: the running and the waiting are freed
+            await asyncio.gather(*tasks, return_exceptions=True)
+            return counts[0], counts[1], first_tokens
+
+    running, waiting, started = asyncio.run(main())
+    assert (running, waiting, started) == (8, 2, 8)
+    _until(lambda: _sample(server, "modelpod_running_sequences", "steps") == 0)
+    _until(lambda: _sample(server, "modelpod_waiting_sequences", "steps") == 0)
+
+
 def test_stop_and_max_tokens_end_a_stepped_stream(client: openai.OpenAI) -> None:
     whole = client.completions.create(model="steps", prompt="x", max_tokens=30, seed=11).choices[0].text
     stop = whole.split()[5]

@@ -4,7 +4,7 @@ Recorded as things happen: requests by protocol and outcome, request latency, mo
 time queued, batch sizes, training jobs, streamed items and streams cancelled. Read when scraped:
 queue depth, requests in flight, and the pool's loads, evictions and load time. Token-level batching
 adds sequences per step, tokens made, time to first token, sequences retired and, read when
-scraped, the sequences running.
+scraped, the sequences running and those waiting to join.
 """
 
 from __future__ import annotations
@@ -49,6 +49,9 @@ _ROWS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 _MODEL = ["model", "version"]
 
 
+PerVersion = Callable[[], Mapping[tuple[str, str], int]]  # a count per (model, version), read when scraped
+
+
 class ServerMetrics(Recorder):
     """The metrics the service's events are recorded into, and their text exposition."""
 
@@ -57,7 +60,8 @@ class ServerMetrics(Recorder):
         pool_counts: Callable[[], PoolCounts],
         queue_depths: Callable[[], Mapping[tuple[str, str], int]],
         in_flight: Callable[[], int],
-        running: Callable[[], Mapping[tuple[str, str], int]] = dict,
+        running: PerVersion = dict,
+        waiting: PerVersion = dict,
     ) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
@@ -115,7 +119,7 @@ class ServerMetrics(Recorder):
             registry=self.registry,
         )  # fmt: skip
         self._add_step_metrics()
-        self.registry.register(_LiveState(pool_counts, queue_depths, in_flight, running))
+        self.registry.register(_LiveState(pool_counts, queue_depths, in_flight, (running, waiting)))
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
 
     def _add_step_metrics(self) -> None:
@@ -228,12 +232,12 @@ class _LiveState(Collector):
         pool_counts: Callable[[], PoolCounts],
         queue_depths: Callable[[], Mapping[tuple[str, str], int]],
         in_flight: Callable[[], int],
-        running: Callable[[], Mapping[tuple[str, str], int]],
+        sequences: tuple[PerVersion, PerVersion],
     ) -> None:
         self.pool_counts = pool_counts
         self.queue_depths = queue_depths
         self.in_flight = in_flight
-        self.running = running
+        self.running, self.waiting = sequences  # token-level batching: in the batch, queued to join
 
     def collect(self) -> Iterator[Metric]:
         depth = GaugeMetricFamily(
@@ -250,6 +254,14 @@ class _LiveState(Collector):
         for (model, version), count in self.running().items():
             running.add_metric([model, version], count)
         yield running
+        waiting = GaugeMetricFamily(
+            "modelpod_waiting_sequences",
+            "Sequences queued to join a running batch that is full (token-level batching)",
+            labels=_MODEL,
+        )
+        for (model, version), count in self.waiting().items():
+            waiting.add_metric([model, version], count)
+        yield waiting
         yield GaugeMetricFamily(
             "modelpod_in_flight_requests", "Requests being answered", value=self.in_flight()
         )

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from modelpod.errors import ModelpodError, http_status
+from modelpod.errors import ModelError, ModelpodError, http_status
 
 DONE_EVENT = b"data: [DONE]\n\n"
 
@@ -55,7 +55,14 @@ def _encoded(vector: Any, encoding_format: str) -> Any:
     """float: a list of numbers; base64: the little-endian float32 bytes, as OpenAI sends them."""
     if encoding_format == "base64":
         return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
-    return [float(value) for value in vector]
+    if isinstance(vector, list):
+        return vector  # the model's numbers, written by the JSON encoder as they are (as the native route)
+    # One conversion in C rather than a float() per value; the JSON encoder writes the array itself.
+    keep = isinstance(vector, np.ndarray) and vector.dtype.kind == "f"
+    array = np.ascontiguousarray(vector) if keep else np.asarray(vector, dtype=np.float64)
+    if array.ndim != 1:
+        raise ModelError(f"an embedding must be a vector, not an array of shape {array.shape}")
+    return array
 
 
 def usage(prompt_tokens: int | None, completion_tokens: int) -> dict[str, int] | None:

@@ -2,7 +2,8 @@
 
 - **Embeddings**: a `predict` that does not yield, takes one text argument (the only one without a
   default) and is annotated to return a vector (`-> list[float]` or `-> np.ndarray`). Given a
-  `dimensions` keyword, it serves OpenAI's `dimensions`.
+  `dimensions` keyword, it serves OpenAI's `dimensions`. Or a tensor model (a model file) of one
+  BYTES input of text rows and one float output of a vector per row.
 - **Generation**: a `predict` that yields text pieces (each piece one token) for a `prompt`:
 
       class Echo(Model):
@@ -28,7 +29,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from modelpod.errors import ModelpodError
 from modelpod.runtime.model import Model
+from modelpod.types import TensorSpec
 
 EMBEDDINGS = "embeddings"
 GENERATION = "generation"
@@ -41,6 +44,7 @@ _VECTOR_ANNOTATIONS = {
     "numpy.ndarray",
     "ndarray",
 }
+_VECTOR_DATATYPES = {"FP16", "FP32", "FP64"}
 _ALIASES = {
     "max_tokens": ("max_tokens", "max_new_tokens", "length"),
     "temperature": ("temperature",),
@@ -69,6 +73,7 @@ class OpenAIFace:
     parameters: Mapping[str, str] = field(default_factory=dict)  # OpenAI name -> predict's keyword
     count_tokens: Callable[[str], int] | None = None
     chat_template: Callable[[Messages], str] = plain_chat_template
+    output: str | None = None  # a tensor model's vector output: it takes `text_argument` as BYTES rows
 
     def unsupported(self, given: Mapping[str, Any]) -> list[str]:
         """The OpenAI parameters among `given` that this model does not take."""
@@ -82,9 +87,11 @@ class OpenAIFace:
 def openai_face(model: Model) -> OpenAIFace:
     """Read from the model's `predict`; never raises (a model it cannot read answers no route)."""
     try:
+        if model.is_tensor_model():
+            return _tensor_face(model.input_specs(), model.output_specs())
         target = model.signature_target()
         parameters = inspect.signature(target).parameters
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, ModelpodError):  # a model it cannot read answers no /v1 route
         return OpenAIFace()
     counting = getattr(model, "count_tokens", None)
     template = getattr(model, "chat_template", None)
@@ -104,6 +111,19 @@ def openai_face(model: Model) -> OpenAIFace:
     if text is not None and not model.is_streaming() and _returns_vector(target):
         return OpenAIFace(EMBEDDINGS, text, parameters=offered, count_tokens=count)
     return OpenAIFace()
+
+
+def _tensor_face(inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]) -> OpenAIFace:
+    """Embeddings from a tensor model of one text row in, one float vector row out (a
+    sentence-transformers folder, a transformers feature extractor)."""
+    if len(inputs) != 1 or len(outputs) != 1:
+        return OpenAIFace()
+    (text,), (vector,) = inputs, outputs
+    if text.datatype != "BYTES" or len(text.shape) != 1:
+        return OpenAIFace()
+    if vector.datatype not in _VECTOR_DATATYPES or len(vector.shape) != 2:
+        return OpenAIFace()
+    return OpenAIFace(EMBEDDINGS, text.name, output=vector.name)
 
 
 def _offered(parameters: Mapping[str, inspect.Parameter]) -> dict[str, str]:

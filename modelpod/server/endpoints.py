@@ -299,6 +299,11 @@ async def _answer(endpoint: Endpoint, request: Request) -> Response:
 
 
 def error_response(error: ModelpodError) -> Response:
+    return json_response({"error": str(error)}, http_status(error), error_headers(error))
+
+
+def error_headers(error: ModelpodError) -> dict[str, str]:
+    """What every error answer carries besides its body, whatever the body's shape."""
     headers = {ERROR_NAME_HEADER: type(error).__name__}
     if isinstance(error, Unavailable) and error.retry_after is not None:
         headers["Retry-After"] = str(max(1, round(error.retry_after)))
@@ -306,7 +311,7 @@ def error_response(error: ModelpodError) -> Response:
         headers["X-Error-Id"] = error.error_id
     if isinstance(error, BodyTimeout):  # the rest of the body may still come: nothing else can follow
         headers["Connection"] = "close"
-    return json_response({"error": str(error)}, http_status(error), headers)
+    return headers
 
 
 async def route_not_found(request: Request, error: Exception) -> Response:

@@ -36,6 +36,7 @@ from modelpod.protocol.openai_requests import (
 from modelpod.server.endpoints import (
     ClientGone,
     Endpoint,
+    error_headers,
     handled,
     json_body,
     json_response,
@@ -82,8 +83,10 @@ def openai_errors(endpoint: Endpoint) -> Endpoint:
 
 
 def error_response(error: ModelpodError) -> Response:
+    """OpenAI's error body, with the headers of every error (`Retry-After`, which OpenAI's clients
+    wait for before they retry a 503 or 429; the error id of a model's failure)."""
     status, body = openai_shapes.error(error)
-    return json_response(body, status)
+    return json_response(body, status, error_headers(error))
 
 
 @openai_errors

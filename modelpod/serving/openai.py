@@ -9,18 +9,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, Mapping, Sequence
+import weakref
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from modelpod.errors import ModelError
 from modelpod.protocol.openai_requests import InvalidParameter, Sampling
 from modelpod.runtime.generation import EMBEDDINGS, GENERATION, OpenAIFace, openai_face
+from modelpod.runtime.model import Model
 from modelpod.serving.execution import Execution
 from modelpod.serving.options import Options
 from modelpod.serving.repository import HostedModel
 from modelpod.serving.served_pipeline import ServedPipeline
 from modelpod.serving.streams import Ending, Streams
+
+INLINE_COUNT_CHARACTERS = 2_000  # texts up to this length are counted on the event loop itself
 
 
 @dataclass(frozen=True)
@@ -66,17 +72,18 @@ class OpenAIServing:
         if dimensions is not None:
             _refuse_unsupported(face, {"dimensions": dimensions})
             extra = face.arguments({"dimensions": dimensions})
+        if face.output is not None:  # a tensor model: the texts as one request of BYTES rows
+            rows = np.array([text.encode("utf-8") for text in texts], dtype=object)
+            work = self.execution.predict_many(hosted, version, [{face.text_argument: rows}], options)
+            (answer,) = await self.execution.observed(hosted, version, options, work)
+            return list(np.asarray(answer[face.output])), None
         calls = [{face.text_argument: text, **extra} for text in texts]
         work = self.execution.predict_many(hosted, version, calls, options)
         vectors = await self.execution.observed(hosted, version, options, work)
         for vector in vectors:
             if not isinstance(vector, Sequence) and not hasattr(vector, "__array__"):
                 raise ModelError(f"model {name!r} returned {type(vector).__name__}, not a vector")
-        count = face.count_tokens
-        if count is None:
-            return list(vectors), None
-        counted = await asyncio.to_thread(lambda: sum(count(text) for text in texts))  # a tokenizer's work
-        return list(vectors), counted
+        return list(vectors), await _count(face.count_tokens, texts)  # after the batch: it may know them
 
     def prepare(
         self,
@@ -187,10 +194,31 @@ def _overlap(text: str, stop: str) -> int:
     return 0
 
 
+async def _count(count: Callable[[str], int] | None, texts: Sequence[str]) -> int | None:
+    """The texts' token count: here for short texts (a fast tokenizer, or the count the model kept
+    from its batch, takes microseconds: less than a hand-off to a thread and back), on a thread for
+    long ones."""
+    if count is None:
+        return None
+    if sum(len(text) for text in texts) <= INLINE_COUNT_CHARACTERS:
+        return sum(count(text) for text in texts)
+    return await asyncio.to_thread(lambda: sum(count(text) for text in texts))
+
+
+_FACES: weakref.WeakKeyDictionary[Model, OpenAIFace] = weakref.WeakKeyDictionary()
+
+
 def _face(hosted: HostedModel) -> OpenAIFace:
+    """The model's face, read from its signature once per model object, not on every request."""
     if isinstance(hosted.probe, ServedPipeline):
         return OpenAIFace()
-    return openai_face(hosted.probe)
+    try:
+        face = _FACES.get(hosted.probe)
+        if face is None:
+            face = _FACES[hosted.probe] = openai_face(hosted.probe)
+    except TypeError:  # a model class that made itself unhashable (its own __eq__): read each time
+        return openai_face(hosted.probe)
+    return face
 
 
 def _refuse_unsupported(face: OpenAIFace, given: Mapping[str, Any]) -> None:

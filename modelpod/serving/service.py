@@ -83,8 +83,9 @@ class InferenceService:
         self.statistics = Statistics()
         self.recent = RecentActivity()  # the status page's last few minutes
         self.metrics = ServerMetrics(
-            pool.stats, self.batchers.queue_depths, lambda: self.in_flight, self._running_sequences
-        )
+            pool.stats, self.batchers.queue_depths, lambda: self.in_flight, self._running_sequences,
+            self._waiting_sequences,
+        )  # fmt: skip
         watch = RolloutWatch()  # the numbers rollouts decide on
         self.recorder = Recorders([self.statistics, self.metrics, self.recent, watch, *recorders])
         inline = InlineGate(inline_ms)  # lone requests to cheap models on the event loop
@@ -291,6 +292,9 @@ class InferenceService:
 
     def _running_sequences(self) -> dict[tuple[str, str], int]:
         return self.streaming.running()  # token-level batching's sequences, read when scraped
+
+    def _waiting_sequences(self) -> dict[tuple[str, str], int]:
+        return self.streaming.waiting()  # queued to join a full running batch
 
     @property
     def in_flight(self) -> int:

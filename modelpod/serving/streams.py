@@ -59,6 +59,10 @@ class Streams:
         """Sequences in running batches now, per version (token-level batching)."""
         return self.token_batches.running()
 
+    def waiting(self) -> dict[tuple[str, str], int]:
+        """Sequences waiting to join a running batch, per version."""
+        return self.token_batches.waiting()
+
     def close(self) -> None:
         self.token_batches.close()
 

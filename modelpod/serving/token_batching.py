@@ -76,6 +76,11 @@ class RunningBatch:
     def running(self) -> int:
         return len(self._running)
 
+    @property
+    def waiting(self) -> int:
+        """Sequences queued to join the running batch (when it holds `max_running_sequences`)."""
+        return len(self._waiting)
+
     def submit(self, arguments: dict[str, Any], channel: Channel, priority: int) -> None:
         """Queue a sequence; it joins the running batch at the next step there is room."""
         with self._changed:
@@ -229,6 +234,11 @@ class TokenBatches:
         """Sequences running now, per version (read when metrics are scraped)."""
         with self._lock:
             return {key: batch.running for key, batch in self._batches.items()}
+
+    def waiting(self) -> dict[tuple[str, str], int]:
+        """Sequences waiting to join, per version (read when metrics are scraped)."""
+        with self._lock:
+            return {key: batch.waiting for key, batch in self._batches.items()}
 
     def close(self) -> None:
         with self._lock:
