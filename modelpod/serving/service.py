@@ -82,9 +82,11 @@ class InferenceService:
         self.batchers = Batchers()
         self.statistics = Statistics()
         self.recent = RecentActivity()  # the status page's last few minutes
+        # token-level batching's sequences, running and waiting, read when scraped (lambdas: the
+        # streams are made below, on an execution that records to these metrics)
         self.metrics = ServerMetrics(
-            pool.stats, self.batchers.queue_depths, lambda: self.in_flight, self._running_sequences,
-            self._waiting_sequences,
+            pool.stats, self.batchers.queue_depths, lambda: self.in_flight,
+            lambda: self.streaming.running(), lambda: self.streaming.waiting(),  # noqa: PLW0108
         )  # fmt: skip
         watch = RolloutWatch()  # the numbers rollouts decide on
         self.recorder = Recorders([self.statistics, self.metrics, self.recent, watch, *recorders])
@@ -289,12 +291,6 @@ class InferenceService:
     async def drain(self, timeout: float) -> bool:
         """Wait for in-flight model calls to finish; False if some were still running at `timeout`."""
         return await self.admission.drain(timeout)
-
-    def _running_sequences(self) -> dict[tuple[str, str], int]:
-        return self.streaming.running()  # token-level batching's sequences, read when scraped
-
-    def _waiting_sequences(self) -> dict[tuple[str, str], int]:
-        return self.streaming.waiting()  # queued to join a full running batch
 
     @property
     def in_flight(self) -> int:
