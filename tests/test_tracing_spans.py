@@ -168,7 +168,9 @@ def test_client_server_pipeline_and_worker_processes_are_one_trace(
     trace_id = span.get_span_context().trace_id.to_bytes(16, "big")
 
     def complete(spans: list[Span]) -> bool:
-        return len([s for s in spans if s.name == "worker" and s.trace_id == trace_id]) == 3
+        ours = [s for s in spans if s.trace_id == trace_id]
+        served = [s for s in ours if s.kind == Span.SPAN_KIND_SERVER]  # ended last, perhaps sent later
+        return len([s for s in ours if s.name == "worker"]) == 3 and len(served) == 1
 
     spans = [s for s in collector.wait_for(complete) if s.trace_id == trace_id]
     (request,) = [s for s in spans if s.kind == Span.SPAN_KIND_SERVER]

@@ -71,14 +71,16 @@ class SpanExport:
 
     def _run(self) -> None:
         while not self._stopping:
-            self._wake.wait(self.delay)
+            full = self._wake.wait(self.delay)
             self._wake.clear()
-            self.flush()
+            # Woken by a full batch: full batches only (what comes while one is sent waits for
+            # more, not sent a few spans at a time); the schedule's time come: everything.
+            self.flush(self.batch_size if full else 1)
 
-    def flush(self) -> None:
-        """Export what waits now, in batches."""
+    def flush(self, at_least: int = 1) -> None:
+        """Export what waits now, in batches, while `at_least` spans wait."""
         with self._lock:
-            while self._pending:
+            while len(self._pending) >= at_least:
                 batch = [self._pending.popleft() for _ in range(min(self.batch_size, len(self._pending)))]
                 try:
                     self._export(batch)

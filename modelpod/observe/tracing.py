@@ -227,9 +227,9 @@ class Tracing(Recorder):
         }
         batch = requests[0].child("batch", start, end, attributes)
         batch.links = tuple((request.trace_id, request.span_id) for request in requests)
+        self.export.put(batch)
         if event.worker is not None:  # the worker process's own time, at the end of the batch's
             self.export.put(batch.child("worker", end - int(event.worker * 1e9), end))
-        self.export.put(batch)
 
     def shutdown(self) -> None:
         """Export what is left and stop the exporter (at the server's stop)."""
