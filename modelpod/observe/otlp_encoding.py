@@ -21,6 +21,13 @@ from modelpod.observe.span_records import SERVER, SpanRecord
 _HAS_IS_REMOTE, _IS_REMOTE = 0x100, 0x200  # SpanFlags: whether the parent's context came from afar
 _STATUS_ERROR = 2
 _CACHED = 4096  # encoded attributes kept at most (then the cache starts over)
+_TIMES = struct.Struct("<BQBQ")  # start and end: fields 7 and 8, fixed64
+_UNSET = b"\x7a\x00"  # field 15: an empty status
+_LOCAL_PARENT = b"\x85\x01" + struct.pack("<I", _HAS_IS_REMOTE)  # field 16, fixed32
+_REMOTE_PARENT = b"\x85\x01" + struct.pack("<I", _HAS_IS_REMOTE | _IS_REMOTE)
+_LINK_FLAGS = b"\x35" + struct.pack("<I", _HAS_IS_REMOTE)  # Link.flags, field 6
+# A link, field 13, of 33 bytes (trace id 2+16, span id 2+8, flags 5), up to its trace id's bytes.
+_LINK_HEAD = b"\x6a\x21\x0a\x10"
 
 
 _SMALL = [bytes((i,)) for i in range(0x80)]  # one-byte varints, made once
@@ -79,38 +86,60 @@ class OtlpEncoder:
         self._attributes: dict[tuple[str, Any, type], bytes] = {}
         self._states: dict[str, bytes] = {}
         self._names: dict[tuple[str, str], bytes] = {}
+        self._blocks: dict[tuple[tuple[str, Any], ...], bytes] = {}
         self.trace_state: Callable[[str], str] = _trace_state  # the caller's `tracestate` as exported
 
     def request(self, records: Iterable[SpanRecord]) -> bytes:
         """An `ExportTraceServiceRequest` of the records."""
-        spans = b"".join(_field(2, self.span(record)) for record in records)
-        scope_spans = _field(2, self._scope + spans)
+        spans = []
+        for record in records:
+            span = self.span(record)
+            spans.append(b"\x12" + _varint(len(span)) + span)  # ScopeSpans.spans, field 2
+        scope_spans = _field(2, self._scope + b"".join(spans))
         return _field(1, self._resource + scope_spans + self._resource_schema)
 
     def span(self, record: SpanRecord) -> bytes:
-        """One `Span` message."""
-        parts = [
-            b"\x0a\x10" + record.trace_id.to_bytes(16, "big"),
-            b"\x12\x08" + record.span_id.to_bytes(8, "big"),
-        ]
-        if record.state:
-            parts.append(self._state(record.state))
-        if record.parent_id:
-            parts.append(b"\x22\x08" + record.parent_id.to_bytes(8, "big"))
-        parts.append(self._named(record.name, record.kind))
-        parts.append(b"\x39" + struct.pack("<Q", record.start))
-        parts.append(b"\x41" + struct.pack("<Q", record.end))
-        parts.extend(self._attribute(key, value) for key, value in record.attributes.items())
-        for trace_id, span_id in record.links:
-            link = b"\x0a\x10" + trace_id.to_bytes(16, "big") + b"\x12\x08" + span_id.to_bytes(8, "big")
-            parts.append(_field(13, link + b"\x35" + struct.pack("<I", _HAS_IS_REMOTE)))
+        """One `Span` message: its fields in their numbers' order, as protobuf writes them."""
+        links = b""
+        if record.links:
+            links = b"".join(
+                _LINK_HEAD + t.to_bytes(16, "big") + b"\x12\x08" + s.to_bytes(8, "big") + _LINK_FLAGS
+                for t, s in record.links
+            )
         if record.error is None:
-            parts.append(b"\x7a\x00")  # an empty status: unset
+            status = _UNSET  # an empty status
         else:
-            parts.append(_field(15, _field(2, record.error.encode()) + b"\x18" + bytes([_STATUS_ERROR])))
-        flags = _HAS_IS_REMOTE | (_IS_REMOTE if record.remote_parent else 0)
-        parts.append(b"\x85\x01" + struct.pack("<I", flags))  # field 16, fixed32
-        return b"".join(parts)
+            status = _field(15, _field(2, record.error.encode()) + b"\x18" + bytes([_STATUS_ERROR]))
+        return b"".join(
+            (
+                b"\x0a\x10",
+                record.trace_id.to_bytes(16, "big"),
+                b"\x12\x08",
+                record.span_id.to_bytes(8, "big"),
+                self._state(record.state) if record.state else b"",
+                b"\x22\x08" + record.parent_id.to_bytes(8, "big") if record.parent_id else b"",
+                self._named(record.name, record.kind),
+                _TIMES.pack(0x39, record.start, 0x41, record.end),
+                self._attributes_of(record.attributes) if record.attributes else b"",
+                links,
+                status,
+                _REMOTE_PARENT if record.remote_parent else _LOCAL_PARENT,
+            )
+        )
+
+    def _attributes_of(self, attributes: Mapping[str, Any]) -> bytes:
+        """A span's attributes (field 9, repeated), made once per set of keys and values: a server's
+        spans repeat theirs (the same models, routes, outcomes)."""
+        try:
+            key = tuple(attributes.items())
+            found = self._blocks.get(key)
+        except TypeError:  # a value that cannot be a key (a list): made each time
+            return b"".join(self._attribute(name, value) for name, value in attributes.items())
+        if found is None:
+            if len(self._blocks) >= _CACHED:
+                self._blocks.clear()
+            found = self._blocks[key] = b"".join(self._attribute(n, v) for n, v in attributes.items())
+        return found
 
     def _named(self, name: str, kind: str) -> bytes:
         """A span's name and kind fields (5 and 6), made once per name."""
