@@ -134,3 +134,15 @@ def test_a_traceparent_is_read_as_the_w3c_says() -> None:
     ):
         assert caller_of({"traceparent": wrong}) is None, wrong
     assert caller_of({"traceparent": "01-" + CALLER[3:] + "-later"}) is not None  # a later version may add
+
+
+def test_a_full_queue_drops_spans_and_says_so(
+    exported: tuple[tracing.Tracing, InMemorySpanExporter], caplog: pytest.LogCaptureFixture
+) -> None:
+    traced, memory = exported
+    traced.export.max_queue = 6  # a request makes four spans: the second's last two find no room
+    for _ in range(2):
+        one_request(traced, {})
+    traced.export.flush()
+    assert (len(memory.get_finished_spans()), traced.export.dropped) == (6, 2)
+    assert "2 spans dropped" in caplog.text

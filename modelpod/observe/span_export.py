@@ -50,6 +50,7 @@ class SpanExport:
         self.batch_size = min(_setting("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512), self.max_queue)
         self.delay = _setting("OTEL_BSP_SCHEDULE_DELAY", 5000) / 1000
         self.dropped = 0
+        self._told = 0  # drops already logged
         self.encoder = OtlpEncoder(resource.attributes, scope.name, scope.version or "", resource.schema_url)
         self.encoder.trace_state = lambda header: TraceState.from_header([header]).to_header()
         self._pending: collections.deque[SpanRecord] = collections.deque()
@@ -79,6 +80,12 @@ class SpanExport:
 
     def flush(self, at_least: int = 1) -> None:
         """Export what waits now, in batches, while `at_least` spans wait."""
+        if self.dropped > self._told:  # said here, on this thread, not on the request path
+            logger.warning(
+                "%d spans dropped: more waited for export than OTEL_BSP_MAX_QUEUE_SIZE (%d)",
+                self.dropped - self._told, self.max_queue,
+            )  # fmt: skip
+            self._told = self.dropped
         with self._lock:
             while len(self._pending) >= at_least:
                 batch = [self._pending.popleft() for _ in range(min(self.batch_size, len(self._pending)))]
