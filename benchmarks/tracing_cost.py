@@ -1,13 +1,14 @@
 """What tracing and payload capture cost: the MLP example under load with neither, with `--otel`
 (every request sampled, spans exported over OTLP/HTTP to a collector in this process), and with
-`--capture mlp=1` (every request written), then with neither again (how much the machine's noise
-moves the figures).
+`--capture mlp=1` (every request written).
 
-    python benchmarks/tracing_cost.py [--seconds 5] [--concurrency 64]
+    python benchmarks/tracing_cost.py [--seconds 5] [--concurrency 64] [--rounds 3]
 
-For each: requests per second, p50 and p99 latency, and the server process's CPU time per request
-(user + system, from /proc: the figure a shared machine moves least). HTTP V2 JSON load from `wrk`
-when installed, else httpx. Runs in under a minute with the defaults.
+The three servers run side by side and are loaded in turn, round after round, so that the machine's
+changing load falls on all three alike. For each: requests per second, p50 and p99 latency, and the
+server process's CPU time per request (user + system, from /proc: the figure a shared machine moves
+least), each the median over the rounds, and the ratio to "neither". HTTP V2 JSON load from `wrk`
+when installed, else httpx. Runs in about a minute and a half with the defaults.
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ import asyncio
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import threading
+from contextlib import ExitStack
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from tempfile import TemporaryDirectory
@@ -32,7 +35,6 @@ CONFIGURATIONS: dict[str, tuple[str, ...]] = {
     "neither": (),
     "tracing (--otel, sampling 1.0)": ("--otel",),
     "capture (--capture mlp=1)": ("--capture", "mlp=1"),
-    "neither, again": (),
 }
 
 
@@ -118,23 +120,41 @@ def main() -> None:
     )
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=3)
     options = parser.parse_args()
     collector = Collector()
-    rows = ["| configuration | requests/s | p50 ms | p99 ms | server CPU µs/request |",
-            "| --- | ---: | ---: | ---: | ---: |"]  # fmt: skip
-    print("\n".join(rows), flush=True)
-    for name, flags in CONFIGURATIONS.items():
-        with TemporaryDirectory() as data_path:
+    results: dict[str, list[tuple[float, float, float, float]]] = {name: [] for name in CONFIGURATIONS}
+    with ExitStack() as stack:
+        servers = {}
+        for name, flags in CONFIGURATIONS.items():
+            data_path = stack.enter_context(TemporaryDirectory())
             process, port = start(data_path, flags, collector.endpoint)
-            try:
-                rate, p50, p99, cpu = measure(port, process.pid, options.concurrency, options.seconds)
-                counts = capture_counts(port)
-            finally:
-                process.terminate()
-                process.wait(timeout=30)
-        rows.append(f"| {name} | {rate:,.0f} | {p50:.2f} | {p99:.2f} | {cpu:,.0f} |")
-        print(rows[-1] + (f" (captures: {counts})" if counts else ""), flush=True)
-    print(f"(the collector took {collector.exports} OTLP exports)")
+            stack.callback(_stop, process)
+            servers[name] = (process, port)
+        for round_number in range(options.rounds):
+            for name, (process, port) in servers.items():
+                figures = measure(port, process.pid, options.concurrency, options.seconds)
+                results[name].append(figures)
+                rate, p50, p99, cpu = figures
+                print(f"round {round_number + 1} {name}: {rate:,.0f}/s, p50 {p50:.2f} ms, p99 {p99:.2f} ms, "
+                      f"{cpu:,.0f} µs CPU/request", flush=True)  # fmt: skip
+        counts = capture_counts(servers["capture (--capture mlp=1)"][1])
+    rows = ["| configuration | requests/s | p50 ms | p99 ms | server CPU µs/request | throughput | CPU |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
+    base_rate = statistics.median(r[0] for r in results["neither"])
+    base_cpu = statistics.median(r[3] for r in results["neither"])
+    for name, figures in results.items():
+        rate, p50, p99, cpu = (statistics.median(f[i] for f in figures) for i in range(4))
+        rows.append(f"| {name} | {rate:,.0f} | {p50:.2f} | {p99:.2f} | {cpu:,.0f} | "
+                    f"{rate / base_rate - 1:+.0%} | {cpu / base_cpu - 1:+.0%} |")  # fmt: skip
+    print("\n".join(rows))
+    print(f"(medians of {options.rounds} rounds; captures: {counts}; the collector took "
+          f"{collector.exports} OTLP exports)")  # fmt: skip
+
+
+def _stop(process: subprocess.Popen[str]) -> None:
+    process.terminate()
+    process.wait(timeout=30)
 
 
 if __name__ == "__main__":

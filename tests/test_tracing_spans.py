@@ -168,7 +168,9 @@ def test_client_server_pipeline_and_worker_processes_are_one_trace(
     trace_id = span.get_span_context().trace_id.to_bytes(16, "big")
 
     def complete(spans: list[Span]) -> bool:
-        return len([s for s in spans if s.name == "worker" and s.trace_id == trace_id]) == 3
+        ours = [s for s in spans if s.trace_id == trace_id]
+        served = [s for s in ours if s.kind == Span.SPAN_KIND_SERVER]  # ended last, perhaps sent later
+        return len([s for s in ours if s.name == "worker"]) == 3 and len(served) == 1
 
     spans = [s for s in collector.wait_for(complete) if s.trace_id == trace_id]
     (request,) = [s for s in spans if s.kind == Span.SPAN_KIND_SERVER]
@@ -177,3 +179,21 @@ def test_client_server_pipeline_and_worker_processes_are_one_trace(
     assert steps_run == ["step iris-scale", "step iris-linear", "step iris-label"]
     for batch in [s for s in spans if s.name == "batch"]:  # each step's batch, in a worker process
         assert [s.name for s in children(spans, batch)] == ["worker"]
+
+
+def test_a_models_own_spans_join_the_requests_trace(start_server: StartServer, collector: Collector) -> None:
+    model = f"{ROOT / 'tests' / 'servable_otel.py'}:Instrumented"
+    server = start_server(model, args=("--otel",), env=otel_env(collector))
+    with Client(server.http_url, model="instrumented") as client:
+        assert client.predict(text="hi") == {"text": "HI"}
+
+    def joined(spans: list[Span]) -> bool:
+        requests = {s.trace_id for s in spans if s.name == ROUTE}
+        return any(s.name == "inside the model" and s.trace_id in requests for s in spans)
+
+    spans = collector.wait_for(joined)
+    request = next(
+        s for s in spans if s.name == ROUTE and attributes(s).get("modelpod.model") == "instrumented"
+    )
+    inside = [s for s in spans if s.name == "inside the model" and s.trace_id == request.trace_id]
+    assert [s.parent_span_id for s in inside] == [request.span_id]  # the warm-up's has another trace

@@ -5,6 +5,10 @@ real traffic before it becomes the default.
 
 Each captured model call is sent as it was made (`predict` with its keyword arguments, arrays
 exact); a failed request, or one with a value that was over the capture's size limit, is skipped.
+A captured stream is replayed as a stream (`predict_stream`): its output is its text, when every
+item is text (a generation, however it is cut into pieces), else its list of items, compared item
+by item; a stream its caller ended early (a stop sequence) is read as far as it was then, and one
+whose items were not all kept is skipped.
 Latencies: "captured" is what the server measured then, "replayed" what this client measures now
 (the round trip included).
 """
@@ -13,11 +17,13 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import json
 import re
 import sys
 import time
 from collections import deque
+from collections.abc import Iterator
 from typing import Any
 
 from modelpod.cli.capture import add_location, captured
@@ -134,12 +140,34 @@ def _replay(client: Any, record: dict[str, Any], report: Any) -> None:
     except Incomplete:
         report.skip("values over the capture's size limit")
         return
+    stream = record.get("stream")
+    if stream is not None and stream.get("kept", 0) < stream.get("items", 0):
+        report.skip("stream items over the capture's size limit")
+        return
     started = time.perf_counter()
     try:
-        answers = [client.predict(**call) for call in calls]
+        if stream is None:
+            answers = [client.predict(**call) for call in calls]
+        else:  # as many items as were captured when its caller ended it early (a stop sequence)
+            most = stream["items"] if stream.get("closed_by_caller") else None
+            answers = [streamed(client.predict_stream(**call), most) for call in calls]
+            recorded = [streamed(iter(items), None) for items in recorded]
     except Unavailable:
         raise  # the server is gone: no point going on
     except ModelpodError as error:
         report.failed(record, error)
         return
     report.answered(record, recorded, answers, time.perf_counter() - started)
+
+
+def streamed(items: Iterator[Any], most: int | None) -> dict[str, Any]:
+    """A stream's answer as compared: its text when every item is text (a generation's pieces may
+    be cut differently into the same text), else its items, one by one. The stream is closed after
+    `most` items."""
+    taken = list(itertools.islice(items, most))
+    close = getattr(items, "close", None)
+    if close is not None:
+        close()
+    if taken and all(isinstance(item, str) for item in taken):
+        return {"text": "".join(taken)}
+    return {"items": taken}

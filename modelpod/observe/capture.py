@@ -11,7 +11,10 @@ A record: `request_id`, `trace_id`, `model`, `version`, `protocol`, `time` (Unix
 answer), `seconds` (latency in the service), `outcome` ("ok" or the error's name), `error` (what
 the client was told), `inputs` (one object per model call: a V2 request of many rows to a keyword
 model is many calls) and `outputs` (the answer of each call; null for a failed request), and
-`truncated` (how many values were over the size limit and left out).
+`truncated` (how many values were over the size limit and left out). A streamed answer's record
+has `outputs` `[[item, ...]]` (its items, the first ones until they add up to the size limit) and
+`stream`: `{"items": sent, "kept": kept, "closed_by_caller": whether the caller ended it early (a
+stop sequence)}`; the items left out count as truncated.
 """
 
 from __future__ import annotations
@@ -95,6 +98,7 @@ class Capture(Recorder):
         self.policies = dict(policies)
         self.sink = sink
         self.max_value_bytes = max_value_bytes
+        self.stream_budget = max_value_bytes  # a stream's items are kept up to the size limit, together
         self.drop_fields = frozenset(drop_fields)
         self.redactor = redactor
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
@@ -107,7 +111,7 @@ class Capture(Recorder):
 
     def on_request(self, event: RequestDone) -> None:
         if event.inputs is None:
-            return  # a stream or an OpenAI route: not captured
+            return  # nothing of the request was kept (a capture's recorder was not asked)
         policy = self.policies.get(event.model) or self.policies.get(EVERY_MODEL)
         if policy is None:
             return
@@ -197,8 +201,14 @@ class Capture(Recorder):
             "inputs": encoder.encode(inputs),
             "outputs": None if outputs is None else encoder.encode(outputs),
         }
-        record["truncated"] = encoder.truncated
-        return record, encoder.truncated
+        truncated = encoder.truncated
+        if event.tape is not None:  # a stream: its outputs are `[items]`, the first ones within the limit
+            tape = event.tape
+            left_out = tape.count - len(tape.items)
+            record["stream"] = {"items": tape.count, "kept": len(tape.items), "closed_by_caller": tape.closed}
+            truncated += left_out
+        record["truncated"] = truncated
+        return record, truncated
 
     def _trimmed(self, value: Any) -> Any:
         """A shallow copy for the redaction hook (the request may still be encoding its answer),

@@ -15,6 +15,8 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from modelpod.observe.item_tape import ItemTape
+
 logger = logging.getLogger("modelpod.observe")
 
 # The span of the request this context serves, set by an edge when tracing is on (None when off).
@@ -56,6 +58,9 @@ class RequestDone:
     # `wants_payloads` (payload capture): references, never copies, so they cost nothing.
     inputs: Sequence[Any] | None = None
     outputs: Sequence[Any] | None = None
+    # A stream's items as kept for payloads (its `outputs` are then `[tape.items]`): how many it
+    # sent, whether all are kept, whether its caller closed it early.
+    tape: ItemTape | None = None
 
     @property
     def served(self) -> bool:
@@ -150,6 +155,7 @@ class Recorder:
     """Told of what the serving core does; every hook does nothing until a subclass overrides it."""
 
     wants_payloads = False  # True: `RequestDone` carries the request's inputs and outputs
+    stream_budget: int | None = None  # bytes of a stream's items kept for payloads (None: the default)
 
     def on_request(self, event: RequestDone) -> None:
         return None
@@ -183,6 +189,8 @@ class Recorders(Recorder):
     def __init__(self, recorders: Iterable[Recorder]) -> None:
         self.all = tuple(recorders)
         self.wants_payloads = any(recorder.wants_payloads for recorder in self.all)
+        budgets = [recorder.stream_budget for recorder in self.all if recorder.wants_payloads]
+        self.stream_budget = None if None in budgets or not budgets else max(b or 0 for b in budgets)
 
     def on_request(self, event: RequestDone) -> None:
         for recorder in self.all:

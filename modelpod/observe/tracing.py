@@ -6,213 +6,237 @@ Only `modelpod serve --otel` imports this module: with tracing off nothing of Op
 loaded and the edges skip it with one `None` check. The exporter is OTLP, configured by the standard
 variables (`OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_EXPORTER_OTLP_PROTOCOL` = `grpc` or `http/protobuf`,
 `OTEL_SERVICE_NAME`, `OTEL_TRACES_SAMPLER`, ...).
+
+The request path records plain `SpanRecord`s (ids, times, attributes; the sampler asked once per
+request, at its edge); the export thread (`span_export`) makes them the SDK's spans and hands them
+to the batch processor and its exporter. What is exported is what the SDK's own spans would be.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextvars import Token
+from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
-from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode, Tracer
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.sdk.trace.sampling import Decision
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags, TraceState
 
 from modelpod._version import __version__
 from modelpod.observe import logs
 from modelpod.observe import timing as timings
 from modelpod.observe.events import BatchDone, Recorder, RequestDone, RouteChosen, request_trace
+from modelpod.observe.otlp_exporters import otlp_exporter
+from modelpod.observe.span_export import SpanExport
+from modelpod.observe.span_records import SERVER, SpanRecord, caller_of, new_trace_id
 
-_PROPAGATOR = TraceContextTextMapPropagator()  # W3C traceparent and tracestate
-
-
-def otlp_exporter() -> SpanExporter:
-    """The OTLP exporter the standard variables ask for: gRPC, or HTTP with protobuf (the default)."""
-    protocol = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or os.environ.get(
-        "OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"
-    )
-    if protocol.strip() == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
-
-        return GrpcExporter()
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
-
-    return HttpExporter()
+Caller = tuple[int, int, int, str]  # the caller's trace id, span id, flags and tracestate
+_EMPTY = otel_context.Context()
+_NO_STATE = TraceState()
+_FLAGS = (TraceFlags(TraceFlags.DEFAULT), TraceFlags(TraceFlags.SAMPLED))
 
 
-def provider(exporter: SpanExporter | None = None) -> TracerProvider:
-    """A tracer provider exporting in batches, off the request path; its sampler comes from
-    `OTEL_TRACES_SAMPLER` (parent-based, always on, by default)."""
+def configured(exporter: SpanExporter | None = None) -> Tracing:
+    """Tracing exporting in batches, off the request path, to `exporter` (OTLP by default); its
+    sampler comes from `OTEL_TRACES_SAMPLER` (parent-based, always on, by default)."""
     attributes = {"service.version": __version__}
     if not os.environ.get("OTEL_SERVICE_NAME"):
         attributes["service.name"] = "modelpod"
     made = TracerProvider(resource=Resource.create(attributes))
+    # The spans of a model's own instrumentation, through the SDK's processor and an exporter of their own.
     made.add_span_processor(BatchSpanProcessor(exporter if exporter is not None else otlp_exporter()))
-    return made
+    scope = InstrumentationScope("modelpod", __version__)
+    return Tracing(
+        made, SpanExport(exporter if exporter is not None else otlp_exporter(), made.resource, scope)
+    )
+
+
+def _fixed_decision() -> Callable[[Caller | None], bool] | None:
+    """The decision of the samplers that need no call (the default among them): each request's
+    span is sampled as its caller's was, or always, or never; None for any other sampler."""
+    name = os.environ.get("OTEL_TRACES_SAMPLER", "parentbased_always_on").strip().lower()
+    return {
+        "parentbased_always_on": lambda caller: caller is None or bool(caller[2] & 1),
+        "parentbased_always_off": lambda caller: caller is not None and bool(caller[2] & 1),
+        "always_on": lambda caller: True,
+        "always_off": lambda caller: False,
+    }.get(name)
 
 
 class ServerSpan:
     """One request's span at an edge; the service's recorder adds the model's attributes to it.
     Finished, it gets an `encode` child: from the service's answer to the response made."""
 
-    __slots__ = ("restore", "span", "tracer")
+    __slots__ = ("export", "record", "restore")
 
-    def __init__(self, span: Span, tracer: Tracer, restore: Token[object | None] | None = None) -> None:
-        self.span = span
-        self.tracer = tracer
+    def __init__(self, record: SpanRecord, export: SpanExport, restore: Token[object | None] | None = None):
+        self.record = record
+        self.export = export
         self.restore = restore  # a request inside a stream: the stream's span, current again after
 
     def finish(self, status: str, error_id: str = "") -> None:
-        self.span.set_attribute("modelpod.status", status)
-        if error_id:
-            self.span.set_attribute("modelpod.error_id", error_id)
-            self.span.set_status(Status(StatusCode.ERROR, f"error id {error_id}"))
-        timing = timings.current.get()
-        if timing is not None and timing.answered is not None and not _streamed(self.span):
-            ended = time.time_ns()
-            began = ended - int((time.monotonic() - timing.answered) * 1e9)
-            self.tracer.start_span(
-                "encode", context=trace.set_span_in_context(self.span), start_time=began
-            ).end(end_time=ended)
-        self.span.end()
+        record = self.record
+        if record.sampled:
+            attributes = record.attributes
+            attributes["modelpod.status"] = status
+            if error_id:
+                attributes["modelpod.error_id"] = error_id
+                record.error = f"error id {error_id}"
+            record.end = ended = time.time_ns()
+            timing = timings.current.get()
+            if (
+                timing is not None
+                and timing.answered is not None
+                and "modelpod.stream_items" not in attributes
+            ):
+                began = ended - int((time.monotonic() - timing.answered) * 1e9)
+                self.export.put(record.child("encode", began, ended))
+            self.export.put(record)
         if self.restore is not None:
             request_trace.reset(self.restore)
-
-
-def _streamed(span: Span) -> bool:
-    """A stream's answer is sent as it comes: no encoding after it to show."""
-    attributes = getattr(span, "attributes", None) or {}
-    return "modelpod.stream_items" in attributes
 
 
 class Tracing(Recorder):
     """Starts the edges' request spans and records the service's events as their child spans."""
 
-    def __init__(self, tracer_provider: TracerProvider) -> None:
+    def __init__(self, tracer_provider: TracerProvider, export: SpanExport) -> None:
         self.provider = tracer_provider
-        self.tracer = tracer_provider.get_tracer("modelpod", __version__)
+        self.export = export
+        self.sampler = tracer_provider.sampler
+        self.decided = _fixed_decision()
 
     def start(self, carrier: Mapping[str, str], name: str, attributes: Mapping[str, str]) -> ServerSpan:
         """A server span continuing the caller's trace, current in this context (a request's task)."""
-        parent = _PROPAGATOR.extract(carrier)
-        span = self.tracer.start_span(name, context=parent, kind=SpanKind.SERVER, attributes=attributes)
-        request_trace.set(span)
-        logs.trace_id.set(trace_id_of(span))
-        # Current for OpenTelemetry too, so that calls a model makes (RemoteModel, Client) join it.
-        # The request's task owns this context and ends with it: nothing to detach.
-        otel_context.attach(trace.set_span_in_context(span, parent))
-        return ServerSpan(span, self.tracer)
+        caller = caller_of(carrier)
+        trace_id = new_trace_id() if caller is None else caller[0]
+        values = dict(attributes)
+        sampled = self._sampled(caller, trace_id, name, values)
+        if caller is None:
+            record = SpanRecord(name, trace_id, 0, sampled, "", SERVER, None, values)
+        else:
+            record = SpanRecord(name, trace_id, caller[1], sampled, caller[3], SERVER, None, values, True)
+        request_trace.set(record)
+        logs.trace_id.set(f"{trace_id:032x}")
+        # Current for OpenTelemetry too, so that calls a model makes (RemoteModel, Client) and its
+        # own instrumentation join it. The request's task owns this context: nothing to detach.
+        state = TraceState.from_header([record.state]) if record.state else _NO_STATE
+        context = SpanContext(trace_id, record.span_id, False, _FLAGS[sampled], state)
+        otel_context.attach(trace.set_span_in_context(NonRecordingSpan(context), _EMPTY))
+        return ServerSpan(record, self.export)
+
+    def _sampled(self, caller: Caller | None, trace_id: int, name: str, attributes: dict[str, Any]) -> bool:
+        """The sampler's decision for a request (its child spans follow it)."""
+        if self.decided is not None:
+            return self.decided(caller)
+        parent = _EMPTY
+        if caller is not None:
+            state = TraceState.from_header([caller[3]]) if caller[3] else _NO_STATE
+            remote = SpanContext(caller[0], caller[1], True, TraceFlags(caller[2] & 1), state)
+            parent = trace.set_span_in_context(NonRecordingSpan(remote), _EMPTY)
+        result = self.sampler.should_sample(parent, trace_id, name, SpanKind.SERVER, attributes)
+        attributes.update(result.attributes or {})
+        return result.decision in (Decision.RECORD_AND_SAMPLE,)
 
     def child(self, name: str, attributes: Mapping[str, str]) -> ServerSpan:
         """A request's span inside the context's current one (a request on a stream)."""
         parent = request_trace.get()
-        context = trace.set_span_in_context(parent) if isinstance(parent, Span) else None
-        span = self.tracer.start_span(name, context=context, kind=SpanKind.SERVER, attributes=attributes)
-        return ServerSpan(span, self.tracer, request_trace.set(span))
+        values = dict(attributes)
+        if isinstance(parent, SpanRecord):
+            record = SpanRecord(name, parent.trace_id, parent.span_id, parent.sampled, parent.state, SERVER,
+                                None, values)  # fmt: skip
+        else:
+            trace_id = new_trace_id()
+            record = SpanRecord(name, trace_id, 0, self._sampled(None, trace_id, name, values), "", SERVER,
+                                None, values)  # fmt: skip
+        return ServerSpan(record, self.export, request_trace.set(record))
 
     def on_request(self, event: RequestDone) -> None:
-        span = event.trace
-        if not isinstance(span, Span):
+        record = event.trace
+        if not isinstance(record, SpanRecord) or not record.sampled:
             return
         if event.protocol == "pipeline":  # a step of a served pipeline: a span of its own
-            self._step_span(span, event)
+            self._step_span(record, event)
             return
-        span.set_attributes(
-            {
-                "modelpod.model": event.model,
-                "modelpod.version": event.version,
-                "modelpod.protocol": event.protocol,
-                "modelpod.outcome": event.outcome,
-            }
-        )
+        attributes = record.attributes
+        attributes["modelpod.model"] = event.model
+        attributes["modelpod.version"] = event.version
+        attributes["modelpod.protocol"] = event.protocol
+        attributes["modelpod.outcome"] = event.outcome
         if event.items is not None:
-            span.set_attribute("modelpod.stream_items", event.items)
+            attributes["modelpod.stream_items"] = event.items
 
-    def _step_span(self, request: Span, event: RequestDone) -> None:
+    def _step_span(self, request: SpanRecord, event: RequestDone) -> None:
         ended = time.time_ns()
-        step = self.tracer.start_span(
+        step = request.child(
             f"step {event.model}",
-            context=trace.set_span_in_context(request),
-            start_time=ended - int(event.seconds * 1e9),
-            attributes={
+            ended - int(event.seconds * 1e9),
+            ended,
+            {
                 "modelpod.model": event.model,
                 "modelpod.version": event.version,
                 "modelpod.outcome": event.outcome,
             },
         )
         if not event.served:
-            step.set_status(Status(StatusCode.ERROR, event.message or event.outcome))
-        step.end(end_time=ended)
+            step.error = event.message or event.outcome
+        self.export.put(step)
 
     def on_route(self, event: RouteChosen) -> None:
         """A router's hop: its choosing, a child of the request's span."""
-        if not isinstance(event.trace, Span):
+        record = event.trace
+        if not isinstance(record, SpanRecord) or not record.sampled:
             return
         ended = time.time_ns()
-        hop = self.tracer.start_span(
-            f"route {event.router}",
-            context=trace.set_span_in_context(event.trace),
-            start_time=ended - int(event.seconds * 1e9),
-            attributes={
-                "modelpod.router": event.router,
-                "modelpod.version": event.version,
-                "modelpod.route_target": event.target,
-            },
-        )
-        hop.end(end_time=ended)
+        attributes = {
+            "modelpod.router": event.router,
+            "modelpod.version": event.version,
+            "modelpod.route_target": event.target,
+        }
+        hop = record.child(f"route {event.router}", ended - int(event.seconds * 1e9), ended, attributes)
+        self.export.put(hop)
 
     def on_batch(self, event: BatchDone) -> None:
         served = [
-            (span, wait)
-            for span, wait in zip(event.traces, event.waits, strict=False)
-            if isinstance(span, Span)
+            (record, wait)
+            for record, wait in zip(event.traces, event.waits, strict=False)
+            if isinstance(record, SpanRecord) and record.sampled
         ]
         if not served:
             return
         ended = time.time_ns()  # the batcher tells its observer as soon as the batch is computed
         started = ended - int(event.compute * 1e9)
-        for span, wait in served:
-            self._queue_span(span, started - int(wait * 1e9), started)
-        self._batch_span(event, [span for span, _ in served], started, ended)
+        put = self.export.put
+        for record, wait in served:
+            put(record.child("queue", started - int(wait * 1e9), started))
+        self._batch_span(event, [record for record, _ in served], started, ended)
 
-    def _queue_span(self, request: Span, start: int, end: int) -> None:
-        parent = trace.set_span_in_context(request)
-        self.tracer.start_span("queue", context=parent, start_time=start).end(end_time=end)
-
-    def _batch_span(self, event: BatchDone, requests: Sequence[Span], start: int, end: int) -> None:
+    def _batch_span(self, event: BatchDone, requests: Sequence[SpanRecord], start: int, end: int) -> None:
         """One span per batch, a child of its first request's span and linked to all of them."""
-        batch = self.tracer.start_span(
-            "batch",
-            context=trace.set_span_in_context(requests[0]),
-            links=[Link(span.get_span_context()) for span in requests],
-            start_time=start,
-            attributes={
-                "modelpod.model": event.model,
-                "modelpod.version": event.version,
-                "modelpod.batch_rows": event.rows,
-                "modelpod.batch_requests": len(event.waits),
-            },
-        )
+        attributes = {
+            "modelpod.model": event.model,
+            "modelpod.version": event.version,
+            "modelpod.batch_rows": event.rows,
+            "modelpod.batch_requests": len(event.waits),
+        }
+        batch = requests[0].child("batch", start, end, attributes)
+        batch.links = tuple((request.trace_id, request.span_id) for request in requests)
+        self.export.put(batch)
         if event.worker is not None:  # the worker process's own time, at the end of the batch's
-            worker = self.tracer.start_span(
-                "worker", context=trace.set_span_in_context(batch), start_time=end - int(event.worker * 1e9)
-            )
-            worker.end(end_time=end)
-        batch.end(end_time=end)
+            self.export.put(batch.child("worker", end - int(event.worker * 1e9), end))
 
     def shutdown(self) -> None:
         """Export what is left and stop the exporter (at the server's stop)."""
+        self.export.shutdown()
         self.provider.shutdown()
 
 
 def trace_id_of(span: object) -> str:
     """The trace id of a request's span as 32 hex digits; empty for no span."""
-    if not isinstance(span, Span):
-        return ""
-    context = span.get_span_context()
-    return format(context.trace_id, "032x") if context.is_valid else ""
+    return f"{span.trace_id:032x}" if isinstance(span, SpanRecord) else ""

@@ -292,7 +292,7 @@ def start_tracing() -> Tracing:
 
         from modelpod.observe import tracing as otel
 
-    tracing = otel.Tracing(otel.provider())
+    tracing = otel.configured()
     trace.set_tracer_provider(tracing.provider)
     return tracing
 

@@ -254,22 +254,41 @@ def handled(endpoint: Endpoint) -> Endpoint:
 def _start_span(tracer: SpanStarter, request: Request) -> RequestSpan:
     """The request's span, continuing the trace of its `traceparent` header, named by its method
     and route (`POST /v2/models/{name}/infer`), with OpenTelemetry's names for both and the path."""
-    route = _route_of(request)
-    attributes = {"http.request.method": request.method, "http.route": route, "url.path": request.url.path}
-    return tracer.start(request.headers, f"{request.method} {route}", attributes)
+    scope = request.scope
+    method, path = scope["method"], scope["path"]
+    route = _route_of(request, method, path)
+    attributes = {"http.request.method": method, "http.route": route, "url.path": path}
+    header(request, "traceparent")  # the headers read into their dict, if not yet
+    return tracer.start(scope[_HEADERS], f"{method} {route}", attributes)
 
 
-def _route_of(request: Request) -> str:
-    """The template of the route that matched (Starlette keeps only its endpoint in the scope)."""
-    for route in request.app.router.routes:
-        if isinstance(route, Route) and route.matches(request.scope)[0] is Match.FULL:
-            return route.path
-    return request.url.path
+_ROUTES: dict[tuple[int, str, str], str] = {}  # (id of the router, method, path) -> its route's template
+
+
+def _route_of(request: Request, method: str, path: str) -> str:
+    """The template of the route that matched (Starlette keeps only its endpoint in the scope),
+    found once per path: the routes are tried in turn, each a regular expression."""
+    router = request.app.router
+    key = (id(router), method, path)  # a router defines ==, not a hash; it lives as long as its app
+    found = _ROUTES.get(key)
+    if found is None:
+        found = path
+        for route in router.routes:
+            if isinstance(route, Route) and route.matches(request.scope)[0] is Match.FULL:
+                found = route.path
+                break
+        if len(_ROUTES) >= 4096:  # many paths (many models): start over rather than grow
+            _ROUTES.clear()
+        _ROUTES[key] = found
+    return found
 
 
 def _finish_span(span: RequestSpan, response: Response) -> None:
     """End the request's span now, or once its streamed body is sent (the stream is the request)."""
-    status, error_id = str(response.status_code), response.headers.get("x-error-id", "")
+    status = str(response.status_code)
+    # The raw list, not `response.headers.get`: that builds a header view and raises and catches
+    # a KeyError when the header is absent, as it is from every answer but a model's failure.
+    error_id = next((v.decode("latin-1") for k, v in response.raw_headers if k == b"x-error-id"), "")
     if not isinstance(response, StreamingResponse):
         span.finish(status, error_id)
         return

@@ -87,9 +87,14 @@ class Composition:
         query_params: Mapping[str, str] | None,
         options: Options,
     ) -> Arrays:
-        """Tensors through a pipeline, recorded as a request to the pipeline."""
-        work = self._infer(hosted, version, inputs, query_params, options)
-        return await self.execution.observed(hosted, version, options, work)
+        """Tensors through a pipeline, recorded as a request to the pipeline (for a capture: the
+        calls its first model was given, and the answer of each)."""
+        calls: list[Any] = []  # filled as the work runs; the recorder reads them once it is done
+        tensors: list[Arrays] = []
+        work = self._infer(hosted, version, inputs, query_params, options, calls, tensors)
+        recorded = calls if self.execution.recorder.wants_payloads else None
+        await self.execution.observed(hosted, version, options, work, recorded)
+        return tensors[0]
 
     async def _infer(
         self,
@@ -98,15 +103,20 @@ class Composition:
         inputs: Arrays,
         query_params: Mapping[str, str] | None,
         options: Options,
-    ) -> Arrays:
-        """Taken as the pipeline's first model takes them, given as its last gives them."""
+        calls: list[Any],
+        tensors: list[Arrays],
+    ) -> list[Any]:
+        """Taken as the pipeline's first model takes them (`calls`), given as its last gives them
+        (`tensors`); the answer of each call."""
         pipeline = hosted.probe
         assert isinstance(pipeline, ServedPipeline)
         last = self.repository.get(pipeline.last_models()[0]).probe
         first = self.repository.get(pipeline.first_models()[0])
-        requests = await self.tensor_requests.calls(first, inputs)
-        runs = (self._run(hosted, version, r, query_params, options) for r in requests)
-        return pipeline_outputs(last, await asyncio.gather(*runs))
+        calls.extend(await self.tensor_requests.calls(first, inputs))
+        runs = (self._run(hosted, version, call, query_params, options) for call in calls)
+        answers = await asyncio.gather(*runs)
+        tensors.append(pipeline_outputs(last, answers))  # within the work: its failure is recorded
+        return answers
 
     async def _run(
         self,

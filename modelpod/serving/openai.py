@@ -79,7 +79,7 @@ class OpenAIServing:
             return list(np.asarray(answer[face.output])), None
         calls = [{face.text_argument: text, **extra} for text in texts]
         work = self.execution.predict_many(hosted, version, calls, options)
-        vectors = await self.execution.observed(hosted, version, options, work)
+        vectors = await self.execution.observed(hosted, version, options, work, calls)  # calls: for a capture
         for vector in vectors:
             if not isinstance(vector, Sequence) and not hasattr(vector, "__array__"):
                 raise ModelError(f"model {name!r} returned {type(vector).__name__}, not a vector")

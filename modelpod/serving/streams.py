@@ -15,6 +15,7 @@ from typing import Any
 
 from modelpod.errors import InvalidInput, ModelpodError
 from modelpod.observe.events import RequestDone, request_trace
+from modelpod.observe.item_tape import ItemTape
 from modelpod.runtime.batchers import STREAMS
 from modelpod.runtime.batching import Batcher
 from modelpod.runtime.inputs import check_field_names
@@ -107,11 +108,15 @@ class Streams:
     ) -> AsyncGenerator[Any, None]:
         """The stream's items, its end recorded once: how it ended, how long it took, how many items."""
         started, count, outcome, message = time.monotonic(), 0, "cancelled", ""
+        recorder = self.execution.recorder
+        tape = ItemTape(recorder.stream_budget) if recorder.wants_payloads else None  # for a capture
         items = self._items(hosted, version, request, options)
         try:
             async with contextlib.aclosing(items):
                 async for item in items:
                     count += 1
+                    if tape is not None:
+                        tape.add(item)
                     yield item
             outcome = "ok"
         except ModelpodError as error:
@@ -124,10 +129,15 @@ class Streams:
             if outcome == "cancelled" and ending.enough:
                 outcome = "ok"
             seconds = time.monotonic() - started
+            if tape is not None:
+                tape.closed = ending.enough
             event = RequestDone(
-                hosted.name, version, options.protocol, outcome, seconds, message, count, request_trace.get()
-            )
-            self.execution.recorder.on_request(event)
+                hosted.name, version, options.protocol, outcome, seconds, message, count, request_trace.get(),
+                inputs=None if tape is None else [request],
+                outputs=None if tape is None else [tape.items],
+                tape=tape,
+            )  # fmt: skip
+            recorder.on_request(event)
 
     async def infer_stream(
         self, name: str, version: str | None, inputs: Arrays, options: Options = DEFAULT_OPTIONS

@@ -1,0 +1,132 @@
+"""The export thread of tracing: finished `SpanRecord`s in, OTLP out, off the event loop.
+
+The request path only appends a record to a bounded deque (when it is full the span is dropped and
+counted, as the SDK's batch processor does). This thread does what the SDK's batch processor would:
+it exports every `OTEL_BSP_SCHEDULE_DELAY` milliseconds, or as soon as `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`
+spans wait, in batches of at most that many. An OTLP exporter of `otlp_exporters` is sent the batch
+as bytes (`otlp_encoding`); any other exporter gets the SDK's own spans (`ReadableSpan`).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import threading
+from collections.abc import Sequence
+
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExporter
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
+
+from modelpod.observe.otlp_encoding import OtlpEncoder
+from modelpod.observe.otlp_exporters import Encoded
+from modelpod.observe.span_records import SERVER, SpanRecord
+
+logger = logging.getLogger("modelpod.observe")
+
+_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+_NO_STATE = TraceState()
+
+
+def _setting(name: str, default: int) -> int:
+    """One of the SDK's `OTEL_BSP_*` settings (a positive integer), or its default."""
+    try:
+        return max(int(os.environ.get(name, default)), 1)
+    except ValueError:
+        return default
+
+
+class SpanExport:
+    """Collects finished span records; a thread of its own exports them in batches."""
+
+    def __init__(self, exporter: SpanExporter, resource: Resource, scope: InstrumentationScope) -> None:
+        self.exporter = exporter
+        self.resource = resource
+        self.scope = scope
+        self.max_queue = _setting("OTEL_BSP_MAX_QUEUE_SIZE", 2048)
+        self.batch_size = min(_setting("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512), self.max_queue)
+        self.delay = _setting("OTEL_BSP_SCHEDULE_DELAY", 5000) / 1000
+        self.dropped = 0
+        self._told = 0  # drops already logged
+        self.encoder = OtlpEncoder(resource.attributes, scope.name, scope.version or "", resource.schema_url)
+        self.encoder.trace_state = lambda header: TraceState.from_header([header]).to_header()
+        self._pending: collections.deque[SpanRecord] = collections.deque()
+        self._wake = threading.Event()
+        self._stopping = False
+        self._lock = threading.Lock()  # one export at a time (the thread's, or a flush)
+        self._thread = threading.Thread(target=self._run, name="modelpod-spans", daemon=True)
+        self._thread.start()
+
+    def put(self, record: SpanRecord) -> None:
+        """(Any thread) queue a finished span; never waits. (deque's append is atomic.)"""
+        pending = self._pending
+        if len(pending) >= self.max_queue:
+            self.dropped += 1
+            return
+        pending.append(record)
+        if len(pending) == self.batch_size:
+            self._wake.set()  # a full batch: no need to wait for the schedule
+
+    def _run(self) -> None:
+        while not self._stopping:
+            full = self._wake.wait(self.delay)
+            self._wake.clear()
+            # Woken by a full batch: full batches only (what comes while one is sent waits for
+            # more, not sent a few spans at a time); the schedule's time come: everything.
+            self.flush(self.batch_size if full else 1)
+
+    def flush(self, at_least: int = 1) -> None:
+        """Export what waits now, in batches, while `at_least` spans wait."""
+        if self.dropped > self._told:  # said here, on this thread, not on the request path
+            logger.warning(
+                "%d spans dropped: more waited for export than OTEL_BSP_MAX_QUEUE_SIZE (%d)",
+                self.dropped - self._told, self.max_queue,
+            )  # fmt: skip
+            self._told = self.dropped
+        with self._lock:
+            while len(self._pending) >= at_least:
+                batch = [self._pending.popleft() for _ in range(min(self.batch_size, len(self._pending)))]
+                try:
+                    self._export(batch)
+                except Exception:  # one bad batch must not stop the others
+                    logger.exception("could not export %d spans", len(batch))
+
+    def _export(self, batch: Sequence[SpanRecord]) -> None:
+        send = getattr(self.exporter, "export_encoded", None)
+        if send is not None and send(Encoded(self.encoder.request(batch), len(batch))) is not None:
+            return
+        self.exporter.export([self.readable(record) for record in batch])
+
+    def readable(self, record: SpanRecord) -> ReadableSpan:
+        """The SDK's span of a record, as the SDK would have made it."""
+        state = TraceState.from_header([record.state]) if record.state else _NO_STATE
+        context = SpanContext(record.trace_id, record.span_id, False, _SAMPLED, state)
+        parent = None
+        if record.parent_id:
+            parent = SpanContext(record.trace_id, record.parent_id, record.remote_parent, _SAMPLED, state)
+        links = tuple(Link(SpanContext(t, s, False, _SAMPLED, state)) for t, s in record.links)
+        status = Status(StatusCode.UNSET) if record.error is None else Status(StatusCode.ERROR, record.error)
+        return ReadableSpan(
+            record.name,
+            context=context,
+            parent=parent,
+            resource=self.resource,
+            attributes=record.attributes,
+            links=links,
+            kind=SpanKind.SERVER if record.kind == SERVER else SpanKind.INTERNAL,
+            status=status,
+            start_time=record.start,
+            end_time=record.end,
+            instrumentation_scope=self.scope,
+        )
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        """Export what is queued, stop the thread, then the exporter (at the server's stop)."""
+        self._stopping = True
+        self._wake.set()
+        self._thread.join(timeout)
+        self.flush()
+        self.exporter.shutdown()
