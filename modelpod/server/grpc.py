@@ -9,6 +9,7 @@ import contextlib
 import functools
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from contextvars import ContextVar
 from typing import Any, TypeVar
 
 import grpc
@@ -44,6 +45,9 @@ LARGE_REQUEST = 1 << 20  # bytes: a request larger than this is decoded off the 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 Handler = Callable[[Any, Req, grpc.aio.ServicerContext[Any, Any]], Awaitable[Resp]]
+# A unary call's metadata, read once by `guarded` (each call runs in a task of its own, so this is
+# the call's); `options_of` reads it from here rather than asking grpc to build it again.
+_metadata: ContextVar[dict[str, Any] | None] = ContextVar("modelpod_grpc_metadata", default=None)
 
 
 def guarded(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
@@ -52,6 +56,7 @@ def guarded(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
     @functools.wraps(handler)
     async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext[Any, Any]) -> Resp:
         metadata: dict[str, Any] = dict(context.invocation_metadata() or ())  # traceparent too
+        kept = _metadata.set(metadata)
         given = metadata.get(logs.REQUEST_ID_HEADER)
         rid = logs.new_request_id(given if isinstance(given, str) else None)
         logs.request_id.set(rid)  # each call runs in a task of its own: this is its context
@@ -65,6 +70,7 @@ def guarded(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
             await abort(context, failure, rid)
             raise AssertionError("abort() always raises") from None  # pragma: no cover
         finally:
+            _metadata.reset(kept)
             timing.log_if_slow(self.service.slow_ms)
         finish(span, "OK")
         context.set_trailing_metadata(((logs.REQUEST_ID_HEADER, rid),))
@@ -331,7 +337,8 @@ async def _unpacked(payload: bytes) -> Any:
 def options_of(context: Any, parameters: Mapping[str, Any] | None = None, protocol: str = "grpc") -> Options:
     """Priority from `x-priority` metadata or the `priority` parameter; the timeout is the call's
     deadline; `x-modelpod-traffic-key` metadata keeps a caller on one version of a sticky split."""
-    metadata = dict(context.invocation_metadata() or ())
+    kept = _metadata.get()
+    metadata = kept if kept is not None else dict(context.invocation_metadata() or ())
     priority = metadata.get("x-priority", (parameters or {}).get("priority"))
     key = metadata.get("x-modelpod-traffic-key")
     return request_options(
