@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+import grpc
 import uvicorn
 
 from modelpod.extras import needs_extra
@@ -20,7 +21,7 @@ from modelpod.observe import logs
 from modelpod.protocol.cost import CostLimits
 from modelpod.server.auth import exposure_warning, grpc_interceptors, load_keys
 from modelpod.server.capturing import count_in, start_capture
-from modelpod.server.grpc_server import GrpcServer, start_grpc_server
+from modelpod.server.grpc_server import start_grpc_server
 from modelpod.server.http import create_app
 from modelpod.server.http_connections import ConnectionLimits, EdgeRequests, guarded_protocol
 from modelpod.server.quota_edges import QuotaInterceptor
@@ -82,7 +83,7 @@ class ModelServer:
         self.grpc_port = 0
         self._http: _Uvicorn | None = None
         self._http_task: asyncio.Task[None] | None = None
-        self._grpc: GrpcServer | None = None
+        self._grpc: grpc.aio.Server | None = None
 
     async def start(self) -> None:
         """Listen on both ports, then load each model's default version."""

@@ -88,8 +88,7 @@ class Settings(BaseSettings):
         1000,
         ge=1,
         description="open connections served on each of HTTP and gRPC; over it, HTTP requests get 503 "
-        "(health probes still answered) and gRPC refuses new connections (its cap is shared evenly by the "
-        "servers on the gRPC port, so refusals may begin a little before it)",
+        "(health probes still answered) and gRPC refuses new connections",
     )
     max_request_rows: int | None = Field(
         None,
