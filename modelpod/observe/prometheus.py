@@ -240,28 +240,20 @@ class _LiveState(Collector):
         self.running, self.waiting = sequences  # token-level batching: in the batch, queued to join
 
     def collect(self) -> Iterator[Metric]:
-        depth = GaugeMetricFamily(
-            "modelpod_queue_depth_rows",
-            "Rows waiting to be batched, or requests for a model thread",
-            labels=_MODEL,
+        yield _per_version(
+            "modelpod_queue_depth_rows", "Rows waiting to be batched, or requests for a model thread",
+            self.queue_depths(),
+        )  # fmt: skip
+        yield _per_version(
+            "modelpod_running_sequences",
+            "Sequences in a running batch (token-level batching)",
+            self.running(),
         )
-        for (model, version), rows in self.queue_depths().items():
-            depth.add_metric([model, version], rows)
-        yield depth
-        running = GaugeMetricFamily(
-            "modelpod_running_sequences", "Sequences in a running batch (token-level batching)", labels=_MODEL
-        )
-        for (model, version), count in self.running().items():
-            running.add_metric([model, version], count)
-        yield running
-        waiting = GaugeMetricFamily(
+        yield _per_version(
             "modelpod_waiting_sequences",
             "Sequences queued to join a running batch that is full (token-level batching)",
-            labels=_MODEL,
+            self.waiting(),
         )
-        for (model, version), count in self.waiting().items():
-            waiting.add_metric([model, version], count)
-        yield waiting
         yield GaugeMetricFamily(
             "modelpod_in_flight_requests", "Requests being answered", value=self.in_flight()
         )
@@ -279,3 +271,11 @@ class _LiveState(Collector):
         for (model, version), cost in stats.costs.items():
             loaded.add_metric([model, version], cost)
         yield loaded
+
+
+def _per_version(name: str, help_text: str, values: Mapping[tuple[str, str], int]) -> GaugeMetricFamily:
+    """A gauge with one sample per (model, version)."""
+    gauge = GaugeMetricFamily(name, help_text, labels=_MODEL)
+    for (model, version), value in values.items():
+        gauge.add_metric([model, version], value)
+    return gauge
