@@ -31,12 +31,15 @@ MODULE_EXTRAS: dict[str, tuple[str, ...]] = {
     "modelpod.client": ("client",),
     "modelpod.registry.store": ("store",),
     "modelpod.registry.schema": ("store",),
+    "modelpod.registry.endpoint_records": ("store",),  # a part of the Store
     "modelpod.ray": ("ray",),
     # The server's machinery outside modelpod.server: settings, logs, metrics, worker processes.
     "modelpod.server.settings": ("server",),
     "modelpod.observe.logs": ("server",),
     "modelpod.observe.prometheus": ("server",),
     "modelpod.observe.tracing": ("otel",),  # imported by `modelpod serve --otel` alone
+    "modelpod.observe.span_export": ("otel",),  # and the two it imports for its export thread
+    "modelpod.observe.otlp_exporters": ("otel",),
     "modelpod.observe.capture": ("server",),  # the recorder (its request and trace ids from logs)
     "modelpod.observe.capture_metrics": ("server",),
     "modelpod.observe.capture_codec": ("core",),  # read by modelpod capture / replay too
