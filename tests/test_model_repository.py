@@ -184,6 +184,9 @@ def test_polling_follows_the_folder_with_no_request_failing(tmp_path: Path) -> N
         _until(lambda: _y(url, "plain") == (200, [201.0, 202.0]), "plain back, with its new file")
         shutil.rmtree(root / "adder" / "3")  # the default removed: the highest left takes over
         _until(lambda: _y(url, "adder") == (200, [3.0, 4.0]), "adder back on version 2")
+        # the load's own requests see it too (on a busy machine its first ones may all have come
+        # after version 3 arrived, and the switch back is the last thing before the load stops)
+        _until(lambda: (3.0, 4.0) in answers, "the load answered by version 2")
     finally:
         stop.set()
         for worker in workers:
