@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from modelpod import errors
-from modelpod.runtime.loader import load_object, parse_reference
+from modelpod.runtime.loader import parse_reference
+from modelpod.runtime.objects import load_object
 
 SOURCE = """
 VALUE = 42

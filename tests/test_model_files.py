@@ -36,7 +36,8 @@ from sklearn.preprocessing import StandardScaler  # noqa: E402
 from modelpod import Client, ModelLoadError, Runner  # noqa: E402
 from modelpod.extras import MissingExtra  # noqa: E402
 from modelpod.runtime.formats import detect, model_file  # noqa: E402
-from modelpod.runtime.loader import load_object, parse_reference  # noqa: E402
+from modelpod.runtime.loader import parse_reference  # noqa: E402
+from modelpod.runtime.objects import load_object  # noqa: E402
 from modelpod.runtime.sklearn_runtime import SklearnModel  # noqa: E402
 from modelpod.types import TensorSpec  # noqa: E402
 from modelpod.workers.process_runner import ProcessRunner  # noqa: E402

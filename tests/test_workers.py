@@ -18,7 +18,7 @@ import pytest
 from modelpod import InvalidInput, ModelError, ModelLoadError, Response, Runner, Timeout, Unavailable
 from modelpod.errors import ProcessorError
 from modelpod.runtime.adapters import as_model
-from modelpod.runtime.loader import load_object
+from modelpod.runtime.objects import load_object
 from modelpod.workers.handle import reference_of
 from modelpod.workers.pool import WorkerPool
 from modelpod.workers.shm import BLOCK_PREFIX, DEFAULT_THRESHOLD, Encoder, decode

@@ -141,7 +141,7 @@ def settings_below_flags(
 def targets(config: ConfigFile, allow_pickle: bool) -> list[Any]:
     """What the file's models and pipelines serve, as `modelpod serve` takes them."""
     from modelpod.runtime.formats import model_file
-    from modelpod.runtime.loader import load_object
+    from modelpod.runtime.objects import load_object
     from modelpod.serving.served_pipeline import parse_pipeline
 
     found: list[Any] = []

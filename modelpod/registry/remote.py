@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 from modelpod.errors import Interrupted, InvalidInput, ModelLoadError, Unavailable
 from modelpod.runtime.adapters import as_model
-from modelpod.runtime.loader import load_object
 from modelpod.runtime.model import DEFAULT_VERSION, Model, class_path
+from modelpod.runtime.objects import load_object
 from modelpod.runtime.runner import Runner
 
 if TYPE_CHECKING:

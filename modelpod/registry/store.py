@@ -30,8 +30,8 @@ from modelpod.registry import artifacts, file_artifacts
 from modelpod.registry.endpoint_records import EndpointRecords
 from modelpod.registry.schema import metadata, models, settings
 from modelpod.runtime.adapters import as_model
-from modelpod.runtime.loader import load_object
 from modelpod.runtime.model import Model, check_name, class_path, default_data_path
+from modelpod.runtime.objects import load_object
 
 if TYPE_CHECKING:
     from modelpod.registry.remote import RemoteModel

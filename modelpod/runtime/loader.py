@@ -11,8 +11,6 @@ from typing import Any
 from modelpod.runtime.formats import model_file
 from modelpod.runtime.objects import load_object
 
-__all__ = ["is_model_file", "load_object", "parse_reference"]
-
 _NAMED = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)=(?P<ref>.+)$")
 
 

@@ -204,10 +204,10 @@ def wait_ready(worker: WorkerHandle, closing: threading.Event, label: str) -> No
 
 
 def reference_of(target: Any) -> str:
-    """What a worker process resolves with `modelpod.runtime.loader` to find `target` again.
+    """What a worker process resolves with `modelpod.runtime.objects` to find `target` again.
 
     `path/to/file.py:Qualname` for a class or function of a top-level module with a file (this
-    is how `modelpod.runtime.loader` loads a file), `package.module:Qualname` otherwise; a string is
+    is how `modelpod.runtime.objects` loads a file), `package.module:Qualname` otherwise; a string is
     taken to be such a reference already.
     """
     if isinstance(target, str):

@@ -20,8 +20,8 @@ CPU model), plus the shared-memory blocks below, which stay as large as the larg
 (most torch and numpy work) are usually better served by threads in one process.
 
 The model is never pickled: the child process receives a reference, `path/to/file.py:Qualname`
-for a class or function defined in a top-level module file (how `modelpod.runtime.loader` loads files)
-or `package.module:Qualname`, and resolves it with `modelpod.runtime.loader`. So the target must be
+for a class or function defined in a top-level module file (how `modelpod.runtime.objects` loads files)
+or `package.module:Qualname`, and resolves it with `modelpod.runtime.objects`. So the target must be
 defined at module level, in a file or module the child can import again. A string reference is
 accepted as the target too.
 

@@ -57,7 +57,7 @@ def _load_runner(
 ) -> Any:
     from modelpod.runtime.adapters import as_model
     from modelpod.runtime.formats import REFERENCE_PREFIX, from_reference
-    from modelpod.runtime.loader import load_object
+    from modelpod.runtime.objects import load_object
     from modelpod.runtime.runner import Runner
 
     try:
