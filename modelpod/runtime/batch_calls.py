@@ -24,7 +24,6 @@ def chunk_results(
     """Each item's result; `rows`, when given, are the items' row counts (a batcher's, counted when
     each was submitted)."""
     prepared: list[Prepared] = []
-    prepared_rows: list[int] | None = None if rows is None else []
     failures: dict[int, ModelpodError] = {}
     for index, item in enumerate(chunk):
         where = f"item {offset + index}: "
@@ -34,13 +33,12 @@ def chunk_results(
                     f"{where}expected a mapping of input names to values, got {type(item).__name__}"
                 )
             prepared.append(calls.prepare(item, where))
-            if prepared_rows is not None and rows is not None:
-                prepared_rows.append(rows[index])
         except ModelpodError as error:
             if not skip_errors:
                 raise
             failures[index] = error
-    outputs = batch_outputs(calls, [p.values for p in prepared], skip_errors, prepared_rows)
+    kept_rows = None if rows is None else [r for i, r in enumerate(rows) if i not in failures]
+    outputs = batch_outputs(calls, [p.values for p in prepared], skip_errors, kept_rows)
     results: list[Any] = []
     good = iter(zip(prepared, outputs, strict=True))
     for index in range(len(chunk)):

@@ -64,7 +64,6 @@ class Runner:
         self._inputs = InputPreparer(self.model, convert=convert, add_batch_dim=add_batch_dim)
         self._calls = ModelCalls(self.model, self._inputs, mixed_precision, inference_mode)
         self._log = CallLog(self.model, slow_ms)
-        self._stats = self._log.stats
         warm_up = self._run_one if warmup else None
         self._loading = Loading(self.model, self._inputs, device, custom_ops, warm_up)
         self.batching = batching or self.model.batch_config()
@@ -198,7 +197,7 @@ class Runner:
         """`predict_stream` for a caller on an event loop (the server): an async generator model's
         items come as an async generator, to be iterated there; anything else as a generator."""
         self.load()
-        return item_streams.open_stream(self._calls, inputs, self._stats)
+        return item_streams.open_stream(self._calls, inputs, self._log.stats)
 
     def stream_batch(self, items: Sequence[Mapping[str, Any]]) -> Generator[tuple[int, Any], None, None]:
         """Requests run as one batch, their items as `(request index, item)` as the model yields them:
@@ -224,7 +223,7 @@ class Runner:
 
     def stats(self) -> StatsSnapshot:
         """Counts, latency percentiles and histogram of the requests this runner ran."""
-        return self._stats.snapshot()
+        return self._log.stats.snapshot()
 
     # -- checks -----------------------------------------------------------------------------
 

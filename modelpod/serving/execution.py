@@ -90,9 +90,11 @@ class Execution:
         for request in requests:
             check_field_names(request)
         batcher = self.batcher(hosted, version)
-        at_rest = batcher is None or batcher.at_rest
-        lone = hosted.inlines and self.inline.lone((hosted.name, version), self.admission.in_flight, at_rest)
-        if len(requests) == 1 and lone:
+        if (
+            len(requests) == 1
+            and hosted.inlines
+            and self.inline.lone((hosted.name, version), self.admission.in_flight, batcher)
+        ):
             answer = self._inline(hosted, version, requests[0], batcher is not None, options)
             if answer is not _NOT_HERE:
                 return [answer]

@@ -16,6 +16,10 @@ run in worker processes never take this path."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from modelpod.runtime.batching import Batcher
 
 Key = tuple[str, str]
 
@@ -41,8 +45,10 @@ class InlineGate:
             return
         self._record[key] = self._record.get(key, 0) + 1 if compute <= self.limit else 0
 
-    def lone(self, key: Key, in_flight: int, batcher_at_rest: bool) -> bool:
-        """Whether a request to the version is alone (nothing in flight in any model, its batcher at
-        rest, one request at the HTTP edge) and the version cheap: to be computed on the loop."""
-        cheap = self.limit > 0 and self._record.get(key, 0) >= MIN_RUNS
-        return cheap and in_flight == 0 and batcher_at_rest and self.lone_at_edge()
+    def lone(self, key: Key, in_flight: int, batcher: Batcher | None) -> bool:
+        """Whether a request to the version is alone (nothing in flight in any model, its batcher, if
+        it has one, at rest, one request at the HTTP edge) and the version cheap: to be computed on
+        the loop. The cheapest checks first: most requests are answered by the first that fails."""
+        if in_flight or self.limit <= 0 or self._record.get(key, 0) < MIN_RUNS:
+            return False
+        return (batcher is None or batcher.at_rest) and self.lone_at_edge()
