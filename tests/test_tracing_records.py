@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import contextvars
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import pytest
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
@@ -62,6 +64,47 @@ def test_the_otlp_written_is_what_the_sdk_encodes(
     written = ExportTraceServiceRequest.FromString(traced.export.encoder.request(records))
     assert written == encode_spans([traced.export.readable(r) for r in records])
     assert written.resource_spans[0].scope_spans[0].spans[1].links[1].span_id == (77).to_bytes(8, "big")
+
+
+def test_children_kept_on_a_span_are_written_as_their_records_would_be(
+    exported: tuple[tracing.Tracing, InMemorySpanExporter],
+) -> None:
+    traced, _ = exported
+    request = SpanRecord("POST /x", 0xABC, 0x123, True, "vendor=a", SERVER, 1_000, {"s": "t"}, True)
+    request.end = 9_000
+    request.add_child("queue", 1_100, 1_500)
+    request.add_child("encode", 8_000, 9_000)
+    written = ExportTraceServiceRequest.FromString(traced.export.encoder.request([request]))
+    spans = written.resource_spans[0].scope_spans[0].spans
+    expected = encode_spans([traced.export.readable(r) for r in request.spans()])
+    for ours, theirs in zip(spans, expected.resource_spans[0].scope_spans[0].spans, strict=True):
+        theirs.span_id = ours.span_id  # a child's id is drawn when it is written
+    assert written == expected
+    assert [s.name for s in spans] == ["POST /x", "queue", "encode"]
+    assert len({s.span_id for s in spans}) == 3
+    assert {s.parent_span_id for s in spans[1:]} == {request.span_id.to_bytes(8, "big")}
+
+
+def test_exports_hold_at_most_the_batch_size_in_spans_children_counted(
+    exported: tuple[tracing.Tracing, InMemorySpanExporter],
+) -> None:
+    traced, memory = exported
+    sizes: list[int] = []
+    export = memory.export
+
+    def counted(spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        sizes.append(len(spans))
+        return export(spans)
+
+    memory.export = counted  # type: ignore[method-assign]
+    traced.export.batch_size = 5
+    for _ in range(4):  # four spans each, in two records: the batch's (1), the request's (1 + 2)
+        one_request(traced, {})
+    traced.export.flush()
+    # In order: batch, request (3), batch | request, batch | request, batch | request: a request's
+    # span and its children are never split across exports.
+    assert sizes == [5, 4, 4, 3]
+    assert len(memory.get_finished_spans()) == 16
 
 
 def test_spans_continue_the_caller_and_children_follow_the_request(
@@ -140,9 +183,11 @@ def test_a_full_queue_drops_spans_and_says_so(
     exported: tuple[tracing.Tracing, InMemorySpanExporter], caplog: pytest.LogCaptureFixture
 ) -> None:
     traced, memory = exported
-    traced.export.max_queue = 6  # a request makes four spans: the second's last two find no room
+    # A request makes four spans in two records: its batch's, then its own with its queue and
+    # encode children. Room for three records: the second request's own three spans are dropped.
+    traced.export.max_queue = 3
     for _ in range(2):
         one_request(traced, {})
     traced.export.flush()
-    assert (len(memory.get_finished_spans()), traced.export.dropped) == (6, 2)
-    assert "2 spans dropped" in caplog.text
+    assert (len(memory.get_finished_spans()), traced.export.dropped) == (5, 3)
+    assert "3 spans dropped" in caplog.text

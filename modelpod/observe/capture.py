@@ -23,7 +23,6 @@ stop sequence)}`; the items left out count as truncated.
 from __future__ import annotations
 
 import collections
-import dataclasses
 import json
 import logging
 import random
@@ -33,9 +32,12 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import orjson
+
 from modelpod.observe import logs
 from modelpod.observe.capture_codec import Encoder, lightened
 from modelpod.observe.events import Recorder, RequestDone
+from modelpod.observe.item_tape import ItemTape
 
 logger = logging.getLogger("modelpod.capture")
 
@@ -73,6 +75,23 @@ def parse_capture(text: str) -> dict[str, Sampling]:
     return policies
 
 
+# A sampled request as it waits for the writer: model, version, protocol, outcome, seconds, message,
+# stream tape, inputs, outputs, time of the answer, request id, trace id (a tuple: the cheapest to
+# make on the request's path).
+Sampled = tuple[
+    str, str, str, str, float, str, ItemTape | None, list[Any], list[Any] | None, float, str | None, str
+]
+
+
+def _line(record: Mapping[str, Any]) -> str:
+    """A record as one JSON line: orjson's, or the standard library's for what orjson refuses (an
+    integer past 64 bits)."""
+    try:
+        return orjson.dumps(record).decode()
+    except TypeError:
+        return json.dumps(record, separators=(",", ":"))
+
+
 class Sink(Protocol):
     """Where records go, each with its JSON line: files (`capture_files.CaptureFiles`) or a
     database (`registry.captures.CaptureTable`)."""
@@ -103,7 +122,7 @@ class Capture(Recorder):
         self.drop_fields = frozenset(drop_fields)
         self.redactor = redactor
         self.queue_size = queue_size
-        self._pending: collections.deque[Any] = collections.deque()  # (append and popleft are atomic)
+        self._pending: collections.deque[Sampled] = collections.deque()  # (append and popleft are atomic)
         self._wake = threading.Event()
         self._stopping = False
         self._counts: dict[tuple[str, str], int] = {}  # (model, written|dropped|failed|truncated)
@@ -121,18 +140,18 @@ class Capture(Recorder):
             return
         if not ((policy.errors and event.outcome != "ok") or random.random() < policy.rate):
             return
-        # What waits in the queue holds no value over the size limit (only its description), nor
-        # the request's span.
-        inputs = [lightened(call, self.max_value_bytes) for call in event.inputs]
-        outputs = (
-            None if event.outputs is None else [lightened(a, self.max_value_bytes) for a in event.outputs]
-        )
-        light = dataclasses.replace(event, inputs=inputs, outputs=outputs, trace=None)
-        sampled = (light, time.time(), logs.request_id.get(), logs.trace_id.get())
         pending = self._pending
         if len(pending) >= self.queue_size:
             self._count(event.model, "dropped")
             return
+        # What waits in the queue holds no value over the size limit (only its description), nor
+        # the event (its span, its values at full size): the fields a record is made of, in a tuple.
+        limit = self.max_value_bytes
+        inputs = [lightened(call, limit) for call in event.inputs]
+        outputs = None if event.outputs is None else [lightened(answer, limit) for answer in event.outputs]
+        sampled: Sampled = (event.model, event.version, event.protocol, event.outcome, event.seconds,
+                            event.message, event.tape, inputs, outputs, time.time(), logs.request_id.get(),
+                            logs.trace_id.get())  # fmt: skip
         pending.append(sampled)
         if len(pending) == self.queue_size // 2:
             self._wake.set()  # half full: write now rather than at the next round
@@ -155,7 +174,7 @@ class Capture(Recorder):
             stopping = self._stopping  # read before the last round: what came before it is written
             if self._pending:
                 while self._pending:
-                    self._write(*self._pending.popleft())
+                    self._write(self._pending.popleft())
                 self._flush()  # what is captured is readable now
             if stopping:
                 break
@@ -170,28 +189,42 @@ class Capture(Recorder):
         except Exception:  # a database gone away: the writer goes on, the next flush may work
             logger.exception("could not write captured requests")
 
-    def _write(self, event: RequestDone, at: float, request_id: str | None, trace_id: str) -> None:
+    def _write(self, sampled: Sampled) -> None:
+        model = sampled[0]
         try:
-            record, truncated = self.record(event, at, request_id, trace_id)
-            line = json.dumps(record, separators=(",", ":"))
-            self.sink.write(record, line)
+            record, truncated = self.record(sampled)
+            self.sink.write(record, _line(record))
         except Exception:
             # Never written half-redacted: a failure drops the record, logged and counted.
-            logger.exception("could not capture a request to %s:%s", event.model, event.version)
-            self._count(event.model, "failed")
+            logger.exception("could not capture a request to %s:%s", model, sampled[1])
+            self._count(model, "failed")
             return
-        self._count(event.model, "written")
+        self._count(model, "written")
         if truncated:
-            self._count(event.model, "truncated", truncated)
+            self._count(model, "truncated", truncated)
 
-    def record(
-        self, event: RequestDone, at: float, request_id: str | None, trace_id: str
-    ) -> tuple[dict[str, Any], int]:
-        """The record of one request (its calls and answers as sampled), and how many of its values
-        were over the size limit."""
-        inputs = [self._trimmed(call) for call in event.inputs or ()]
-        outputs = None if event.outputs is None else [self._trimmed(answer) for answer in event.outputs]
-        redact = self.redactor(event.model)
+    def record(self, sampled: Sampled) -> tuple[dict[str, Any], int]:
+        """The record of one sampled request (its calls and answers as sampled), and how many of its
+        values were over the size limit."""
+        (
+            model,
+            version,
+            protocol,
+            outcome,
+            seconds,
+            message,
+            tape,
+            calls,
+            answers,
+            at,
+            request_id,
+            trace_id,
+        ) = sampled
+        redact = self.redactor(model)
+        inputs, outputs = calls, answers
+        if redact is not None or self.drop_fields:
+            inputs = [self._trimmed(call) for call in calls]
+            outputs = None if answers is None else [self._trimmed(answer) for answer in answers]
         if redact is not None:
             pairs = [redact(call, None if outputs is None else outputs[i]) for i, call in enumerate(inputs)]
             inputs = [call for call, _ in pairs]
@@ -200,19 +233,18 @@ class Capture(Recorder):
         record = {
             "request_id": request_id,
             "trace_id": trace_id or None,
-            "model": event.model,
-            "version": event.version,
-            "protocol": event.protocol,
+            "model": model,
+            "version": version,
+            "protocol": protocol,
             "time": at,
-            "seconds": event.seconds,
-            "outcome": event.outcome,
-            "error": event.message or None,
+            "seconds": seconds,
+            "outcome": outcome,
+            "error": message or None,
             "inputs": encoder.encode(inputs),
             "outputs": None if outputs is None else encoder.encode(outputs),
         }
         truncated = encoder.truncated
-        if event.tape is not None:  # a stream: its outputs are `[items]`, the first ones within the limit
-            tape = event.tape
+        if tape is not None:  # a stream: its outputs are `[items]`, the first ones within the limit
             left_out = tape.count - len(tape.items)
             record["stream"] = {"items": tape.count, "kept": len(tape.items), "closed_by_caller": tape.closed}
             truncated += left_out

@@ -27,6 +27,7 @@ class SpanRecord:
 
     __slots__ = (
         "attributes",
+        "children",
         "end",
         "error",
         "kind",
@@ -66,6 +67,7 @@ class SpanRecord:
         self.attributes = {} if attributes is None else attributes
         self.error: str | None = None  # a failure's description: the span's status is an error
         self.links: tuple[tuple[int, int], ...] = ()  # (trace id, span id) of spans it served
+        self.children: list[tuple[str, int, int]] | None = None  # see `add_child`
 
     def child(self, name: str, start: int, end: int, attributes: dict[str, Any] | None = None) -> SpanRecord:
         """A span within this one, already ended."""
@@ -74,6 +76,26 @@ class SpanRecord:
         )
         made.end = end
         return made
+
+    def add_child(self, name: str, start: int, end: int) -> None:
+        """A child span with no attributes of its own (a request's wait in the queue, its encoding),
+        kept on this span as its name and times: its record is made, and its id drawn, when this
+        span is exported (`spans`), off the request's path."""
+        if self.children is None:
+            self.children = [(name, start, end)]
+        else:
+            self.children.append((name, start, end))
+
+    @property
+    def span_count(self) -> int:
+        """1, and a span for each child kept on it."""
+        return 1 if self.children is None else 1 + len(self.children)
+
+    def spans(self) -> list[SpanRecord]:
+        """This span and the children kept on it, as records."""
+        if not self.children:
+            return [self]
+        return [self, *(self.child(name, start, end) for name, start, end in self.children)]
 
     def __repr__(self) -> str:
         return f"SpanRecord({self.name!r}, trace {self.trace_id:032x}, span {self.span_id:016x})"

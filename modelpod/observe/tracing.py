@@ -97,7 +97,7 @@ class ServerSpan:
                 and "modelpod.stream_items" not in attributes
             ):
                 began = ended - int((time.monotonic() - timing.answered) * 1e9)
-                self.export.put(record.child("encode", began, ended))
+                record.add_child("encode", began, ended)
             self.export.put(record)
         if self.restore is not None:
             request_trace.reset(self.restore)
@@ -214,7 +214,10 @@ class Tracing(Recorder):
         started = ended - int(event.compute * 1e9)
         put = self.export.put
         for record, wait in served:
-            put(record.child("queue", started - int(wait * 1e9), started))
+            if record.end:  # answered already (its deadline passed while this batch ran): on its own
+                put(record.child("queue", started - int(wait * 1e9), started))
+            else:  # exported with the request's span
+                record.add_child("queue", started - int(wait * 1e9), started)
         self._batch_span(event, [record for record, _ in served], started, ended)
 
     def _batch_span(self, event: BatchDone, requests: Sequence[SpanRecord], start: int, end: int) -> None:
