@@ -1,15 +1,20 @@
-"""What tracing and payload capture cost: the MLP example under load with neither, with `--otel`
-(every request sampled, spans exported over OTLP/HTTP to a collector in this process), and with
+"""What tracing and payload capture cost: an MLP under load with neither, with `--otel` (every
+request sampled, spans exported over OTLP/HTTP to a collector in this process), and with
 `--capture mlp=1` (every request written).
 
-    python benchmarks/tracing_cost.py [--seconds 5] [--concurrency 64] [--rounds 3]
+    python benchmarks/tracing_cost.py [--seconds 5] [--concurrency 64] [--rounds 3] [--example]
+
+The MLP is the performance suite's (`benchmarks/models.py`: 256 -> 1024 -> 1024 -> 10, batched up
+to 32 rows, so that a request's spans include its `queue` wait and its batch's `batch` span), sent
+the suite's V2 JSON body; `--example` serves the README's `examples/mlp.py` instead (16 -> 64 -> 4,
+no batching: each request its own model call on a thread). Every server runs with one BLAS thread,
+as in the suite (OpenBLAS's idle threads otherwise spin on the cores the load needs).
 
 The three servers run side by side and are loaded in turn, round after round, so that the machine's
 changing load falls on all three alike. For each: requests per second, p50 and p99 latency, and the
 server process's CPU time per request (user + system, from /proc: the figure a shared machine moves
 least), each the median over the rounds, and the ratio to "neither". HTTP V2 JSON load from `wrk`
-when installed, else httpx. Runs in about a minute and a half with the defaults.
-"""
+when installed, else httpx. Runs in about a minute and a half with the defaults."""
 
 from __future__ import annotations
 
@@ -29,6 +34,8 @@ from tempfile import TemporaryDirectory
 from typing import Any
 
 from bench_server import http_requests, measure_httpx, measure_wrk  # benchmarks/ is on the path
+from payloads import v2_json
+from servers import ONE_THREAD
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGURATIONS: dict[str, tuple[str, ...]] = {
@@ -63,12 +70,19 @@ class Collector:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
 
-def start(data_path: str, flags: tuple[str, ...], endpoint: str) -> tuple[subprocess.Popen[str], int]:
-    command = [sys.executable, "-m", "modelpod", "serve", str(ROOT / "examples" / "mlp.py:MLP"),
+SUITE_MLP = str(ROOT / "benchmarks" / "models.py:MLP")
+EXAMPLE_MLP = str(ROOT / "examples" / "mlp.py:MLP")
+
+
+def start(
+    data_path: str, flags: tuple[str, ...], endpoint: str, model: str = SUITE_MLP
+) -> tuple[subprocess.Popen[str], int]:
+    command = [sys.executable, "-m", "modelpod", "serve", model,
                "--http-port", "0", "--grpc-port", "0", "--data-path", data_path, "--log-level", "warning",
                *flags]  # fmt: skip
     env = {
         **os.environ,
+        **ONE_THREAD,
         "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
         "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
     }
@@ -90,8 +104,14 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def measure(port: int, pid: int, concurrency: int, seconds: float) -> tuple[float, float, float, float]:
-    path, body, headers = http_requests()["HTTP V2 (JSON)"]
+def measure(
+    port: int, pid: int, concurrency: int, seconds: float, example: bool = False
+) -> tuple[float, float, float, float]:
+    if example:
+        path, body, headers = http_requests()["HTTP V2 (JSON)"]
+    else:
+        path, suite_body = "/v2/models/mlp/infer", v2_json()
+        body, headers = suite_body.body, suite_body.headers
     url = f"http://127.0.0.1:{port}{path}"
     load = measure_wrk if shutil.which("wrk") else None
     if load is not None:
@@ -121,6 +141,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--example", action="store_true", help="serve examples/mlp.py (no batching)")
     options = parser.parse_args()
     collector = Collector()
     results: dict[str, list[tuple[float, float, float, float]]] = {name: [] for name in CONFIGURATIONS}
@@ -128,12 +149,13 @@ def main() -> None:
         servers = {}
         for name, flags in CONFIGURATIONS.items():
             data_path = stack.enter_context(TemporaryDirectory())
-            process, port = start(data_path, flags, collector.endpoint)
+            model = EXAMPLE_MLP if options.example else SUITE_MLP
+            process, port = start(data_path, flags, collector.endpoint, model)
             stack.callback(_stop, process)
             servers[name] = (process, port)
         for round_number in range(options.rounds):
             for name, (process, port) in servers.items():
-                figures = measure(port, process.pid, options.concurrency, options.seconds)
+                figures = measure(port, process.pid, options.concurrency, options.seconds, options.example)
                 results[name].append(figures)
                 rate, p50, p99, cpu = figures
                 print(f"round {round_number + 1} {name}: {rate:,.0f}/s, p50 {p50:.2f} ms, p99 {p99:.2f} ms, "
@@ -148,7 +170,8 @@ def main() -> None:
         rows.append(f"| {name} | {rate:,.0f} | {p50:.2f} | {p99:.2f} | {cpu:,.0f} | "
                     f"{rate / base_rate - 1:+.0%} | {cpu / base_cpu - 1:+.0%} |")  # fmt: skip
     print("\n".join(rows))
-    print(f"(medians of {options.rounds} rounds; captures: {counts}; the collector took "
+    model = "examples/mlp.py" if options.example else "the suite MLP"
+    print(f"({model}; medians of {options.rounds} rounds; captures: {counts}; the collector took "
           f"{collector.exports} OTLP exports)")  # fmt: skip
 
 

@@ -27,6 +27,7 @@ ARRAY = "__ndarray__"
 BYTES = "__bytes__"
 REPR = "__repr__"
 _TAGS = (ARRAY, BYTES, REPR)
+_PLAIN = frozenset((str, bool, int, float, type(None)))  # JSON's own: written as they are
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,12 +75,19 @@ class Encoder:
         self.truncated = 0
 
     def encode(self, value: Any) -> Any:
+        # The exact types nearly every captured value has, by a look-up first; subclasses and the
+        # abstract `Mapping` (whose `isinstance` costs several times more) after.
+        kind = type(value)
+        if kind in _PLAIN:
+            return value
+        if kind is dict:
+            return {str(key): self.encode(item) for key, item in value.items()}
+        if kind is list:
+            return [self.encode(item) for item in value]
+        if kind is np.ndarray:
+            return self._array(value)
         if value is None or isinstance(value, str | bool | int | float):
             return value
-        # dict, list and arrays before any abstract class: an `isinstance` against `Mapping` costs
-        # several times more, and nearly every captured value is one of these.
-        if isinstance(value, dict):
-            return {str(key): self.encode(item) for key, item in value.items()}
         if isinstance(value, list | tuple):
             return [self.encode(item) for item in value]
         if isinstance(value, np.ndarray):
