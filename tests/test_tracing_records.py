@@ -73,6 +73,7 @@ def test_children_kept_on_a_span_are_written_as_their_records_would_be(
     request = SpanRecord("POST /x", 0xABC, 0x123, True, "vendor=a", SERVER, 1_000, {"s": "t"}, True)
     request.end = 9_000
     request.add_child("queue", 1_100, 1_500)
+    request.add_child("batch", 1_500, 7_000, {"modelpod.batch_rows": 3}, ((0xABC, request.span_id),))
     request.add_child("encode", 8_000, 9_000)
     written = ExportTraceServiceRequest.FromString(traced.export.encoder.request([request]))
     spans = written.resource_spans[0].scope_spans[0].spans
@@ -80,8 +81,9 @@ def test_children_kept_on_a_span_are_written_as_their_records_would_be(
     for ours, theirs in zip(spans, expected.resource_spans[0].scope_spans[0].spans, strict=True):
         theirs.span_id = ours.span_id  # a child's id is drawn when it is written
     assert written == expected
-    assert [s.name for s in spans] == ["POST /x", "queue", "encode"]
-    assert len({s.span_id for s in spans}) == 3
+    assert [s.name for s in spans] == ["POST /x", "queue", "batch", "encode"]
+    assert len({s.span_id for s in spans}) == 4
+    assert spans[2].links[0].span_id == request.span_id.to_bytes(8, "big")
     assert {s.parent_span_id for s in spans[1:]} == {request.span_id.to_bytes(8, "big")}
 
 
@@ -97,14 +99,12 @@ def test_exports_hold_at_most_the_batch_size_in_spans_children_counted(
         return export(spans)
 
     memory.export = counted  # type: ignore[method-assign]
-    traced.export.batch_size = 5
-    for _ in range(4):  # four spans each, in two records: the batch's (1), the request's (1 + 2)
+    traced.export.batch_size = 9
+    for _ in range(5):  # four spans each, in one record: the request's, with queue, batch, encode
         one_request(traced, {})
     traced.export.flush()
-    # In order: batch, request (3), batch | request, batch | request, batch | request: a request's
-    # span and its children are never split across exports.
-    assert sizes == [5, 4, 4, 3]
-    assert len(memory.get_finished_spans()) == 16
+    assert sizes == [8, 8, 4]  # two requests' spans fit, a third's would not: never split
+    assert len(memory.get_finished_spans()) == 20
 
 
 def test_spans_continue_the_caller_and_children_follow_the_request(
@@ -183,11 +183,11 @@ def test_a_full_queue_drops_spans_and_says_so(
     exported: tuple[tracing.Tracing, InMemorySpanExporter], caplog: pytest.LogCaptureFixture
 ) -> None:
     traced, memory = exported
-    # A request makes four spans in two records: its batch's, then its own with its queue and
-    # encode children. Room for three records: the second request's own three spans are dropped.
-    traced.export.max_queue = 3
+    # A request alone in its batch makes one record of four spans: its own, with its queue wait,
+    # its batch and its encoding kept on it. Room for one record: the second request's are dropped.
+    traced.export.max_queue = 1
     for _ in range(2):
         one_request(traced, {})
     traced.export.flush()
-    assert (len(memory.get_finished_spans()), traced.export.dropped) == (5, 3)
-    assert "3 spans dropped" in caplog.text
+    assert (len(memory.get_finished_spans()), traced.export.dropped) == (4, 4)
+    assert "4 spans dropped" in caplog.text

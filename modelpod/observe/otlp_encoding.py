@@ -70,6 +70,14 @@ def _any_value(value: Any) -> bytes:
     raise TypeError(f"an attribute of type {type(value).__name__} cannot be exported")
 
 
+def _links(links: Sequence[tuple[int, int]]) -> bytes:
+    """A span's links (field 13, repeated), each a (trace id, span id) of a local span."""
+    return b"".join(
+        _LINK_HEAD + t.to_bytes(16, "big") + b"\x12\x08" + s.to_bytes(8, "big") + _LINK_FLAGS
+        for t, s in links
+    )
+
+
 def _key_value(key: str, value: Any) -> bytes:
     return _field(1, key.encode()) + _field(2, _any_value(value))
 
@@ -96,15 +104,23 @@ class OtlpEncoder:
             span = self.span(record)
             spans.append(b"\x12" + _varint(len(span)) + span)  # ScopeSpans.spans, field 2
             if record.children:
-                for name, start, end in record.children:
-                    span = self.child_span(record, name, start, end)
+                for child in record.children:
+                    span = self.child_span(record, *child)
                     spans.append(b"\x12" + _varint(len(span)) + span)
         scope_spans = _field(2, self._scope + b"".join(spans))
         return _field(1, self._resource + scope_spans + self._resource_schema)
 
-    def child_span(self, parent: SpanRecord, name: str, start: int, end: int) -> bytes:
+    def child_span(
+        self,
+        parent: SpanRecord,
+        name: str,
+        start: int,
+        end: int,
+        attributes: Mapping[str, Any] | None,
+        links: Sequence[tuple[int, int]],
+    ) -> bytes:
         """A child kept on `parent` (`SpanRecord.add_child`): the `Span` its record would make, its
-        id drawn now; no attributes, an empty status, a local parent."""
+        id drawn now; an empty status, a local parent."""
         return b"".join(
             (
                 b"\x0a\x10",
@@ -116,6 +132,8 @@ class OtlpEncoder:
                 parent.span_id.to_bytes(8, "big"),
                 self._named(name, INTERNAL),
                 _TIMES.pack(0x39, start, 0x41, end),
+                self._attributes_of(attributes) if attributes else b"",
+                _links(links) if links else b"",
                 _UNSET,
                 _LOCAL_PARENT,
             )
@@ -123,12 +141,7 @@ class OtlpEncoder:
 
     def span(self, record: SpanRecord) -> bytes:
         """One `Span` message: its fields in their numbers' order, as protobuf writes them."""
-        links = b""
-        if record.links:
-            links = b"".join(
-                _LINK_HEAD + t.to_bytes(16, "big") + b"\x12\x08" + s.to_bytes(8, "big") + _LINK_FLAGS
-                for t, s in record.links
-            )
+        links = _links(record.links) if record.links else b""
         if record.error is None:
             status = _UNSET  # an empty status
         else:

@@ -15,6 +15,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+# A child kept on its parent span: name, start, end, attributes, links (`SpanRecord.add_child`).
+Child = tuple[str, int, int, dict[str, Any] | None, tuple[tuple[int, int], ...]]
 SERVER = "server"
 INTERNAL = "internal"
 
@@ -67,7 +69,7 @@ class SpanRecord:
         self.attributes = {} if attributes is None else attributes
         self.error: str | None = None  # a failure's description: the span's status is an error
         self.links: tuple[tuple[int, int], ...] = ()  # (trace id, span id) of spans it served
-        self.children: list[tuple[str, int, int]] | None = None  # see `add_child`
+        self.children: list[Child] | None = None  # see `add_child`
 
     def child(self, name: str, start: int, end: int, attributes: dict[str, Any] | None = None) -> SpanRecord:
         """A span within this one, already ended."""
@@ -77,14 +79,21 @@ class SpanRecord:
         made.end = end
         return made
 
-    def add_child(self, name: str, start: int, end: int) -> None:
-        """A child span with no attributes of its own (a request's wait in the queue, its encoding),
-        kept on this span as its name and times: its record is made, and its id drawn, when this
-        span is exported (`spans`), off the request's path."""
+    def add_child(
+        self,
+        name: str,
+        start: int,
+        end: int,
+        attributes: dict[str, Any] | None = None,
+        links: tuple[tuple[int, int], ...] = (),
+    ) -> None:
+        """A child span (a request's wait in the queue, its encoding, the run of the model for it
+        alone), kept on this span as its name, times, attributes and links: its record is made, and
+        its id drawn, when this span is exported (`spans`), off the request's path."""
         if self.children is None:
-            self.children = [(name, start, end)]
+            self.children = [(name, start, end, attributes, links)]
         else:
-            self.children.append((name, start, end))
+            self.children.append((name, start, end, attributes, links))
 
     @property
     def span_count(self) -> int:
@@ -95,7 +104,11 @@ class SpanRecord:
         """This span and the children kept on it, as records."""
         if not self.children:
             return [self]
-        return [self, *(self.child(name, start, end) for name, start, end in self.children)]
+        made = [self]
+        for name, start, end, attributes, links in self.children:
+            made.append(self.child(name, start, end, attributes))
+            made[-1].links = links
+        return made
 
     def __repr__(self) -> str:
         return f"SpanRecord({self.name!r}, trace {self.trace_id:032x}, span {self.span_id:016x})"

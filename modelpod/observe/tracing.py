@@ -228,8 +228,15 @@ class Tracing(Recorder):
             "modelpod.batch_rows": event.rows,
             "modelpod.batch_requests": len(event.waits),
         }
-        batch = requests[0].child("batch", start, end, attributes)
-        batch.links = tuple((request.trace_id, request.span_id) for request in requests)
+        links = tuple((request.trace_id, request.span_id) for request in requests)
+        first = requests[0]
+        if len(requests) == 1 and event.worker is None and not first.end:
+            # A run for one request alone (a model that does not batch): kept on its request's
+            # span, exported with it, as its queue wait is.
+            first.add_child("batch", start, end, attributes, links)
+            return
+        batch = first.child("batch", start, end, attributes)
+        batch.links = links
         self.export.put(batch)
         if event.worker is not None:  # the worker process's own time, at the end of the batch's
             self.export.put(batch.child("worker", end - int(event.worker * 1e9), end))
