@@ -9,6 +9,7 @@ from starlette.routing import BaseRoute, Route
 from modelpod.server import docs, routes_metrics, routes_native, routes_openai, routes_v2, status_page
 from modelpod.server.auth import AuthMiddleware, KeyTable
 from modelpod.server.endpoints import route_not_found
+from modelpod.server.inference_lane import InferenceLane
 from modelpod.server.quota_edges import QuotaMiddleware
 from modelpod.serving.quotas import Quotas
 from modelpod.serving.service import InferenceService
@@ -25,20 +26,14 @@ def create_app(
     """The whole HTTP API: native routes, the Open Inference Protocol, and the OpenAPI docs;
     behind API keys when `keys` holds any, and per-caller `quotas`. Bodies may take `body_timeout`
     seconds to arrive."""
-    routes: list[BaseRoute] = _inference_first([
-        *routes_native.routes(),
-        *routes_v2.routes(),
-        *routes_openai.routes(),
-        *routes_metrics.routes(),
-        *docs.routes(),
-        *status_page.routes(),
-    ])  # fmt: skip
+    routes = all_routes()
     not_found = {404: route_not_found, 405: route_not_found}
     middleware = [Middleware(AuthMiddleware, keys=keys)] if keys else []
     if quotas:  # inside the keys' check: a caller without a known key is refused before it counts
         middleware.append(
             Middleware(QuotaMiddleware, quotas=quotas, keys=keys or KeyTable(()), recorder=service.recorder)
         )
+    middleware.append(Middleware(InferenceLane))  # innermost: inside the keys' and quotas' checks
     app = Starlette(routes=routes, exception_handlers=not_found, middleware=middleware)
     # Starlette would answer `/models/` with a redirect to an absolute URL built from the Host
     # header, which a client chooses: a 404 naming the path without the slash instead.
@@ -48,6 +43,18 @@ def create_app(
     app.state.body_timeout = body_timeout
     app.state.max_parsed_bytes = max_parsed_bytes
     return app
+
+
+def all_routes() -> list[BaseRoute]:
+    """Every route of the HTTP API, in the order Starlette tries them."""
+    return _inference_first([
+        *routes_native.routes(),
+        *routes_v2.routes(),
+        *routes_openai.routes(),
+        *routes_metrics.routes(),
+        *docs.routes(),
+        *status_page.routes(),
+    ])  # fmt: skip
 
 
 # The routes every inference request takes: a model's methods and V2 inference.
