@@ -90,18 +90,26 @@ async def read_body(request: Request) -> bytearray:
 
 
 class PartsResponse(Response):
-    """A body sent as the pieces it was built from, without joining them into one copy first."""
+    """A body sent as the pieces it was built from, without joining them into one copy first; a
+    small one is joined (a copy of a few kilobytes costs less than a message and a write per piece)."""
 
     def __init__(self, parts: list[bytes | memoryview], headers: Mapping[str, str], media_type: str) -> None:
         super().__init__(None, 200, dict(headers), media_type)
         self.parts = parts
-        self.headers["content-length"] = str(sum(memoryview(part).nbytes for part in parts))
+        self.size = sum(memoryview(part).nbytes for part in parts)
+        self.headers["content-length"] = str(self.size)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        if self.size <= JOINED_BODY:
+            await send({"type": "http.response.body", "body": b"".join(self.parts), "more_body": False})
+            return
         for part in self.parts:
             await send({"type": "http.response.body", "body": part, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+JOINED_BODY = 64 * 1024  # bytes: a PartsResponse up to this size is sent as one piece
 
 
 LARGE_BODY = 1 << 20  # bytes: decoding more than this goes to a thread, off the event loop
