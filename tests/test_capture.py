@@ -295,6 +295,27 @@ def test_a_waiting_capture_holds_no_large_tensor() -> None:
     assert '"nbytes":80000,"truncated":true' in sink.lines[0]
 
 
+def test_values_json_has_no_literal_for_come_back_as_they_were(tmp_path: Path) -> None:
+    """A NaN, an infinity or an integer past 64 bits in a keyword model's values: written so that
+    reading the record gives them back (the fast writer would make the floats null, and refuse the
+    integer)."""
+    capture = Capture({"m": Sampling(1.0)}, capture_files.CaptureFiles(tmp_path))
+    odd_floats = [{"score": float("nan"), "bound": float("-inf"), "x": [0.5, 1.5]}]
+    for inputs, outputs in (
+        ([{"n": 1}], odd_floats),
+        ([{"n": 2**70}], [{"y": 1}]),
+        ([{"n": 1}], [{"y": 0.25}]),
+    ):
+        capture.on_request(RequestDone("m", "1", "http", "ok", 0.01, inputs=inputs, outputs=outputs))
+    capture.close()
+    floats, big, plain = capture_files.records(tmp_path, "m")
+    out = floats["outputs"][0]
+    assert np.isnan(out["score"])
+    assert (out["bound"], out["x"]) == (float("-inf"), [0.5, 1.5])
+    assert big["inputs"] == [{"n": 2**70}]
+    assert (plain["inputs"], plain["outputs"], plain["truncated"]) == ([{"n": 1}], [{"y": 0.25}], 0)
+
+
 def test_ray_replicas_refuse_a_capture_they_would_not_keep() -> None:
     made = _cli("serve", model("Scorer"), "--backend", "ray", "--capture", "scorer=1")
     assert made.returncode == 2

@@ -83,13 +83,16 @@ Sampled = tuple[
 ]
 
 
-def _line(record: Mapping[str, Any]) -> str:
-    """A record as one JSON line: orjson's, or the standard library's for what orjson refuses (an
-    integer past 64 bits)."""
-    try:
-        return orjson.dumps(record).decode()
-    except TypeError:
-        return json.dumps(record, separators=(",", ":"))
+def _line(record: Mapping[str, Any], non_finite: bool) -> str:
+    """A record as one JSON line: orjson's; the standard library's for what orjson refuses (an
+    integer past 64 bits) or would change (it writes a NaN or an infinity as null; the standard
+    library writes `NaN`, `Infinity`, which Python's reader, and so replay, gives back)."""
+    if not non_finite:
+        try:
+            return orjson.dumps(record).decode()
+        except TypeError:
+            pass
+    return json.dumps(record, separators=(",", ":"))
 
 
 class Sink(Protocol):
@@ -192,8 +195,8 @@ class Capture(Recorder):
     def _write(self, sampled: Sampled) -> None:
         model = sampled[0]
         try:
-            record, truncated = self.record(sampled)
-            self.sink.write(record, _line(record))
+            record, truncated, non_finite = self.record(sampled)
+            self.sink.write(record, _line(record, non_finite))
         except Exception:
             # Never written half-redacted: a failure drops the record, logged and counted.
             logger.exception("could not capture a request to %s:%s", model, sampled[1])
@@ -203,9 +206,9 @@ class Capture(Recorder):
         if truncated:
             self._count(model, "truncated", truncated)
 
-    def record(self, sampled: Sampled) -> tuple[dict[str, Any], int]:
-        """The record of one sampled request (its calls and answers as sampled), and how many of its
-        values were over the size limit."""
+    def record(self, sampled: Sampled) -> tuple[dict[str, Any], int, bool]:
+        """The record of one sampled request (its calls and answers as sampled), how many of its
+        values were over the size limit, and whether it holds a float NaN or infinity."""
         (
             model,
             version,
@@ -249,7 +252,7 @@ class Capture(Recorder):
             record["stream"] = {"items": tape.count, "kept": len(tape.items), "closed_by_caller": tape.closed}
             truncated += left_out
         record["truncated"] = truncated
-        return record, truncated
+        return record, truncated, encoder.non_finite
 
     def _trimmed(self, value: Any) -> Any:
         """A shallow copy for the redaction hook (the request may still be encoding its answer),

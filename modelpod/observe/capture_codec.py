@@ -17,6 +17,7 @@ and the encoder counts it (`Encoder.truncated`). The capture replaces such value
 from __future__ import annotations
 
 import base64
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -27,7 +28,7 @@ ARRAY = "__ndarray__"
 BYTES = "__bytes__"
 REPR = "__repr__"
 _TAGS = (ARRAY, BYTES, REPR)
-_PLAIN = frozenset((str, bool, int, float, type(None)))  # JSON's own: written as they are
+_PLAIN = frozenset((str, bool, int, type(None)))  # JSON's own: written as they are
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +74,7 @@ class Encoder:
     def __init__(self, max_bytes: int | None) -> None:
         self.max_bytes = max_bytes
         self.truncated = 0
+        self.non_finite = False  # a float NaN or infinity was met: JSON has no literal for them
 
     def encode(self, value: Any) -> Any:
         # The exact types nearly every captured value has, by a look-up first; subclasses and the
@@ -80,12 +82,18 @@ class Encoder:
         kind = type(value)
         if kind in _PLAIN:
             return value
+        if kind is float:
+            if not math.isfinite(value):
+                self.non_finite = True
+            return value
         if kind is dict:
             return {str(key): self.encode(item) for key, item in value.items()}
         if kind is list:
             return [self.encode(item) for item in value]
         if kind is np.ndarray:
             return self._array(value)
+        if isinstance(value, float) and not math.isfinite(value):
+            self.non_finite = True
         if value is None or isinstance(value, str | bool | int | float):
             return value
         if isinstance(value, list | tuple):

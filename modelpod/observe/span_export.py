@@ -1,13 +1,13 @@
 """The export thread of tracing: finished `SpanRecord`s in, OTLP out, off the event loop.
 
 The request path only appends a record to a bounded deque: a span, with the children kept on it (a
-request's wait in the queue and its encoding, `SpanRecord.add_child`), made into records of their
-own only here. When the deque holds `OTEL_BSP_MAX_QUEUE_SIZE` records, a new one is dropped with its
-children and counted, as the SDK's batch processor drops spans. This thread does what that
-processor would: it exports every `OTEL_BSP_SCHEDULE_DELAY` milliseconds, or as soon as
-`OTEL_BSP_MAX_EXPORT_BATCH_SIZE` records wait, in exports of at most that many spans. An OTLP
-exporter of `otlp_exporters` is sent each export as bytes (`otlp_encoding`); any other exporter
-gets the SDK's own spans (`ReadableSpan`)."""
+request's wait in the queue, its encoding, a model's run for it alone: `SpanRecord.add_child`),
+made into spans of their own only here. When the deque holds `OTEL_BSP_MAX_QUEUE_SIZE` records, a
+new one is dropped with its children and counted, as the SDK's batch processor drops spans. This
+thread does what that processor would: it exports every `OTEL_BSP_SCHEDULE_DELAY` milliseconds, or
+as soon as `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` records wait, in exports of at most that many spans.
+An OTLP exporter of `otlp_exporters` is sent each export as bytes (`otlp_encoding`); any other
+exporter gets the SDK's own spans (`ReadableSpan`)."""
 
 from __future__ import annotations
 
