@@ -193,13 +193,13 @@ class Capture(Recorder):
             logger.exception("could not write captured requests")
 
     def _write(self, sampled: Sampled) -> None:
-        model = sampled[0]
+        model, version = sampled[0], sampled[1]
         try:
             record, truncated, non_finite = self.record(sampled)
             self.sink.write(record, _line(record, non_finite))
         except Exception:
             # Never written half-redacted: a failure drops the record, logged and counted.
-            logger.exception("could not capture a request to %s:%s", model, sampled[1])
+            logger.exception("could not capture a request to %s:%s", model, version)
             self._count(model, "failed")
             return
         self._count(model, "written")

@@ -82,19 +82,17 @@ class Encoder:
         kind = type(value)
         if kind in _PLAIN:
             return value
-        if kind is float:
-            if not math.isfinite(value):
-                self.non_finite = True
-            return value
         if kind is dict:
             return {str(key): self.encode(item) for key, item in value.items()}
         if kind is list:
             return [self.encode(item) for item in value]
         if kind is np.ndarray:
             return self._array(value)
-        if isinstance(value, float) and not math.isfinite(value):
-            self.non_finite = True
-        if value is None or isinstance(value, str | bool | int | float):
+        if isinstance(value, float):  # and its subclasses (numpy's float64)
+            if not math.isfinite(value):
+                self.non_finite = True
+            return value
+        if isinstance(value, str | int):  # their subclasses (bool is an int), None is in _PLAIN
             return value
         if isinstance(value, list | tuple):
             return [self.encode(item) for item in value]

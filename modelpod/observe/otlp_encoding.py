@@ -121,45 +121,50 @@ class OtlpEncoder:
     ) -> bytes:
         """A child kept on `parent` (`SpanRecord.add_child`): the `Span` its record would make, its
         id drawn now; an empty status, a local parent."""
-        return b"".join(
-            (
-                b"\x0a\x10",
-                parent.trace_id.to_bytes(16, "big"),
-                b"\x12\x08",
-                new_span_id().to_bytes(8, "big"),
-                self._state(parent.state) if parent.state else b"",
-                b"\x22\x08",
-                parent.span_id.to_bytes(8, "big"),
-                self._named(name, INTERNAL),
-                _TIMES.pack(0x39, start, 0x41, end),
-                self._attributes_of(attributes) if attributes else b"",
-                _links(links) if links else b"",
-                _UNSET,
-                _LOCAL_PARENT,
-            )
-        )
+        return self._span(parent.trace_id, new_span_id(), parent.state, parent.span_id, name, INTERNAL,
+                          start, end, attributes, links, _UNSET, _LOCAL_PARENT)  # fmt: skip
 
     def span(self, record: SpanRecord) -> bytes:
-        """One `Span` message: its fields in their numbers' order, as protobuf writes them."""
-        links = _links(record.links) if record.links else b""
+        """One `Span` message of a record."""
         if record.error is None:
             status = _UNSET  # an empty status
         else:
             status = _field(15, _field(2, record.error.encode()) + b"\x18" + bytes([_STATUS_ERROR]))
+        flags = _REMOTE_PARENT if record.remote_parent else _LOCAL_PARENT
+        return self._span(record.trace_id, record.span_id, record.state, record.parent_id, record.name,
+                          record.kind, record.start, record.end, record.attributes, record.links, status,
+                          flags)  # fmt: skip
+
+    def _span(
+        self,
+        trace_id: int,
+        span_id: int,
+        state: str,
+        parent_id: int,
+        name: str,
+        kind: str,
+        start: int,
+        end: int,
+        attributes: Mapping[str, Any] | None,
+        links: Sequence[tuple[int, int]],
+        status: bytes,
+        flags: bytes,
+    ) -> bytes:
+        """A `Span` message: its fields in their numbers' order, as protobuf writes them."""
         return b"".join(
             (
                 b"\x0a\x10",
-                record.trace_id.to_bytes(16, "big"),
+                trace_id.to_bytes(16, "big"),
                 b"\x12\x08",
-                record.span_id.to_bytes(8, "big"),
-                self._state(record.state) if record.state else b"",
-                b"\x22\x08" + record.parent_id.to_bytes(8, "big") if record.parent_id else b"",
-                self._named(record.name, record.kind),
-                _TIMES.pack(0x39, record.start, 0x41, record.end),
-                self._attributes_of(record.attributes) if record.attributes else b"",
-                links,
+                span_id.to_bytes(8, "big"),
+                self._state(state) if state else b"",
+                b"\x22\x08" + parent_id.to_bytes(8, "big") if parent_id else b"",
+                self._named(name, kind),
+                _TIMES.pack(0x39, start, 0x41, end),
+                self._attributes_of(attributes) if attributes else b"",
+                _links(links) if links else b"",
                 status,
-                _REMOTE_PARENT if record.remote_parent else _LOCAL_PARENT,
+                flags,
             )
         )
 
