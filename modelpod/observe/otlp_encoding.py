@@ -25,6 +25,7 @@ _TIMES = struct.Struct("<BQBQ")  # start and end: fields 7 and 8, fixed64
 _UNSET = b"\x7a\x00"  # field 15: an empty status
 _LOCAL_PARENT = b"\x85\x01" + struct.pack("<I", _HAS_IS_REMOTE)  # field 16, fixed32
 _REMOTE_PARENT = b"\x85\x01" + struct.pack("<I", _HAS_IS_REMOTE | _IS_REMOTE)
+_CHILD_TAIL = _UNSET + _LOCAL_PARENT  # a child kept on a record: an empty status, a local parent
 _LINK_FLAGS = b"\x35" + struct.pack("<I", _HAS_IS_REMOTE)  # Link.flags, field 6
 # A link, field 13, of 33 bytes (trace id 2+16, span id 2+8, flags 5), up to its trace id's bytes.
 _LINK_HEAD = b"\x6a\x21\x0a\x10"
@@ -98,75 +99,58 @@ class OtlpEncoder:
         self.trace_state: Callable[[str], str] = _trace_state  # the caller's `tracestate` as exported
 
     def request(self, records: Iterable[SpanRecord]) -> bytes:
-        """An `ExportTraceServiceRequest` of the records, each with the children kept on it."""
-        spans = []
+        """An `ExportTraceServiceRequest` of the records, each with the children kept on it
+        (`SpanRecord.add_child`), which share their parent's trace id, state and (as their parent
+        id) span id: those are written once per record, their own ids drawn now."""
+        spans: list[bytes] = []
         for record in records:
-            span = self.span(record)
-            spans.append(b"\x12" + _varint(len(span)) + span)  # ScopeSpans.spans, field 2
+            trace = b"\x0a\x10" + record.trace_id.to_bytes(16, "big") + b"\x12\x08"  # fields 1, 2
+            own = record.span_id.to_bytes(8, "big")
+            state = self._state(record.state) if record.state else b""
+            parent = b"\x22\x08" + record.parent_id.to_bytes(8, "big") if record.parent_id else b""
+            self._span(spans, trace + own + state + parent, record.name, record.kind, record.start,
+                       record.end, record.attributes, record.links, self._status(record))  # fmt: skip
             if record.children:
-                for child in record.children:
-                    span = self.child_span(record, *child)
-                    spans.append(b"\x12" + _varint(len(span)) + span)
+                under = state + b"\x22\x08" + own
+                for name, begun, ended, attributes, links in record.children:
+                    ids = trace + new_span_id().to_bytes(8, "big") + under
+                    self._span(spans, ids, name, INTERNAL, begun, ended, attributes, links, _CHILD_TAIL)
         scope_spans = _field(2, self._scope + b"".join(spans))
         return _field(1, self._resource + scope_spans + self._resource_schema)
 
-    def child_span(
-        self,
-        parent: SpanRecord,
-        name: str,
-        start: int,
-        end: int,
-        attributes: Mapping[str, Any] | None,
-        links: Sequence[tuple[int, int]],
-    ) -> bytes:
-        """A child kept on `parent` (`SpanRecord.add_child`): the `Span` its record would make, its
-        id drawn now; an empty status, a local parent."""
-        return self._span(parent.trace_id, new_span_id(), parent.state, parent.span_id, name, INTERNAL,
-                          start, end, attributes, links, _UNSET, _LOCAL_PARENT)  # fmt: skip
-
-    def span(self, record: SpanRecord) -> bytes:
-        """One `Span` message of a record."""
-        if record.error is None:
-            status = _UNSET  # an empty status
-        else:
-            status = _field(15, _field(2, record.error.encode()) + b"\x18" + bytes([_STATUS_ERROR]))
-        flags = _REMOTE_PARENT if record.remote_parent else _LOCAL_PARENT
-        return self._span(record.trace_id, record.span_id, record.state, record.parent_id, record.name,
-                          record.kind, record.start, record.end, record.attributes, record.links, status,
-                          flags)  # fmt: skip
-
     def _span(
         self,
-        trace_id: int,
-        span_id: int,
-        state: str,
-        parent_id: int,
+        spans: list[bytes],
+        ids: bytes,
         name: str,
         kind: str,
         start: int,
         end: int,
         attributes: Mapping[str, Any] | None,
         links: Sequence[tuple[int, int]],
-        status: bytes,
-        flags: bytes,
-    ) -> bytes:
-        """A `Span` message: its fields in their numbers' order, as protobuf writes them."""
-        return b"".join(
+        tail: bytes,
+    ) -> None:
+        """A `Span` message, as `ScopeSpans.spans` (field 2), appended to `spans`: its fields in their
+        numbers' order, as protobuf writes them; `ids` holds fields 1 to 4, `tail` 15 and 16."""
+        body = b"".join(
             (
-                b"\x0a\x10",
-                trace_id.to_bytes(16, "big"),
-                b"\x12\x08",
-                span_id.to_bytes(8, "big"),
-                self._state(state) if state else b"",
-                b"\x22\x08" + parent_id.to_bytes(8, "big") if parent_id else b"",
+                ids,
                 self._named(name, kind),
                 _TIMES.pack(0x39, start, 0x41, end),
                 self._attributes_of(attributes) if attributes else b"",
                 _links(links) if links else b"",
-                status,
-                flags,
+                tail,
             )
         )
+        spans.append(b"\x12" + _varint(len(body)) + body)
+
+    @staticmethod
+    def _status(record: SpanRecord) -> bytes:
+        """A record's status (an error's description, or empty) and its parent's flags."""
+        flags = _REMOTE_PARENT if record.remote_parent else _LOCAL_PARENT
+        if record.error is None:
+            return _UNSET + flags
+        return _field(15, _field(2, record.error.encode()) + b"\x18" + bytes([_STATUS_ERROR])) + flags
 
     def _attributes_of(self, attributes: Mapping[str, Any]) -> bytes:
         """A span's attributes (field 9, repeated), made once per set of keys and values: a server's
