@@ -154,7 +154,7 @@ class Capture(Recorder):
         outputs = None if event.outputs is None else [lightened(answer, limit) for answer in event.outputs]
         sampled: Sampled = (event.model, event.version, event.protocol, event.outcome, event.seconds,
                             event.message, event.tape, inputs, outputs, time.time(), logs.request_id.get(),
-                            logs.trace_id.get())  # fmt: skip
+                            logs.trace_id_of(event.trace))  # fmt: skip
         pending.append(sampled)
         if len(pending) == self.queue_size // 2:
             self._wake.set()  # half full: write now rather than at the next round

@@ -15,10 +15,17 @@ import time
 
 import orjson
 
+from modelpod.observe.events import request_trace
+
 REQUEST_ID_HEADER = "x-request-id"
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("modelpod_request_id", default=None)
-# The request's OpenTelemetry trace id (32 hex digits), set by the tracing edge; empty when off.
-trace_id: contextvars.ContextVar[str] = contextvars.ContextVar("modelpod_trace_id", default="")
+
+
+def trace_id_of(span: object) -> str:
+    """The trace id of a request's span (`request_trace`) as 32 hex digits, as logs and captures
+    name it; empty when tracing is off. Written when a line needs it, not for every request."""
+    trace = getattr(span, "trace_id", 0)
+    return f"{trace:032x}" if trace else ""
 
 
 def new_request_id(given: str | None = None) -> str:
@@ -33,7 +40,7 @@ def new_request_id(given: str | None = None) -> str:
 class _RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         rid = request_id.get()
-        tid = trace_id.get()
+        tid = trace_id_of(request_trace.get())
         record.request_id = rid
         record.trace_id = tid
         record.request_tag = (f" [request {rid}" + (f" trace {tid}" if tid else "") + "]") if rid else ""

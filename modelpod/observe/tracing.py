@@ -30,7 +30,6 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags, TraceState
 
 from modelpod._version import __version__
-from modelpod.observe import logs
 from modelpod.observe import timing as timings
 from modelpod.observe.events import BatchDone, Recorder, RequestDone, RouteChosen, request_trace
 from modelpod.observe.otlp_exporters import otlp_exporter
@@ -68,6 +67,25 @@ def _fixed_decision() -> Callable[[Caller | None], bool] | None:
         "always_on": lambda caller: True,
         "always_off": lambda caller: False,
     }.get(name)
+
+
+class _RequestSpan(NonRecordingSpan):
+    """A request's span as OpenTelemetry's API sees it: its `SpanContext` made when something asks
+    for it (a model's own call or span joining the trace), not for every request."""
+
+    def __init__(self, record: SpanRecord) -> None:
+        self.record = record
+        self.made: SpanContext | None = None
+
+    def get_span_context(self) -> SpanContext:
+        if self.made is None:
+            record = self.record
+            state = TraceState.from_header([record.state]) if record.state else _NO_STATE
+            self.made = SpanContext(record.trace_id, record.span_id, False, _FLAGS[record.sampled], state)
+        return self.made
+
+    def __repr__(self) -> str:
+        return f"NonRecordingSpan({self.get_span_context()!r})"
 
 
 class ServerSpan:
@@ -122,13 +140,10 @@ class Tracing(Recorder):
             record = SpanRecord(name, trace_id, 0, sampled, "", SERVER, None, values)
         else:
             record = SpanRecord(name, trace_id, caller[1], sampled, caller[3], SERVER, None, values, True)
-        request_trace.set(record)
-        logs.trace_id.set(f"{trace_id:032x}")
+        request_trace.set(record)  # its trace id in log lines too (`logs.trace_id_of`)
         # Current for OpenTelemetry too, so that calls a model makes (RemoteModel, Client) and its
         # own instrumentation join it. The request's task owns this context: nothing to detach.
-        state = TraceState.from_header([record.state]) if record.state else _NO_STATE
-        context = SpanContext(trace_id, record.span_id, False, _FLAGS[sampled], state)
-        otel_context.attach(trace.set_span_in_context(NonRecordingSpan(context), _EMPTY))
+        otel_context.attach(trace.set_span_in_context(_RequestSpan(record), _EMPTY))
         return ServerSpan(record, self.export)
 
     def _sampled(self, caller: Caller | None, trace_id: int, name: str, attributes: dict[str, Any]) -> bool:
@@ -245,8 +260,3 @@ class Tracing(Recorder):
         """Export what is left and stop the exporter (at the server's stop)."""
         self.export.shutdown()
         self.provider.shutdown()
-
-
-def trace_id_of(span: object) -> str:
-    """The trace id of a request's span as 32 hex digits; empty for no span."""
-    return f"{span.trace_id:032x}" if isinstance(span, SpanRecord) else ""
