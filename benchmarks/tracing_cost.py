@@ -2,19 +2,21 @@
 request sampled, spans exported over OTLP/HTTP to a collector in this process), and with
 `--capture mlp=1` (every request written).
 
-    python benchmarks/tracing_cost.py [--seconds 5] [--concurrency 64] [--rounds 3] [--example]
+    python benchmarks/tracing_cost.py [--seconds 5] [--concurrency 64] [--rounds 5] [--example]
 
 The MLP is the performance suite's (`benchmarks/models.py`: 256 -> 1024 -> 1024 -> 10, batched up
 to 32 rows, so that a request's spans include its `queue` wait and its batch's `batch` span), sent
 the suite's V2 JSON body; `--example` serves the README's `examples/mlp.py` instead (16 -> 64 -> 4,
-no batching: each request its own model call on a thread). Every server runs with one BLAS thread,
-as in the suite (OpenBLAS's idle threads otherwise spin on the cores the load needs).
+no batching: each request its own model call, on the event loop once it has shown it is cheap).
+Every server runs with one BLAS thread, as in the suite (OpenBLAS's idle threads otherwise spin on
+the cores the load needs).
 
 The three servers run side by side and are loaded in turn, round after round, so that the machine's
 changing load falls on all three alike. For each: requests per second, p50 and p99 latency, and the
 server process's CPU time per request (user + system, from /proc: the figure a shared machine moves
-least), each the median over the rounds, and the ratio to "neither". HTTP V2 JSON load from `wrk`
-when installed, else httpx. Runs in about a minute and a half with the defaults."""
+least), each the median over the rounds, and the ratio to "neither": the median of each round's
+ratio to "neither" in that round. HTTP V2 JSON load from `wrk` when installed, else httpx. Runs in
+about two and a half minutes with the defaults."""
 
 from __future__ import annotations
 
@@ -140,7 +142,7 @@ def main() -> None:
     )
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--concurrency", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--example", action="store_true", help="serve examples/mlp.py (no batching)")
     options = parser.parse_args()
     collector = Collector()
@@ -163,15 +165,19 @@ def main() -> None:
         counts = capture_counts(servers["capture (--capture mlp=1)"][1])
     rows = ["| configuration | requests/s | p50 ms | p99 ms | server CPU µs/request | throughput | CPU |",
             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
-    base_rate = statistics.median(r[0] for r in results["neither"])
-    base_cpu = statistics.median(r[3] for r in results["neither"])
+    neither = results["neither"]
     for name, figures in results.items():
         rate, p50, p99, cpu = (statistics.median(f[i] for f in figures) for i in range(4))
+        # Each round's figure against "neither" in the same round: the machine's speed drifts
+        # between rounds, far less within one.
+        throughput = statistics.median(f[0] / n[0] for f, n in zip(figures, neither, strict=True))
+        cpu_ratio = statistics.median(f[3] / n[3] for f, n in zip(figures, neither, strict=True))
         rows.append(f"| {name} | {rate:,.0f} | {p50:.2f} | {p99:.2f} | {cpu:,.0f} | "
-                    f"{rate / base_rate - 1:+.0%} | {cpu / base_cpu - 1:+.0%} |")  # fmt: skip
+                    f"{throughput - 1:+.0%} | {cpu_ratio - 1:+.0%} |")  # fmt: skip
     print("\n".join(rows))
     model = "examples/mlp.py" if options.example else "the suite MLP"
-    print(f"({model}; medians of {options.rounds} rounds; captures: {counts}; the collector took "
+    print(f"({model}; medians of {options.rounds} rounds, the ratios of each round's figures to "
+          f"neither's in the same round; captures: {counts}; the collector took "
           f"{collector.exports} OTLP exports)")  # fmt: skip
 
 

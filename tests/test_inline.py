@@ -54,7 +54,8 @@ def test_lone_requests_move_to_the_loop_once_the_model_proved_cheap(
 
 def test_a_slow_compute_sends_the_model_back_to_its_threads(server: ServerProcess) -> None:
     assert any(on_loop(name) for name in threads(server, "plainwhere", 4 * MIN_RUNS))
-    threads(server, "plainwhere", 1, sleep=0.2)  # over the limit
+    # over the limit; twice, since one such compute of a model that does not batch is forgiven
+    threads(server, "plainwhere", 2, sleep=0.2)
     assert all(name.startswith("modelpod-model") for name in threads(server, "plainwhere", MIN_RUNS))
 
 
@@ -114,7 +115,7 @@ def test_under_load_a_model_that_waits_stays_on_its_threads(server: ServerProces
 def test_a_model_that_blocked_the_loop_earns_its_place_back_more_slowly(server: ServerProcess) -> None:
     with company(server, 6.0):
         assert any(on_loop(name) for name in threads(server, "plainwhere", 3 * MIN_RUNS))
-        threads(server, "plainwhere", 1, sleep=0.08)  # on the loop, waiting: a strike
+        threads(server, "plainwhere", 2, sleep=0.08)  # on the loop, waiting, twice in a row: a strike
         seen = threads(server, "plainwhere", 2 * MIN_RUNS)
     assert all(name.startswith("modelpod-model") for name in seen), seen  # twice MIN_RUNS to earn
 
@@ -126,12 +127,19 @@ def test_the_gate_counts_cpu_time_and_waits() -> None:
         gate.observe_cpu(key, compute=0.005, cpu=0.0001, on_loop=False)
     assert gate.cheap(key)
     assert gate.takes(key, None, in_flight=3)
-    gate.observe_cpu(key, compute=0.0004, cpu=0.0004, on_loop=True)  # over a quarter of the limit
-    assert not gate.cheap(key)
+    gate.observe_cpu(key, compute=0.0004, cpu=0.0004, on_loop=True)  # over a quarter of the limit:
+    assert gate.cheap(key)  # once is forgiven (a garbage collection lands in a compute now and then)
+    gate.observe_cpu(key, compute=0.0001, cpu=0.0001, on_loop=True)
+    gate.observe_cpu(key, compute=0.0004, cpu=0.0004, on_loop=True)
+    assert gate.cheap(key)  # not in a row
+    gate.observe_cpu(key, compute=0.0004, cpu=0.0004, on_loop=True)
+    assert not gate.cheap(key)  # twice in a row
     for _ in range(MIN_RUNS):
         gate.observe_cpu(key, compute=0.0001, cpu=0.0001, on_loop=True)
     assert gate.cheap(key)
-    gate.observe_cpu(key, compute=0.050, cpu=0.0001, on_loop=True)  # blocked the loop: a strike
+    gate.observe_cpu(key, compute=0.050, cpu=0.0001, on_loop=True)  # blocked the loop,
+    assert gate.cheap(key)  # forgiven once
+    gate.observe_cpu(key, compute=0.050, cpu=0.0001, on_loop=True)  # twice in a row: a strike
     for _ in range(2 * MIN_RUNS - 1):
         gate.observe_cpu(key, compute=0.0001, cpu=0.0001, on_loop=False)
     assert not gate.cheap(key)

@@ -18,10 +18,12 @@ a request itself, as an `async def` handler would, in two cases:
   event loop's own work, which pays for the hand-offs once it is longer than they are.
 
 One run past the limit sends a version back to the threads until it has earned its place again, so a
-model that sometimes blocks (a cache miss, I/O) holds the event loop at most once for that long; one
-that blocked on the loop (waited, rather than computed) must earn it back with twice as many runs
-each time, so that it stops coming back. Models that stream, are `async def` (already on the loop),
-or run in worker processes never take this path."""
+model that sometimes blocks (a cache miss, I/O) holds the event loop at most once for that long.
+Under load, one compute past the limits is forgiven and two in a row are not (a garbage collection,
+or another thread holding the interpreter lock, lands in a compute now and then, whatever the
+model), and a model sent back for waiting on the loop (rather than computing) must earn its place
+back with twice as many runs each time, so that a model that blocks stops coming back. Models that
+stream, are `async def` (already on the loop), or run in worker processes never take this path."""
 
 from __future__ import annotations
 
@@ -44,14 +46,24 @@ def _never() -> bool:
     return False
 
 
+class _UnderLoad:
+    """A version's record for the cheap-under-load case."""
+
+    __slots__ = ("cheap", "over", "strikes")
+
+    def __init__(self) -> None:
+        self.cheap = 0  # single-request computes in a row within the limits
+        self.over = 0  # computes in a row past them
+        self.strikes = 0  # times it was sent back to the threads for waiting on the event loop
+
+
 class InlineGate:
     """Which versions are cheap enough, and whether the HTTP edge is serving one request at most."""
 
     def __init__(self, limit_ms: float = 1.0) -> None:
         self.limit = limit_ms / 1000
         self._record: dict[Key, int] = {}  # version -> short single-request computes in a row
-        self._cheap: dict[Key, int] = {}  # version -> single-request computes in a row cheap in CPU
-        self._strikes: dict[Key, int] = {}  # version -> times it blocked the loop
+        self._under_load: dict[Key, _UnderLoad] = {}
         # set by the HTTP server: whether it is answering one request at most (this one)
         self.lone_at_edge: Callable[[], bool] = _never
 
@@ -76,13 +88,21 @@ class InlineGate:
 
     def observe_cpu(self, key: Key, compute: float, cpu: float, on_loop: bool) -> None:
         """A single-request compute outside a batcher took `compute` s, `cpu` of them computing."""
-        waited = compute - cpu  # for I/O, a lock, a sleep; on a model thread, the interpreter lock
-        if cpu <= self.limit / 4 and waited <= (self.limit if on_loop else self.limit + LOCK_WAITS):
-            self._cheap[key] = self._cheap.get(key, 0) + 1
+        record = self._under_load.get(key) or self._under_load.setdefault(key, _UnderLoad())
+        waited = compute - cpu  # for I/O, a lock, a sleep; for the interpreter lock
+        allowed = self.limit if on_loop else self.limit + LOCK_WAITS
+        if cpu <= self.limit / 4 and waited <= allowed:
+            record.cheap += 1
+            record.over = 0
             return
-        self._cheap[key] = 0
-        if on_loop and waited > self.limit:  # it blocked the event loop: slower to come back each time
-            self._strikes[key] = min(self._strikes.get(key, 0) + 1, MAX_STRIKES)
+        # One compute past the limits is forgiven, two in a row are not: now and then a garbage
+        # collection lands in a compute, or, when the model lets go of the interpreter lock,
+        # another thread takes it for its switch interval (5 ms), whatever the model.
+        record.over += 1
+        if record.over > 1:
+            record.cheap = 0
+            if on_loop and waited > allowed:  # it waited on the event loop: slower to come back
+                record.strikes = min(record.strikes + 1, MAX_STRIKES)
 
     def lone(self, key: Key, in_flight: int, batcher: Batcher | None) -> bool:
         """Whether a request to the version is alone (nothing in flight in any model, its batcher, if
@@ -99,4 +119,5 @@ class InlineGate:
     def cheap(self, key: Key) -> bool:
         """Whether a version that does not batch is cheap enough to be computed on the loop whatever
         else is live."""
-        return self.limit > 0 and self._cheap.get(key, 0) >= MIN_RUNS << self._strikes.get(key, 0)
+        record = self._under_load.get(key)
+        return self.limit > 0 and record is not None and record.cheap >= MIN_RUNS << record.strikes
