@@ -7,7 +7,7 @@ request sampled, spans exported over OTLP/HTTP to a collector in this process), 
 The MLP is the performance suite's (`benchmarks/models.py`: 256 -> 1024 -> 1024 -> 10, batched up
 to 32 rows, so that a request's spans include its `queue` wait and its batch's `batch` span), sent
 the suite's V2 JSON body; `--example` serves the README's `examples/mlp.py` instead (16 -> 64 -> 4,
-no batching: each request its own model call, on the event loop once it has shown it is cheap).
+no batching: each request its own model call on a model thread).
 Every server runs with one BLAS thread, as in the suite (OpenBLAS's idle threads otherwise spin on
 the cores the load needs).
 

@@ -1,19 +1,15 @@
-"""A lone request to a cheap model is computed on the event loop, and so is every request to a cheap
-model that does not batch; company (for a model that batches), cost, waiting or a setting send them
+"""A lone request to a cheap model is computed on the event loop; company, cost or a setting send it
 back to the batcher and the model threads (modelpod/serving/inline.py)."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from typing import Any
 
 import httpx
 import pytest
 
-from modelpod.serving.inline import MIN_RUNS, InlineGate
+from modelpod.serving.inline import MIN_RUNS
 
 from conftest import ServerProcess, StartServer
 
@@ -54,8 +50,7 @@ def test_lone_requests_move_to_the_loop_once_the_model_proved_cheap(
 
 def test_a_slow_compute_sends_the_model_back_to_its_threads(server: ServerProcess) -> None:
     assert any(on_loop(name) for name in threads(server, "plainwhere", 4 * MIN_RUNS))
-    # over the limit; twice, since one such compute of a model that does not batch is forgiven
-    threads(server, "plainwhere", 2, sleep=0.2)
+    threads(server, "plainwhere", 1, sleep=0.2)  # over the limit
     assert all(name.startswith("modelpod-model") for name in threads(server, "plainwhere", MIN_RUNS))
 
 
@@ -85,64 +80,3 @@ def test_a_request_of_many_rows_goes_to_the_batcher(server: ServerProcess) -> No
 def test_a_limit_of_zero_keeps_every_request_on_threads(start_server: StartServer) -> None:
     server = start_server(*MODELS, env={"MODELPOD_INLINE_MS": "0"})
     assert not any(on_loop(name) for name in threads(server, "where", MIN_RUNS + 4))
-
-
-@contextmanager
-def company(server: ServerProcess, seconds: float) -> Iterator[None]:
-    """Another request in flight meanwhile (a batched model sleeping): no request is alone."""
-    with ThreadPoolExecutor(1) as pool:
-        busy = pool.submit(
-            httpx.post, f"{server.http_url}/models/where/predict", json={"sleep": seconds}, timeout=30
-        )
-        time.sleep(0.2)  # under way
-        yield
-        assert busy.result().status_code == 200
-
-
-def test_under_load_a_cheap_model_that_does_not_batch_is_computed_on_the_loop(server: ServerProcess) -> None:
-    with company(server, 4.0):
-        seen = threads(server, "plainwhere", 3 * MIN_RUNS)
-    assert all(name.startswith("modelpod-model") for name in seen[:MIN_RUNS]), seen  # earning its place
-    assert any(on_loop(name) for name in seen[MIN_RUNS:]), seen
-
-
-def test_under_load_a_model_that_waits_stays_on_its_threads(server: ServerProcess) -> None:
-    with company(server, 4.0):
-        seen = threads(server, "plainwhere", MIN_RUNS + 4, sleep=0.08)  # waits past the limit
-    assert all(name.startswith("modelpod-model") for name in seen), seen
-
-
-def test_a_model_that_blocked_the_loop_earns_its_place_back_more_slowly(server: ServerProcess) -> None:
-    with company(server, 6.0):
-        assert any(on_loop(name) for name in threads(server, "plainwhere", 3 * MIN_RUNS))
-        threads(server, "plainwhere", 2, sleep=0.08)  # on the loop, waiting, twice in a row: a strike
-        seen = threads(server, "plainwhere", 2 * MIN_RUNS)
-    assert all(name.startswith("modelpod-model") for name in seen), seen  # twice MIN_RUNS to earn
-
-
-def test_the_gate_counts_cpu_time_and_waits() -> None:
-    gate = InlineGate(limit_ms=1.0)
-    key = ("m", "1")
-    for _ in range(MIN_RUNS):  # on a model thread, waits for the interpreter lock are allowed
-        gate.observe_cpu(key, compute=0.005, cpu=0.0001, on_loop=False)
-    assert gate.cheap(key)
-    assert gate.takes(key, None, in_flight=3)
-    gate.observe_cpu(key, compute=0.0004, cpu=0.0004, on_loop=True)  # over a quarter of the limit:
-    assert gate.cheap(key)  # once is forgiven (a garbage collection lands in a compute now and then)
-    gate.observe_cpu(key, compute=0.0001, cpu=0.0001, on_loop=True)
-    gate.observe_cpu(key, compute=0.0004, cpu=0.0004, on_loop=True)
-    assert gate.cheap(key)  # not in a row
-    gate.observe_cpu(key, compute=0.0004, cpu=0.0004, on_loop=True)
-    assert not gate.cheap(key)  # twice in a row
-    for _ in range(MIN_RUNS):
-        gate.observe_cpu(key, compute=0.0001, cpu=0.0001, on_loop=True)
-    assert gate.cheap(key)
-    gate.observe_cpu(key, compute=0.050, cpu=0.0001, on_loop=True)  # blocked the loop,
-    assert gate.cheap(key)  # forgiven once
-    gate.observe_cpu(key, compute=0.050, cpu=0.0001, on_loop=True)  # twice in a row: a strike
-    for _ in range(2 * MIN_RUNS - 1):
-        gate.observe_cpu(key, compute=0.0001, cpu=0.0001, on_loop=False)
-    assert not gate.cheap(key)
-    gate.observe_cpu(key, compute=0.0001, cpu=0.0001, on_loop=False)
-    assert gate.cheap(key)
-    assert not InlineGate(limit_ms=0).cheap(key)

@@ -112,8 +112,7 @@ class Settings(BaseSettings):
         1.0,
         ge=0,
         description="a lone request to a model whose single computes stay under this many ms runs on "
-        "the event loop, with no thread hop, as does every request to a model that does not batch "
-        "whose computes cost under a quarter of it in CPU time; 0: never",
+        "the event loop, with no thread hop; 0: never",
     )
     log_level: str = Field("info", description="debug, info, warning or error")
     log_format: Literal["text", "json"] = Field("text", description="text, or json: one object per line")
