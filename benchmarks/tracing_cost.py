@@ -7,9 +7,8 @@ request sampled, spans exported over OTLP/HTTP to a collector in this process), 
 The MLP is the performance suite's (`benchmarks/models.py`: 256 -> 1024 -> 1024 -> 10, batched up
 to 32 rows, so that a request's spans include its `queue` wait and its batch's `batch` span), sent
 the suite's V2 JSON body; `--example` serves the README's `examples/mlp.py` instead (16 -> 64 -> 4,
-no batching: each request its own model call on a model thread).
-Every server runs with one BLAS thread, as in the suite (OpenBLAS's idle threads otherwise spin on
-the cores the load needs).
+no batching: each request its own model call on a model thread). Every server runs with one BLAS
+thread, as in the suite (OpenBLAS's idle threads otherwise spin on the cores the load needs).
 
 The three servers run side by side and are loaded in turn, round after round, so that the machine's
 changing load falls on all three alike. For each: requests per second, p50 and p99 latency, and the

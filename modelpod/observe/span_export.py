@@ -33,6 +33,11 @@ _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _NO_STATE = TraceState()
 
 
+def trace_state(header: str) -> TraceState:
+    """A caller's `tracestate` header as OpenTelemetry's `TraceState` (empty for none)."""
+    return TraceState.from_header([header]) if header else _NO_STATE
+
+
 def _setting(name: str, default: int) -> int:
     """One of the SDK's `OTEL_BSP_*` settings (a positive integer), or its default."""
     try:
@@ -121,7 +126,7 @@ class SpanExport:
 
     def readable(self, record: SpanRecord) -> ReadableSpan:
         """The SDK's span of a record, as the SDK would have made it."""
-        state = TraceState.from_header([record.state]) if record.state else _NO_STATE
+        state = trace_state(record.state)
         context = SpanContext(record.trace_id, record.span_id, False, _SAMPLED, state)
         parent = None
         if record.parent_id:

@@ -27,18 +27,17 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.sampling import Decision
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags, TraceState
+from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags
 
 from modelpod._version import __version__
 from modelpod.observe import timing as timings
 from modelpod.observe.events import BatchDone, Recorder, RequestDone, RouteChosen, request_trace
 from modelpod.observe.otlp_exporters import otlp_exporter
-from modelpod.observe.span_export import SpanExport
+from modelpod.observe.span_export import SpanExport, trace_state
 from modelpod.observe.span_records import SERVER, SpanRecord, caller_of, new_trace_id
 
 Caller = tuple[int, int, int, str]  # the caller's trace id, span id, flags and tracestate
 _EMPTY = otel_context.Context()
-_NO_STATE = TraceState()
 _FLAGS = (TraceFlags(TraceFlags.DEFAULT), TraceFlags(TraceFlags.SAMPLED))
 
 
@@ -80,7 +79,7 @@ class _RequestSpan(NonRecordingSpan):
     def get_span_context(self) -> SpanContext:
         if self.made is None:
             record = self.record
-            state = TraceState.from_header([record.state]) if record.state else _NO_STATE
+            state = trace_state(record.state)
             self.made = SpanContext(record.trace_id, record.span_id, False, _FLAGS[record.sampled], state)
         return self.made
 
@@ -152,7 +151,7 @@ class Tracing(Recorder):
             return self.decided(caller)
         parent = _EMPTY
         if caller is not None:
-            state = TraceState.from_header([caller[3]]) if caller[3] else _NO_STATE
+            state = trace_state(caller[3])
             remote = SpanContext(caller[0], caller[1], True, TraceFlags(caller[2] & 1), state)
             parent = trace.set_span_in_context(NonRecordingSpan(remote), _EMPTY)
         result = self.sampler.should_sample(parent, trace_id, name, SpanKind.SERVER, attributes)
