@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import threading
@@ -236,3 +237,10 @@ class Lenient(Scaled):
 
     def compare(self, served: dict[str, Any], shadow: dict[str, Any]) -> dict[str, bool]:
         return {"y": abs(served["y"] - shadow["y"]) < 1, "label": served["label"] == shadow["label"]}
+
+
+class LoopKind(Model):
+    """Answers which event loop the server runs (the module of its class): `async def` runs on it."""
+
+    async def predict(self) -> str:
+        return type(asyncio.get_running_loop()).__module__

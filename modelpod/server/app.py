@@ -10,7 +10,7 @@ import resource
 import signal
 import socket
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -248,14 +248,21 @@ def serve(
         watch.add_all()
     if not repository.names() and not (watch is not None and settings.repository_poll > 0):
         raise ValueError("nothing to serve: give at least one model")
-    try:
+    with asyncio.Runner(loop_factory=_loop_factory(settings.event_loop)) as runner:
+        runner.run(run_server(repository, settings, announcer, watch))
+
+
+def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """asyncio's own loop by default. uvloop, measured against it on the benchmarks' load (64
+    connections, 2 cores): as fast over HTTP, 7% faster over gRPC, but when the loop is saturated it
+    leaves some connections unread for many turns: p99 300-450 ms against 25-35 ms for a model
+    computed on the loop (an echo at 64 in flight), the median the same."""
+    if name != "uvloop":
+        return None
+    with needs_extra("server", "MODELPOD_EVENT_LOOP=uvloop"):
         import uvloop
 
-        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
-    except ImportError:
-        runner = asyncio.Runner()
-    with runner:
-        runner.run(run_server(repository, settings, announcer, watch))
+    return uvloop.new_event_loop
 
 
 def _announcer(repository: Repository, settings: Settings, store_models: Sequence[str]) -> Announcer:
