@@ -1,15 +1,19 @@
-"""A lone request to a cheap model is computed on the event loop; company, cost or a setting send it
+"""A lone request to a cheap model is computed on the event loop, and so is every request to a cheap
+model that does not batch; company (for a model that batches), cost, waiting or a setting send them
 back to the batcher and the model threads (modelpod/serving/inline.py)."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
 import pytest
 
-from modelpod.serving.inline import MIN_RUNS
+from modelpod.serving.inline import MAX_STRIKES, MIN_RUNS, WEIGHT, InlineGate
 
 from conftest import ServerProcess, StartServer
 
@@ -80,3 +84,67 @@ def test_a_request_of_many_rows_goes_to_the_batcher(server: ServerProcess) -> No
 def test_a_limit_of_zero_keeps_every_request_on_threads(start_server: StartServer) -> None:
     server = start_server(*MODELS, env={"MODELPOD_INLINE_MS": "0"})
     assert not any(on_loop(name) for name in threads(server, "where", MIN_RUNS + 4))
+
+
+@contextmanager
+def company(server: ServerProcess, seconds: float) -> Iterator[None]:
+    """Another request in flight meanwhile (a batched model sleeping): no request is alone."""
+    with ThreadPoolExecutor(1) as pool:
+        busy = pool.submit(
+            httpx.post, f"{server.http_url}/models/where/predict", json={"sleep": seconds}, timeout=30
+        )
+        time.sleep(0.2)  # under way
+        yield
+        assert busy.result().status_code == 200
+
+
+def test_under_load_a_cheap_model_that_does_not_batch_is_computed_on_the_loop(server: ServerProcess) -> None:
+    with company(server, 4.0):
+        seen = threads(server, "plainwhere", 3 * MIN_RUNS)
+    assert all(name.startswith("modelpod-model") for name in seen[:MIN_RUNS]), seen  # earning its place
+    assert all(on_loop(name) for name in seen[MIN_RUNS:]), seen  # then it stays: no flipping back
+
+
+def test_a_model_that_blocked_the_loop_earns_its_place_back_more_slowly(server: ServerProcess) -> None:
+    with company(server, 6.0):
+        assert on_loop(threads(server, "plainwhere", MIN_RUNS + 1)[-1])
+        assert on_loop(threads(server, "plainwhere", 1, sleep=0.08)[0])  # waited on the loop: a strike
+        seen = threads(server, "plainwhere", 2 * MIN_RUNS + 2)
+    assert all(name.startswith("modelpod-model") for name in seen[: 2 * MIN_RUNS]), seen
+    assert on_loop(seen[-1]), seen
+
+
+def test_the_steady_gate_averages_cpu_time_and_refuses_waits() -> None:
+    gate = InlineGate(limit_ms=1.0)
+    key = ("m", "1")
+    for _ in range(MIN_RUNS - 1):  # on a model thread, waits (for the interpreter lock) do not count
+        gate.observe_cpu(key, compute=0.050, cpu=0.0001, on_loop=False)
+    assert not gate.steady(key)
+    gate.observe_cpu(key, compute=0.050, cpu=0.0001, on_loop=False)
+    assert gate.steady(key)
+    assert gate.takes(key, None, in_flight=3)
+    gate.observe_cpu(key, compute=0.006, cpu=0.006, on_loop=True)  # a collection lands in one compute
+    assert gate.steady(key)  # counted at half the limit, it moves the average by a sixteenth of it
+    for _ in range(WEIGHT * 2):  # computes that cost more than a quarter of the limit, again and again
+        gate.observe_cpu(key, compute=0.0005, cpu=0.0005, on_loop=True)
+    assert not gate.steady(key)
+    for _ in range(MIN_RUNS):  # an average between an eighth and a quarter: it stays where it is
+        gate.observe_cpu(key, compute=0.0002, cpu=0.0002, on_loop=False)
+    assert not gate.steady(key)
+    for _ in range(WEIGHT * 2):
+        gate.observe_cpu(key, compute=0.0001, cpu=0.0001, on_loop=False)
+    assert gate.steady(key)
+    gate.observe_cpu(key, compute=0.050, cpu=0.0001, on_loop=True)  # waited on the loop: a strike
+    assert not gate.steady(key)
+    for _ in range(2 * MIN_RUNS - 1):
+        gate.observe_cpu(key, compute=0.0001, cpu=0.0001, on_loop=False)
+    assert not gate.steady(key)
+    gate.observe_cpu(key, compute=0.0001, cpu=0.0001, on_loop=False)
+    assert gate.steady(key)
+    for strikes in range(2, MAX_STRIKES + 1):  # blocked the loop again: four times as many, then never
+        gate.observe_cpu(key, compute=0.050, cpu=0.0001, on_loop=True)
+        for _ in range(MIN_RUNS << strikes):
+            gate.observe_cpu(key, compute=0.0001, cpu=0.0001, on_loop=False)
+        assert gate.steady(key) == (strikes < MAX_STRIKES)
+    assert not gate.takes(key, batcher=object(), in_flight=3)  # type: ignore[arg-type]  # a batching model: lone only
+    assert not InlineGate(limit_ms=0).steady(key)

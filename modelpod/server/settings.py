@@ -112,7 +112,8 @@ class Settings(BaseSettings):
         1.0,
         ge=0,
         description="a lone request to a model whose single computes stay under this many ms runs on "
-        "the event loop, with no thread hop; 0: never",
+        "the event loop, with no thread hop, as does every request to a model that does not batch "
+        "whose computes average under an eighth of it in CPU time; 0: never",
     )
     event_loop: Literal["asyncio", "uvloop"] = Field(
         "asyncio",

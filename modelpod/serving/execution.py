@@ -93,7 +93,7 @@ class Execution:
         if (
             len(requests) == 1
             and hosted.inlines
-            and self.inline.lone((hosted.name, version), self.admission.in_flight, batcher)
+            and self.inline.takes((hosted.name, version), batcher, self.admission.in_flight)
         ):
             answer = self._inline(hosted, version, requests[0], batcher is not None, options)
             if answer is not _NOT_HERE:
@@ -134,8 +134,7 @@ class Execution:
     ) -> Any:
         """The answer computed here, on the event loop, as the batcher or a model thread would compute
         it; `_NOT_HERE` when the version is not loaded in this process or the request has many rows."""
-        rows = rows_of(request) if hosted.probe.is_tensor_model() else 1
-        if rows != 1:
+        if hosted.probe.is_tensor_model() and rows_of(request) != 1:
             return _NOT_HERE
         with self.pool.use_if_loaded((hosted.name, version)) as runner:
             if not isinstance(runner, Runner):
@@ -145,6 +144,7 @@ class Execution:
                 with (
                     self.admission.counted(options.timeout),
                     self._computing(hosted, version, 1, time.monotonic()),
+                    self.inline.timed((hosted.name, version), on_loop=True, counts=not batches),
                 ):
                     if not batches:
                         return runner.predict(**request)
@@ -192,7 +192,9 @@ class Execution:
         def run(runner: AnyRunner) -> list[Any]:
             leave_waiting()
             call_deadline.set(deadline)  # a worker past it is replaced (this is a copied context)
-            with self._computing(hosted, version, rows, submitted):
+            alone = len(requests) == 1 and rows == 1 and isinstance(runner, Runner)  # (a worker's: no)
+            timed = self.inline.timed((hosted.name, version), on_loop=False, counts=alone)
+            with self._computing(hosted, version, rows, submitted), timed:
                 if tensor or len(requests) == 1:
                     return [runner.predict(**request) for request in requests]
                 return runner.predict_batch(requests)
