@@ -123,6 +123,8 @@ def test_the_steady_gate_averages_cpu_time_and_refuses_waits() -> None:
     gate.observe_cpu(key, compute=0.050, cpu=0.0001, on_loop=False)
     assert gate.steady(key)
     assert gate.takes(key, None, in_flight=3)
+    gate.observe_cpu(key, compute=0.050, cpu=0.0001, on_loop=False)  # sent to a thread before it moved
+    assert gate.steady(key)  # its wait (the interpreter lock's, as likely as not) is no strike
     gate.observe_cpu(key, compute=0.006, cpu=0.006, on_loop=True)  # a collection lands in one compute
     assert gate.steady(key)  # counted at half the limit, it moves the average by a sixteenth of it
     for _ in range(WEIGHT * 2):  # computes that cost more than a quarter of the limit, again and again

@@ -111,7 +111,9 @@ class InlineGate:
         steady.cpu = sample if steady.cpu < 0 else steady.cpu + (sample - steady.cpu) / WEIGHT
         steady.runs += 1
         if steady.on_loop:
-            if compute - cpu > self.limit + LOCK_WAITS:  # it blocked the loop: slower to come back
+            # Only a compute on the loop tells waits apart: one that went to a thread before the
+            # version moved waited for the interpreter lock as much as for anything else.
+            if on_loop and compute - cpu > self.limit + LOCK_WAITS:  # blocked it: slower to come back
                 steady.strikes += 1
                 self._move(steady, on_loop=False)
             elif steady.cpu > self.limit / 4:
