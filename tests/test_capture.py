@@ -12,8 +12,10 @@ import re
 import subprocess
 import sys
 import threading
+import time
 import uuid
 import weakref
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -270,9 +272,9 @@ def test_a_waiting_capture_holds_no_large_tensor() -> None:
             self.release = threading.Event()
             self.lines: list[str] = []
 
-        def write(self, record: Any, line: str) -> None:
+        def write(self, entries: Sequence[tuple[Any, bytes]]) -> None:
             self.release.wait(10)
-            self.lines.append(line)
+            self.lines += [line.decode() for _, line in entries]
 
         def flush(self) -> None:
             return None
@@ -293,6 +295,40 @@ def test_a_waiting_capture_holds_no_large_tensor() -> None:
     capture.close()
     assert len(sink.lines) == 3
     assert '"nbytes":80000,"truncated":true' in sink.lines[0]
+
+
+def test_a_destination_that_fails_counts_its_records_as_failed_and_the_writer_goes_on() -> None:
+    class Flaky:
+        """Refuses the first round it is given (a database gone away), takes the rest."""
+
+        def __init__(self) -> None:
+            self.rounds = 0
+            self.lines: list[bytes] = []
+
+        def write(self, entries: Sequence[tuple[Any, bytes]]) -> None:
+            self.rounds += 1
+            if self.rounds == 1:
+                raise ConnectionError("the database went away")
+            self.lines += [line for _, line in entries]
+
+        def flush(self) -> None:
+            return None
+
+        def close(self) -> None:
+            return None
+
+    sink = Flaky()
+    capture = Capture({"m": Sampling(1.0)}, sink)
+    done = RequestDone("m", "1", "http", "ok", 0.01, inputs=[{"x": 1}], outputs=[{"y": 2}])
+    for _ in range(3):
+        capture.on_request(done)
+    deadline = time.monotonic() + 10
+    while capture.counts().get(("m", "failed")) != 3 and time.monotonic() < deadline:
+        time.sleep(0.01)  # the writer's next round
+    capture.on_request(done)
+    capture.close()
+    assert capture.counts() == {("m", "failed"): 3, ("m", "written"): 1}
+    assert [json.loads(line)["inputs"] for line in sink.lines] == [[{"x": 1}]]
 
 
 def test_values_json_has_no_literal_for_come_back_as_they_were(tmp_path: Path) -> None:

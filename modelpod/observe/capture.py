@@ -28,7 +28,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -83,23 +83,28 @@ Sampled = tuple[
 ]
 
 
-def _line(record: Mapping[str, Any], non_finite: bool) -> str:
+def _line(record: Mapping[str, Any], non_finite: bool) -> bytes:
     """A record as one JSON line: orjson's; the standard library's for what orjson refuses (an
     integer past 64 bits) or would change (it writes a NaN or an infinity as null; the standard
     library writes `NaN`, `Infinity`, which Python's reader, and so replay, gives back)."""
     if not non_finite:
         try:
-            return orjson.dumps(record).decode()
+            return orjson.dumps(record)
         except TypeError:
             pass
-    return json.dumps(record, separators=(",", ":"))
+    return json.dumps(record, separators=(",", ":")).encode()
+
+
+# A record, and its JSON line (UTF-8, without the newline).
+Entry = tuple[Mapping[str, Any], bytes]
 
 
 class Sink(Protocol):
     """Where records go, each with its JSON line: files (`capture_files.CaptureFiles`) or a
-    database (`registry.captures.CaptureTable`)."""
+    database (`registry.captures.CaptureTable`). `write` takes a writer round's records, oldest
+    first; what it is given is readable once `flush` returns."""
 
-    def write(self, record: Mapping[str, Any], line: str) -> None: ...
+    def write(self, entries: Sequence[Entry]) -> None: ...
     def flush(self) -> None: ...
     def close(self) -> None: ...
 
@@ -159,9 +164,9 @@ class Capture(Recorder):
         if len(pending) == self.queue_size // 2:
             self._wake.set()  # half full: write now rather than at the next round
 
-    def _count(self, model: str, what: str, by: int = 1) -> None:
+    def _count(self, model: str, what: str) -> None:
         with self._lock:
-            self._counts[model, what] = self._counts.get((model, what), 0) + by
+            self._counts[model, what] = self._counts.get((model, what), 0) + 1
 
     def counts(self) -> dict[tuple[str, str], int]:
         """(model, "written" | "dropped" | "failed" | "truncated") -> how many so far."""
@@ -176,9 +181,7 @@ class Capture(Recorder):
             self._wake.clear()
             stopping = self._stopping  # read before the last round: what came before it is written
             if self._pending:
-                while self._pending:
-                    self._write(self._pending.popleft())
-                self._flush()  # what is captured is readable now
+                self._write_round()
             if stopping:
                 break
         try:
@@ -186,29 +189,45 @@ class Capture(Recorder):
         except Exception:
             logger.exception("could not close the capture's destination")
 
-    def _flush(self) -> None:
+    def _write_round(self) -> None:
+        """What is queued, written together: one hand-over to the destination, flushed (what is
+        captured is readable now), and the round's counts added under one lock. A destination that
+        fails (a database gone away) loses the round: its records count as failed, not written."""
+        pending = self._pending
+        entries: list[Entry] = []
+        counts: collections.Counter[tuple[str, str]] = collections.Counter()
+        redactors: dict[str, Redact | None] = {}  # each model's hook, looked up once a round
+        for _ in range(len(pending)):  # what came after the round began waits for the next one
+            sampled = pending.popleft()
+            model = sampled[0]
+            if model not in redactors:
+                redactors[model] = self.redactor(model)
+            try:
+                record, truncated, non_finite = self.record(sampled, redactors[model])
+                entries.append((record, _line(record, non_finite)))
+            except Exception:
+                # Never written half-redacted: a failure drops the record, logged and counted.
+                logger.exception("could not capture a request to %s:%s", model, sampled[1])
+                counts[model, "failed"] += 1
+                continue
+            counts[model, "written"] += 1
+            if truncated:
+                counts[model, "truncated"] += truncated
         try:
+            self.sink.write(entries)
             self.sink.flush()
-        except Exception:  # a database gone away: the writer goes on, the next flush may work
-            logger.exception("could not write captured requests")
+        except Exception:  # a database gone away: the writer goes on, the next round may work
+            logger.exception("could not write %d captured requests", len(entries))
+            for key in [key for key in counts if key[1] == "written"]:
+                counts[key[0], "failed"] += counts.pop(key)
+        with self._lock:
+            for key, by in counts.items():
+                self._counts[key] = self._counts.get(key, 0) + by
 
-    def _write(self, sampled: Sampled) -> None:
-        model, version = sampled[0], sampled[1]
-        try:
-            record, truncated, non_finite = self.record(sampled)
-            self.sink.write(record, _line(record, non_finite))
-        except Exception:
-            # Never written half-redacted: a failure drops the record, logged and counted.
-            logger.exception("could not capture a request to %s:%s", model, version)
-            self._count(model, "failed")
-            return
-        self._count(model, "written")
-        if truncated:
-            self._count(model, "truncated", truncated)
-
-    def record(self, sampled: Sampled) -> tuple[dict[str, Any], int, bool]:
-        """The record of one sampled request (its calls and answers as sampled), how many of its
-        values were over the size limit, and whether it holds a float NaN or infinity."""
+    def record(self, sampled: Sampled, redact: Redact | None) -> tuple[dict[str, Any], int, bool]:
+        """The record of one sampled request (its calls and answers as sampled, through its model's
+        `redact` hook if it has one), how many of its values were over the size limit, and whether
+        it holds a float NaN or infinity."""
         (
             model,
             version,
@@ -223,7 +242,6 @@ class Capture(Recorder):
             request_id,
             trace_id,
         ) = sampled
-        redact = self.redactor(model)
         inputs, outputs = calls, answers
         if redact is not None or self.drop_fields:
             inputs = [self._trimmed(call) for call in calls]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -24,26 +24,41 @@ class CaptureFiles:
         self.directory = directory
         self.max_bytes = max_bytes
         self.max_files = max(max_files, 1)
-        self._open: dict[str, tuple[IO[str], int]] = {}  # model -> (file, bytes written)
+        self._open: dict[str, tuple[IO[bytes], int]] = {}  # model -> (file, bytes written)
         self._made = 0
 
-    def write(self, record: Mapping[str, Any], line: str) -> None:
-        model = str(record["model"])
-        file, size = self._open.get(model) or self._new(model)
-        if self.max_bytes is not None and size and size + len(line) + 1 > self.max_bytes:
-            file.close()
-            file, size = self._new(model)
-        file.write(line + "\n")
-        self._open[model] = (file, size + len(line) + 1)
+    def write(self, entries: Sequence[tuple[Mapping[str, Any], bytes]]) -> None:
+        """A writer round's records, each model's lines that fit its current file in one write."""
+        lines: dict[str, list[bytes]] = {}
+        for record, line in entries:
+            lines.setdefault(str(record["model"]), []).append(line)
+        for model, model_lines in lines.items():
+            file, size = self._open.get(model) or self._new(model)
+            held: list[bytes] = []
+            for line in model_lines:
+                if self.max_bytes is not None and size and size + len(line) + 1 > self.max_bytes:
+                    file = self._rotated(model, file, held)
+                    size, held = 0, []
+                held.append(line)
+                size += len(line) + 1
+            file.write(b"\n".join(held) + b"\n")
+            self._open[model] = (file, size)
 
-    def _new(self, model: str) -> tuple[IO[str], int]:
+    def _rotated(self, model: str, full: IO[bytes], held: list[bytes]) -> IO[bytes]:
+        """`held` written to the file that is now full, and a new file begun."""
+        if held:
+            full.write(b"\n".join(held) + b"\n")
+        full.close()
+        return self._new(model)[0]
+
+    def _new(self, model: str) -> tuple[IO[bytes], int]:
         folder = self.directory / model
         folder.mkdir(parents=True, exist_ok=True)
         self._made += 1
         # Named by when it began, to the microsecond: names sort as files were begun, across restarts.
         now = time.time()
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f"{int(now % 1 * 1e6):06d}"
-        file = (folder / f"capture-{stamp}-{self._made:06d}.jsonl").open("a", encoding="utf-8")
+        file = (folder / f"capture-{stamp}-{self._made:06d}.jsonl").open("ab")  # UTF-8 lines, as made
         self._prune(folder)
         self._open[model] = (file, 0)
         return file, 0

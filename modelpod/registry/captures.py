@@ -5,14 +5,14 @@ a capture file would hold; written in batches by the capture's writer thread."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import create_engine, insert, select
 
 from modelpod.registry.schema import captures
 
-BATCH = 200  # rows per insert while requests keep coming (a quiet moment writes what is pending)
+BATCH = 200  # rows per insert: a writer round's records, in statements of a bounded size
 
 
 class CaptureTable:
@@ -23,19 +23,19 @@ class CaptureTable:
         captures.create(self._engine, checkfirst=True)
         self._pending: list[dict[str, Any]] = []
 
-    def write(self, record: Mapping[str, Any], line: str) -> None:
-        request_id = record.get("request_id")
-        self._pending.append({"model": record["model"], "request_id": request_id and str(request_id)[:128],
-                              "time": record["time"], "record": line})  # fmt: skip
-        if len(self._pending) >= BATCH:
-            self.flush()
+    def write(self, entries: Sequence[tuple[Mapping[str, Any], bytes]]) -> None:
+        for record, line in entries:
+            request_id = record.get("request_id")
+            row = {"model": record["model"], "request_id": request_id and str(request_id)[:128]}
+            self._pending.append(row | {"time": record["time"], "record": line.decode()})
 
     def flush(self) -> None:
         if not self._pending:
             return
         rows, self._pending = self._pending, []  # failed, they are lost (and logged): memory stays bounded
         with self._engine.begin() as connection:
-            connection.execute(insert(captures), rows)
+            for start in range(0, len(rows), BATCH):
+                connection.execute(insert(captures), rows[start : start + BATCH])
 
     def close(self) -> None:
         self.flush()
