@@ -150,7 +150,7 @@ class Capture(Recorder):
             return
         pending = self._pending
         if len(pending) >= self.queue_size:
-            self._count(event.model, "dropped")
+            self._add({(event.model, "dropped"): 1})
             return
         # What waits in the queue holds no value over the size limit (only its description), nor
         # the event (its span, its values at full size): the fields a record is made of, in a tuple.
@@ -164,9 +164,10 @@ class Capture(Recorder):
         if len(pending) == self.queue_size // 2:
             self._wake.set()  # half full: write now rather than at the next round
 
-    def _count(self, model: str, what: str) -> None:
+    def _add(self, counts: Mapping[tuple[str, str], int]) -> None:
         with self._lock:
-            self._counts[model, what] = self._counts.get((model, what), 0) + 1
+            for key, by in counts.items():
+                self._counts[key] = self._counts.get(key, 0) + by
 
     def counts(self) -> dict[tuple[str, str], int]:
         """(model, "written" | "dropped" | "failed" | "truncated") -> how many so far."""
@@ -220,9 +221,7 @@ class Capture(Recorder):
             logger.exception("could not write %d captured requests", len(entries))
             for key in [key for key in counts if key[1] == "written"]:
                 counts[key[0], "failed"] += counts.pop(key)
-        with self._lock:
-            for key, by in counts.items():
-                self._counts[key] = self._counts.get(key, 0) + by
+        self._add(counts)
 
     def record(self, sampled: Sampled, redact: Redact | None) -> tuple[dict[str, Any], int, bool]:
         """The record of one sampled request (its calls and answers as sampled, through its model's

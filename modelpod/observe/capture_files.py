@@ -41,13 +41,13 @@ class CaptureFiles:
                     size, held = 0, []
                 held.append(line)
                 size += len(line) + 1
-            file.write(b"\n".join(held) + b"\n")
+            file.write(_joined(held))
             self._open[model] = (file, size)
 
     def _rotated(self, model: str, full: IO[bytes], held: list[bytes]) -> IO[bytes]:
         """`held` written to the file that is now full, and a new file begun."""
         if held:
-            full.write(b"\n".join(held) + b"\n")
+            full.write(_joined(held))
         full.close()
         return self._new(model)[0]
 
@@ -76,6 +76,10 @@ class CaptureFiles:
         for file, _ in self._open.values():
             file.close()
         self._open.clear()
+
+
+def _joined(lines: list[bytes]) -> bytes:
+    return b"\n".join(lines) + b"\n"
 
 
 def models(directory: Path) -> list[str]:

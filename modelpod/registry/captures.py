@@ -26,8 +26,13 @@ class CaptureTable:
     def write(self, entries: Sequence[tuple[Mapping[str, Any], bytes]]) -> None:
         for record, line in entries:
             request_id = record.get("request_id")
-            row = {"model": record["model"], "request_id": request_id and str(request_id)[:128]}
-            self._pending.append(row | {"time": record["time"], "record": line.decode()})
+            row = {
+                "model": record["model"],
+                "request_id": request_id and str(request_id)[:128],
+                "time": record["time"],
+                "record": line.decode(),
+            }
+            self._pending.append(row)
 
     def flush(self) -> None:
         if not self._pending:
