@@ -9,7 +9,7 @@ import contextlib
 import inspect
 import logging
 import sys
-from collections.abc import AsyncGenerator, Callable, Generator, Iterator, Mapping
+from collections.abc import AsyncGenerator, Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +23,7 @@ from modelpod.runtime.items import (
     model_items,
     run_coroutine,
 )
+from modelpod.runtime.keywords import KeywordCheck
 from modelpod.runtime.model import Model
 
 logger = logging.getLogger("modelpod.runtime.runner")
@@ -50,7 +51,7 @@ class ModelCalls:
     postprocessors: list[_Processor] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.signature = _signature_of(self.model.signature_target())  # computed once: it is slow
+        self.keywords = KeywordCheck(_signature_of(self.model.signature_target()))  # read once: it is slow
 
     @property
     def label(self) -> str:
@@ -86,7 +87,7 @@ class ModelCalls:
                     "not a mapping of input names to values",
                 )
         prepared = self.inputs.prepare(inputs, where)
-        _bind(self.signature, prepared.values, f"{where}{self.model.model_name}")
+        self.keywords.check(prepared.values, f"{where}{self.model.model_name}")
         return prepared
 
     def postprocess(self, output: Any) -> Any:
@@ -146,22 +147,29 @@ class ModelCalls:
         logger.error("error id %s: %r failed", failure.error_id, self.model, exc_info=error)
         return failure
 
-    @contextlib.contextmanager
-    def _torch_context(self) -> Iterator[None]:
+    def _torch_context(self) -> contextlib.AbstractContextManager[Any]:
+        """Around a call when torch is loaded: inference mode (the usual case, entered as it is:
+        a generator or an exit stack around it costs as much again), and autocast if asked for."""
         torch = sys.modules.get("torch")  # only models that imported torch pay for it
         if torch is None:
             if self.mixed_precision:
                 raise ModelError("mixed_precision needs torch, and this model does not use it")
-            yield
-            return
-        with contextlib.ExitStack() as stack:
+            return _NO_CONTEXT
+        if not self.mixed_precision:
+            if not self.inference_mode:
+                return _NO_CONTEXT
+            mode: contextlib.AbstractContextManager[Any] = torch.inference_mode()
+            return mode
+        with contextlib.ExitStack() as stack:  # (left again if autocast cannot be entered)
             if self.inference_mode:
                 stack.enter_context(torch.inference_mode())
-            if self.mixed_precision:
-                device_type = self.model.device.split(":")[0]
-                dtype = torch.float16 if device_type == "cuda" else torch.bfloat16
-                stack.enter_context(torch.autocast(device_type=device_type, dtype=dtype))
-            yield
+            device_type = self.model.device.split(":")[0]
+            dtype = torch.float16 if device_type == "cuda" else torch.bfloat16
+            stack.enter_context(torch.autocast(device_type=device_type, dtype=dtype))
+            return stack.pop_all()
+
+
+_NO_CONTEXT = contextlib.nullcontext()
 
 
 def _insert(
@@ -194,7 +202,7 @@ def check_train_options(model: Model, options: Mapping[str, Any]) -> None:
     if not model.has_train():
         raise InvalidInput(f"model {model.model_name!r} has no train() method")
     train: Callable[..., Any] = model.train  # type: ignore[attr-defined]
-    _bind(_signature_of(train), options, f"{model.model_name}.train")
+    KeywordCheck(_signature_of(train)).check(options, f"{model.model_name}.train")
 
 
 def _signature_of(target: Callable[..., Any]) -> inspect.Signature | None:
@@ -202,16 +210,6 @@ def _signature_of(target: Callable[..., Any]) -> inspect.Signature | None:
         return inspect.signature(target)
     except (TypeError, ValueError):  # builtins without a signature: the call itself decides
         return None
-
-
-def _bind(signature: inspect.Signature | None, kwargs: Mapping[str, Any], label: str) -> None:
-    """Reject missing and unknown fields before calling the model, naming them."""
-    if signature is None:
-        return
-    try:
-        signature.bind(**kwargs)
-    except TypeError as error:
-        raise InvalidInput(f"{label}: {error}") from None
 
 
 def as_item_error(output: Any) -> Any:
