@@ -8,7 +8,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Match, Route
 
@@ -27,6 +27,7 @@ from modelpod.observe import timing as timings
 from modelpod.observe.events import RequestSpan, SpanStarter
 from modelpod.protocol import jsoncodec
 from modelpod.protocol.body import BodyBuffer
+from modelpod.server import disconnects
 from modelpod.serving.options import Options, request_options
 from modelpod.serving.service import InferenceService
 
@@ -73,13 +74,11 @@ async def read_body(request: Request) -> bytearray:
     body = BodyBuffer()
     timeout: float | None = request.app.state.body_timeout
     try:
-        async with asyncio.timeout(timeout):
-            async for chunk in request.stream():
-                if limit is not None and body.size + len(chunk) > limit:
-                    raise PayloadTooLarge(
-                        f"the request body is over {limit} bytes, the most this server accepts"
-                    )
-                body.add(chunk)
+        if request.scope.get(BODY_RECEIVED):  # it came with the head: nothing to wait for, no timer
+            await _collect(request, body, limit)
+        else:
+            async with asyncio.timeout(timeout):
+                await _collect(request, body, limit)
     except TimeoutError:
         expected = f"of {size} " if size is not None else ""
         raise BodyTimeout(
@@ -87,6 +86,25 @@ async def read_body(request: Request) -> bytearray:
             "the server's limit is MODELPOD_BODY_TIMEOUT"
         ) from None
     return body.finish()
+
+
+BODY_RECEIVED = "modelpod.body_received"  # in a request's scope: its whole body has arrived
+
+
+async def _collect(request: Request, body: BodyBuffer, limit: int | None) -> None:
+    """The body's chunks into `body`, read from the server as they come (Starlette's `stream`
+    is an async generator around the same reads)."""
+    receive = request.receive
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            raise ClientDisconnect()
+        chunk = message.get("body", b"")
+        if limit is not None and body.size + len(chunk) > limit:
+            raise PayloadTooLarge(f"the request body is over {limit} bytes, the most this server accepts")
+        body.add(chunk)
+        if not message.get("more_body", False):
+            return
 
 
 class PartsResponse(Response):
@@ -101,10 +119,7 @@ class PartsResponse(Response):
         self.background = None
         self.parts = parts
         self.size = sum(part.nbytes if isinstance(part, memoryview) else len(part) for part in parts)
-        raw = [(key.lower().encode("latin-1"), value.encode("latin-1")) for key, value in headers.items()]
-        raw.append((b"content-type", media_type.encode("latin-1")))
-        raw.append((b"content-length", str(self.size).encode("latin-1")))
-        self.raw_headers = raw
+        self.raw_headers = raw_head(headers, media_type.encode("latin-1"), self.size)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
@@ -114,6 +129,14 @@ class PartsResponse(Response):
         for part in self.parts:
             await send({"type": "http.response.body", "body": part, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def raw_head(headers: Mapping[str, str] | None, media_type: bytes, size: int) -> list[tuple[bytes, bytes]]:
+    """An answer's headers as the raw list an ASGI server sends, with its type and length."""
+    raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()] if headers else []
+    raw.append((b"content-type", media_type))
+    raw.append((b"content-length", str(size).encode("latin-1")))
+    return raw
 
 
 JOINED_BODY = 64 * 1024  # bytes: a PartsResponse up to this size is sent as one piece
@@ -151,7 +174,6 @@ async def decoded(decode: Callable[..., T], body: bytearray, *args: Any) -> T:
     return decode(body, *args)
 
 
-WATCH_AFTER = 0.05  # seconds a request may wait before the server watches for its client hanging up
 PRIORITY_HEADER = "x-priority"
 ANSWERED_BY_MODEL, ANSWERED_BY_VERSION = "x-modelpod-model", "x-modelpod-version"
 TRAFFIC_KEY_HEADER = "x-modelpod-traffic-key"  # hashed to keep a caller on one version (sticky split)
@@ -186,10 +208,21 @@ def _microseconds(value: Any) -> float:
     return value / 1e6
 
 
-def json_response(value: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(
-        jsoncodec.dumps(value), status_code=status, headers=headers, media_type="application/json"
-    )
+def json_response(value: object, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
+    return JsonResponse(jsoncodec.dumps(value), status, headers)
+
+
+class JsonResponse(Response):
+    """A JSON answer, its head written as the raw list Starlette sends: `Response.__init__` looks
+    its media type and headers over again for every answer (microseconds of every request)."""
+
+    media_type = "application/json"
+
+    def __init__(self, body: bytes, status: int = 200, headers: Mapping[str, str] | None = None) -> None:
+        self.status_code = status
+        self.background = None
+        self.body = body
+        self.raw_headers = raw_head(headers, b"application/json", len(body))
 
 
 class ClientGone(ModelpodError):
@@ -197,25 +230,16 @@ class ClientGone(ModelpodError):
 
 
 async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
-    """Await `work`, cancelling it if the client hangs up first: a queued request it abandoned is
-    then dropped before compute instead of running for nobody. (The body must be read already.)
-
-    Only requests still waiting after `WATCH_AFTER` seconds are watched: a watcher for every
-    request would cost more than the few that are abandoned."""
+    """Await `work`, cancelling it if the client hangs up first (watched once it has waited a
+    while: see `disconnects`). The body must be read already."""
     handler = asyncio.current_task()
     assert handler is not None
-    gone: list[bool] = []  # set by the watcher when the client has hung up
-    watcher: asyncio.Task[None] | None = None
-
-    def watch() -> None:
-        nonlocal watcher
-        watcher = asyncio.ensure_future(_cancel_on_disconnect(request, handler, gone))
-
-    timer = asyncio.get_running_loop().call_later(WATCH_AFTER, watch)
+    waiting = disconnects.watchlist()
+    entry = waiting.add(request, handler)
     try:
         return await work
     except asyncio.CancelledError:
-        if not gone:
+        if not entry.gone:
             raise
         handler.uncancel()
         logger.info(
@@ -223,16 +247,7 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
         )
         raise ClientGone("the client disconnected") from None
     finally:
-        timer.cancel()
-        if watcher is not None:
-            watcher.cancel()
-
-
-async def _cancel_on_disconnect(request: Request, handler: asyncio.Task[Any], gone: list[bool]) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-    gone.append(True)
-    handler.cancel()
+        waiting.remove(entry)
 
 
 # Probes, scrapes and the status page's polling: a span each would bury the requests in traces.

@@ -5,6 +5,7 @@ from __future__ import annotations
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp
 
 from modelpod.server import docs, routes_metrics, routes_native, routes_openai, routes_v2, status_page
 from modelpod.server.auth import AuthMiddleware, KeyTable
@@ -22,7 +23,7 @@ def create_app(
     body_timeout: float | None = None,
     max_parsed_bytes: int | None = None,
     quotas: Quotas | None = None,
-) -> Starlette:
+) -> ServingApp:
     """The whole HTTP API: native routes, the Open Inference Protocol, and the OpenAPI docs;
     behind API keys when `keys` holds any, and per-caller `quotas`. Bodies may take `body_timeout`
     seconds to arrive."""
@@ -33,8 +34,10 @@ def create_app(
         middleware.append(
             Middleware(QuotaMiddleware, quotas=quotas, keys=keys or KeyTable(()), recorder=service.recorder)
         )
-    middleware.append(Middleware(InferenceLane))  # innermost: inside the keys' and quotas' checks
-    app = Starlette(routes=routes, exception_handlers=not_found, middleware=middleware)
+    if middleware:  # innermost: inside the keys' and quotas' checks
+        middleware.append(Middleware(InferenceLane))
+    app = ServingApp(routes=routes, exception_handlers=not_found, middleware=middleware)
+    app.lane_outside = not middleware
     # Starlette would answer `/models/` with a redirect to an absolute URL built from the Host
     # header, which a client chooses: a 404 naming the path without the slash instead.
     app.router.redirect_slashes = False
@@ -43,6 +46,19 @@ def create_app(
     app.state.body_timeout = body_timeout
     app.state.max_parsed_bytes = max_parsed_bytes
     return app
+
+
+class ServingApp(Starlette):
+    """Starlette, with the inference lane around its whole stack when no middleware (API keys,
+    quotas) has to see the requests first: an inference request then skips Starlette's error
+    middleware too, which wraps `send` once more for every request. (Its endpoints answer their
+    own errors, `endpoints.handled`; anything that escapes them is uvicorn's to log and answer.)"""
+
+    lane_outside = False
+
+    def build_middleware_stack(self) -> ASGIApp:
+        stack = super().build_middleware_stack()
+        return InferenceLane(stack) if self.lane_outside else stack
 
 
 def all_routes() -> list[BaseRoute]:

@@ -32,6 +32,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from modelpod.protocol import jsoncodec
 from modelpod.server.coalesced_writes import CoalescedWrites
+from modelpod.server.endpoints import BODY_RECEIVED
 
 logger = logging.getLogger("modelpod.http")
 
@@ -131,6 +132,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         cycle.message_event.set()
 
     def on_message_complete(self) -> None:
+        if self.cycle is not None:  # the app reads the body without a deadline (`read_body`)
+            self.cycle.scope[BODY_RECEIVED] = True  # type: ignore[literal-required]  # modelpod's key
         super().on_message_complete()
         self._awaiting_head = True  # whatever comes next is the next request's head
 

@@ -4,8 +4,9 @@ Every inference request (`POST /models/{name}[/versions/{version}]/{method}`, `P
 /v2/models/{name}[/versions/{version}]/infer`) would otherwise cross Starlette's exception
 middleware, its router's route list, the route's method check and its request-response wrappers,
 each of them wrapping `send` again: tens of microseconds a request, on the event loop that every
-request shares. This lane, the innermost middleware (inside API keys and quotas, which still see
-every request), sends those requests straight to their endpoints. The endpoints answer their own
+request shares. This lane sends those requests straight to their endpoints: it is the innermost
+middleware when there are API keys or quotas (they still see every request), and outside Starlette's
+whole stack when there are none (`http.ServingApp`). The endpoints answer their own
 errors (`endpoints.handled`), so Starlette's layers had nothing to add to them; every other request
 goes on through Starlette as before. The paths are matched as Starlette matches them: a parameter
 is one non-empty path segment, and the inference routes come first among the routes

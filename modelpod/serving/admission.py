@@ -52,6 +52,8 @@ class Admission:
         """Await model code on the event loop itself (an `async def predict`), counted in flight
         like `run`, and bounded by the request's timeout (which cancels it)."""
         with self.counted(timeout):
+            if timeout is None:  # most requests: no timer to arm and cancel
+                return await work()
             async with asyncio.timeout(timeout):
                 return await work()
 
