@@ -4,13 +4,12 @@ not batch; each request's outcome and each run's batch published once to the rec
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from modelpod.errors import InvalidInput, ModelpodError, Unavailable
+from modelpod.errors import ModelpodError, Unavailable
 from modelpod.observe import timing as timings
 from modelpod.observe.events import BatchDone, Recorder, RequestDone, request_trace
 from modelpod.runtime.batchers import Batchers
@@ -20,6 +19,7 @@ from modelpod.runtime.inputs import check_field_names
 from modelpod.runtime.runner import Runner
 from modelpod.runtime.stacking import rows_of
 from modelpod.serving.admission import Admission
+from modelpod.serving.computing import Computing
 from modelpod.serving.inline import InlineGate
 from modelpod.serving.options import Options
 from modelpod.serving.pool import ModelPool
@@ -155,28 +155,9 @@ class Execution:
             raise answer
         return answer
 
-    @contextlib.contextmanager
-    def _computing(self, hosted: HostedModel, version: str, rows: int, submitted: float) -> Iterator[None]:
-        """Around a model's run outside a batcher: its compute time published as a batch of `rows`
-        (and put in the request's timing), unless it was refused before the model ran."""
-        timing = timings.current.get()
-        started = time.monotonic()
-
-        def observe() -> None:
-            compute = time.monotonic() - started
-            waits = [started - submitted]
-            self.observe_batch(hosted.name, version, rows, compute, waits, [request_trace.get()])
-            if timing is not None:
-                timing.ran(started - submitted, compute)
-
-        try:
-            yield
-        except InvalidInput:
-            raise  # refused before the model ran: no compute to count
-        except ModelpodError:
-            observe()
-            raise
-        observe()
+    def _computing(self, hosted: HostedModel, version: str, rows: int, submitted: float) -> Computing:
+        """Around a model's run outside a batcher (see `Computing`)."""
+        return Computing(self.observe_batch, hosted.name, version, rows, submitted)
 
     async def _on_thread(
         self, hosted: HostedModel, version: str, requests: list[dict[str, Any]], options: Options
