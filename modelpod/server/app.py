@@ -21,9 +21,10 @@ from modelpod.observe import logs
 from modelpod.protocol.cost import CostLimits
 from modelpod.server.auth import exposure_warning, grpc_interceptors, load_keys
 from modelpod.server.capturing import count_in, start_capture
+from modelpod.server.edge_requests import EdgeRequests
 from modelpod.server.grpc_server import start_grpc_server
 from modelpod.server.http import create_app
-from modelpod.server.http_connections import ConnectionLimits, EdgeRequests, guarded_protocol
+from modelpod.server.http_connections import ConnectionLimits, guarded_protocol
 from modelpod.server.quota_edges import QuotaInterceptor
 from modelpod.server.settings import Settings
 from modelpod.server.tls import load_tls
@@ -64,6 +65,7 @@ class ModelServer:
         self.keys = load_keys(settings)  # first: bad keys or TLS files stop the server before it loads
         self.tls = load_tls(settings)
         self.pool = ModelPool(settings.model_pool_size, settings.model_pool_memory)
+        self.edge = EdgeRequests()  # the requests both edges are answering
         limits = CostLimits(settings.max_request_rows, settings.max_request_elements,
                             settings.max_request_decoded_bytes, settings.max_message_size)  # fmt: skip
         self.tracing = start_tracing() if settings.otel else None
@@ -73,6 +75,7 @@ class ModelServer:
             repository, self.pool, settings.rpc_max_workers, slow_ms=settings.slow_ms, limits=limits,
             recorders=recorders, tracer=self.tracing, inline_ms=settings.inline_ms,
         )  # fmt: skip
+        self.service.execution.inline.lone_at_edge = self.edge.at_most_one
         if self.capture is not None:
             count_in(self.service.metrics.registry, self.capture)
         if settings.traffic:
@@ -98,6 +101,7 @@ class ModelServer:
                 [*grpc_interceptors(self.keys), *self._quota_interceptors()],
                 self.tls.grpc_credentials() if self.tls is not None else None,
                 self.settings.max_connections,
+                self.edge,
             )
         except OSError:
             await self.stop(quiet=True)
@@ -137,8 +141,6 @@ class ModelServer:
             settings.max_header_size, settings.keep_alive_timeout, settings.max_connections
         )
         _allow_open_files(4 * settings.max_connections + 256)  # HTTP to twice the cap, gRPC, files
-        edge = EdgeRequests()
-        self.service.execution.inline.lone_at_edge = edge.at_most_one
         config = uvicorn.Config(
             create_app(
                 self.service,
@@ -148,7 +150,7 @@ class ModelServer:
                 settings.max_parsed_size,
                 self.quotas,
             ),
-            http=guarded_protocol(limits, edge),
+            http=guarded_protocol(limits, self.edge),
             timeout_keep_alive=settings.keep_alive_timeout,  # type: ignore[arg-type]  # a float works
             log_level=self.settings.log_level,
             log_config=None,  # logging is configured once, by modelpod.observe.logs

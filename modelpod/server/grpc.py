@@ -31,6 +31,7 @@ from modelpod.protocol._generated import grpc_service_pb2 as pb
 from modelpod.protocol._generated import grpc_service_pb2_grpc as pb_grpc
 from modelpod.protocol._generated import native_pb2, native_pb2_grpc
 from modelpod.protocol.cost import DecodeBudget
+from modelpod.server.edge_requests import EdgeRequests
 from modelpod.server.grpc_tracing import call_span, finish, in_own_span, traced_stream
 from modelpod.serving.options import Options, request_options
 from modelpod.serving.service import InferenceService
@@ -62,6 +63,8 @@ def guarded(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
         logs.request_id.set(rid)  # each call runs in a task of its own: this is its context
         timing = timings.begin()
         span = call_span(self.service, metadata, handler.__name__)
+        edge: EdgeRequests = self.edge
+        edge.calls += 1  # not alone meanwhile: another request waits to be batched with it
         try:
             answer = await handler(self, request, context)
         except Exception as error:
@@ -70,6 +73,7 @@ def guarded(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
             await abort(context, failure, rid)
             raise AssertionError("abort() always raises") from None  # pragma: no cover
         finally:
+            edge.calls -= 1
             _metadata.reset(kept)
             timing.log_if_slow(self.service.slow_ms)
         finish(span, "OK")
@@ -102,8 +106,9 @@ async def abort(context: grpc.aio.ServicerContext[Any, Any], error: ModelpodErro
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     """`inference.GRPCInferenceService`, as NVIDIA's tritonclient.grpc speaks it."""
 
-    def __init__(self, service: InferenceService) -> None:
+    def __init__(self, service: InferenceService, edge: EdgeRequests | None = None) -> None:
         self.service = service
+        self.edge = edge or EdgeRequests()
 
     @guarded
     async def ServerLive(self, request: pb.ServerLiveRequest, context: Any) -> pb.ServerLiveResponse:
@@ -268,8 +273,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 class NativeServicer(native_pb2_grpc.ModelServiceServicer):
     """`modelpod.native.ModelService`: the model's own methods, arguments and results in msgpack."""
 
-    def __init__(self, service: InferenceService) -> None:
+    def __init__(self, service: InferenceService, edge: EdgeRequests | None = None) -> None:
         self.service = service
+        self.edge = edge or EdgeRequests()
 
     @guarded
     async def Call(self, request: native_pb2.CallRequest, context: Any) -> native_pb2.CallResponse:

@@ -10,6 +10,7 @@ import grpc
 
 from modelpod.protocol._generated import grpc_service_pb2_grpc as pb_grpc
 from modelpod.protocol._generated import native_pb2_grpc
+from modelpod.server.edge_requests import EdgeRequests
 from modelpod.server.grpc import InferenceServicer, NativeServicer
 from modelpod.server.grpc_wire import add_servicer
 from modelpod.serving.service import InferenceService
@@ -27,12 +28,13 @@ async def start_grpc_server(
     interceptors: Sequence[grpc.aio.ServerInterceptor[Any, Any]] = (),
     credentials: grpc.ServerCredentials | None = None,
     max_connections: int | None = None,
+    edge: EdgeRequests | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """Bind and start both gRPC services (over TLS with `credentials`); returns the server and its port.
 
     Connections are bounded as HTTP's are: at most `max_connections` open, a few seconds to finish
     the handshake, a bounded number of calls each, and closed (GOAWAY, which clients follow by
-    reconnecting) after a while idle.
+    reconnecting) after a while idle. Calls in their handlers are counted in `edge`.
     """
     limit = max_message_size if max_message_size is not None else -1
     options: list[tuple[str, Any]] = [
@@ -46,8 +48,9 @@ async def start_grpc_server(
     if max_connections is not None:
         options.append(("grpc.max_allowed_incoming_connections", max_connections))
     server = grpc.aio.server(interceptors=interceptors, options=options)
-    add_servicer(pb_grpc.add_GRPCInferenceServiceServicer_to_server, InferenceServicer(service), server)
-    add_servicer(native_pb2_grpc.add_ModelServiceServicer_to_server, NativeServicer(service), server)
+    edge = edge or EdgeRequests()
+    add_servicer(pb_grpc.add_GRPCInferenceServiceServicer_to_server, InferenceServicer(service, edge), server)
+    add_servicer(native_pb2_grpc.add_ModelServiceServicer_to_server, NativeServicer(service, edge), server)
     try:
         address = f"{host}:{port}"
         bound = (

@@ -22,7 +22,6 @@ import functools
 import http
 import logging
 import time
-from collections.abc import Sized
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -32,6 +31,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from modelpod.protocol import jsoncodec
 from modelpod.server.coalesced_writes import CoalescedWrites
+from modelpod.server.edge_requests import EdgeRequests
 from modelpod.server.endpoints import BODY_RECEIVED
 
 logger = logging.getLogger("modelpod.http")
@@ -44,17 +44,6 @@ class ConnectionLimits:
     max_header_bytes: int | None
     head_timeout: float
     max_connections: int
-
-
-class EdgeRequests:
-    """The requests this HTTP server is answering now: uvicorn's set of request tasks (one per request
-    from its head to its answer, whichever connection it came on), seen through a connection."""
-
-    def __init__(self) -> None:
-        self.tasks: Sized = ()
-
-    def at_most_one(self) -> bool:
-        return len(self.tasks) <= 1
 
 
 def guarded_protocol(limits: ConnectionLimits, edge: EdgeRequests | None = None) -> type[GuardedHttpProtocol]:

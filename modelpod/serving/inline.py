@@ -5,7 +5,7 @@ two thread wake-ups, about 0.1-0.2 ms on a small machine: as much as a small mod
 under load more, since every hand-off is a fight for the interpreter lock. So the event loop computes
 a request itself, as an `async def` handler would, in two cases:
 
-- **Lone**: no other request is live, at the HTTP edge or in any model, so there is nobody to batch
+- **Lone**: no other request is live, at either edge (HTTP, gRPC) or in any model, so there is nobody to batch
   with and nobody the event loop would serve meanwhile. A version earns this by its record: `MIN_RUNS`
   single-request computes in a row, none over the limit (`MODELPOD_INLINE_MS`, 1 ms by default; 0
   turns it off). The moment a second request is live, requests take the usual path. One slower
@@ -64,13 +64,13 @@ class _Steady:
 
 
 class InlineGate:
-    """Which versions are cheap enough, and whether the HTTP edge is serving one request at most."""
+    """Which versions are cheap enough, and whether the edges are serving one request at most."""
 
     def __init__(self, limit_ms: float = 1.0) -> None:
         self.limit = limit_ms / 1000
         self._record: dict[Key, int] = {}  # version -> short single-request computes in a row
         self._steady: dict[Key, _Steady] = {}
-        # set by the HTTP server: whether it is answering one request at most (this one)
+        # set by the server: whether its edges are answering one request at most (this one)
         self.lone_at_edge: Callable[[], bool] = _never
 
     def observe(self, key: Key, rows: int, compute: float) -> None:
@@ -81,7 +81,7 @@ class InlineGate:
 
     def lone(self, key: Key, in_flight: int, batcher: Batcher | None) -> bool:
         """Whether a request to the version is alone (nothing in flight in any model, its batcher, if
-        it has one, at rest, one request at the HTTP edge) and the version cheap: to be computed on
+        it has one, at rest, one request at the edges) and the version cheap: to be computed on
         the loop. The cheapest checks first: most requests are answered by the first that fails."""
         if in_flight or self.limit <= 0 or self._record.get(key, 0) < MIN_RUNS:
             return False
