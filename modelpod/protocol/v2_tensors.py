@@ -122,19 +122,21 @@ def _object_array(items: Sequence[bytes]) -> Array:
 def _from_json(where: str, datatype: str, shape: tuple[int, ...], data: Any) -> Array:
     if not isinstance(data, list):
         raise InvalidInput(f"{where}: 'data' must be a list")
-    flat = _flatten(data)
+    flat, kinds = _flatten(data)
     count = math.prod(shape)
     if len(flat) != count:
         raise InvalidInput(f"{where}: {len(flat)} values in 'data' for shape {list(shape)} ({count})")
     if datatype == "BYTES":
-        return _json_bytes(where, flat).reshape(shape)
-    return _json_numbers(where, datatype, flat).reshape(shape)
+        return _json_bytes(where, flat, kinds).reshape(shape)
+    return _json_numbers(where, datatype, flat, kinds).reshape(shape)
 
 
-def _flatten(data: list[Any]) -> list[Any]:
-    """Row-major values of nested lists, without recursion (JSON may nest deeply)."""
-    if list not in set(map(type, data)):
-        return data
+def _flatten(data: list[Any]) -> tuple[list[Any], set[type]]:
+    """Row-major values of nested lists, without recursion (JSON may nest deeply), and their types
+    (one pass over a flat list, as most clients send, tells both)."""
+    kinds = set(map(type, data))
+    if list not in kinds:
+        return data, kinds
     flat: list[Any] = []
     stack = [iter(data)]
     while stack:
@@ -145,26 +147,27 @@ def _flatten(data: list[Any]) -> list[Any]:
             flat.append(item)
         else:
             stack.pop()
-    return flat
+    return flat, set(map(type, flat))
 
 
-def _json_bytes(where: str, flat: list[Any]) -> Array:
-    _check_json_types(where, "BYTES", flat, {str})
+def _json_bytes(where: str, flat: list[Any], kinds: set[type]) -> Array:
+    _check_json_types(where, "BYTES", kinds, {str})
     try:
         return _object_array([item.encode("utf-8") for item in flat])
     except UnicodeEncodeError:
         raise InvalidInput(f"{where}: BYTES data holds a string that is not valid Unicode") from None
 
 
-def _json_numbers(where: str, datatype: str, flat: list[Any]) -> Array:
+def _json_numbers(where: str, datatype: str, flat: list[Any], kinds: set[type]) -> Array:
     dtype = DATATYPES[datatype]
     if datatype == "BOOL":
-        _check_json_types(where, datatype, flat, {bool})
+        _check_json_types(where, datatype, kinds, {bool})
     elif datatype in _FLOATS:
-        if str in _check_json_types(where, datatype, flat, {int, float, str}):  # "NaN", "Infinity"...
+        _check_json_types(where, datatype, kinds, {int, float, str})
+        if str in kinds:  # "NaN", "Infinity"...
             flat = [_special_float(where, item) if isinstance(item, str) else item for item in flat]
     else:
-        _check_json_types(where, datatype, flat, {int})
+        _check_json_types(where, datatype, kinds, {int})
         _check_int_range(where, datatype, flat)
     try:
         with np.errstate(over="ignore"):
@@ -173,14 +176,12 @@ def _json_numbers(where: str, datatype: str, flat: list[Any]) -> Array:
         raise InvalidInput(f"{where}: a value is out of range for {datatype}") from None
 
 
-def _check_json_types(where: str, datatype: str, flat: list[Any], allowed: set[type]) -> set[type]:
-    """The Python types of the values (all of them `allowed`, or InvalidInput)."""
-    kinds = set(map(type, flat))
+def _check_json_types(where: str, datatype: str, kinds: set[type], allowed: set[type]) -> None:
+    """The values' Python types `kinds` are all `allowed`, or InvalidInput."""
     wrong = kinds - allowed
     if wrong:
         found = _JSON_TYPES.get(next(iter(wrong)), "null")
         raise InvalidInput(f"{where}: {datatype} data cannot hold a JSON {found}")
-    return kinds
 
 
 def _check_int_range(where: str, datatype: str, flat: list[int]) -> None:

@@ -6,6 +6,7 @@ import asyncio
 import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from starlette.requests import ClientDisconnect, Request
@@ -54,9 +55,25 @@ def header(request: Request, name: str, default: str | None = None) -> str | Non
 _HEADERS = "modelpod.headers"
 
 
+@dataclass(frozen=True)
+class EdgeContext:
+    """What the HTTP endpoints read from their app on every request: the service and the body
+    limits, as plain attributes (Starlette's `app.state` answers each read through `__getattr__`,
+    half a microsecond, several times a request)."""
+
+    service: InferenceService
+    max_body_bytes: int | None = None
+    body_timeout: float | None = None
+    max_parsed_bytes: int | None = None
+
+
+def context_of(request: Request) -> EdgeContext:
+    context: EdgeContext = request.scope["app"].context
+    return context
+
+
 def service_of(request: Request) -> InferenceService:
-    service: InferenceService = request.app.state.service
-    return service
+    return context_of(request).service
 
 
 async def read_body(request: Request) -> bytearray:
@@ -66,13 +83,14 @@ async def read_body(request: Request) -> bytearray:
     A bytearray that grows with the bytes that arrive, whatever length was declared: the arrays
     decoded from it are views of it, writable, with no further copy.
     """
-    limit: int | None = request.app.state.max_body_bytes
+    context = context_of(request)
+    limit = context.max_body_bytes
     declared = header(request, "content-length", "") or ""
     size = int(declared) if declared.isdigit() else None
     if limit is not None and size is not None and size > limit:
         raise PayloadTooLarge(f"the request body is {size} bytes; this server accepts at most {limit}")
     body = BodyBuffer()
-    timeout: float | None = request.app.state.body_timeout
+    timeout = context.body_timeout
     try:
         if request.scope.get(BODY_RECEIVED):  # it came with the head: nothing to wait for, no timer
             await _collect(request, body, limit)
@@ -149,7 +167,7 @@ def check_parsed_size(request: Request, size: int, what: str = "a JSON or msgpac
     """Refuse to parse more than the server's limit as JSON or msgpack. Those parsers hold the
     interpreter lock for their whole run, on a thread or not: a body of hundreds of megabytes would
     stall every other request (health checks too) for seconds. Tensors that big travel as binary."""
-    limit: int | None = getattr(request.app.state, "max_parsed_bytes", None)
+    limit = context_of(request).max_parsed_bytes
     if limit is not None and size > limit:
         raise PayloadTooLarge(
             f"{what} of {size} bytes is over the {limit} this server parses (MODELPOD_MAX_PARSED_SIZE); "

@@ -9,7 +9,7 @@ from starlette.types import ASGIApp
 
 from modelpod.server import docs, routes_metrics, routes_native, routes_openai, routes_v2, status_page
 from modelpod.server.auth import AuthMiddleware, KeyTable
-from modelpod.server.endpoints import route_not_found
+from modelpod.server.endpoints import EdgeContext, route_not_found
 from modelpod.server.inference_lane import InferenceLane
 from modelpod.server.quota_edges import QuotaMiddleware
 from modelpod.serving.quotas import Quotas
@@ -41,10 +41,7 @@ def create_app(
     # Starlette would answer `/models/` with a redirect to an absolute URL built from the Host
     # header, which a client chooses: a 404 naming the path without the slash instead.
     app.router.redirect_slashes = False
-    app.state.service = service
-    app.state.max_body_bytes = max_body_bytes
-    app.state.body_timeout = body_timeout
-    app.state.max_parsed_bytes = max_parsed_bytes
+    app.context = EdgeContext(service, max_body_bytes, body_timeout, max_parsed_bytes)
     return app
 
 
@@ -55,6 +52,7 @@ class ServingApp(Starlette):
     own errors, `endpoints.handled`; anything that escapes them is uvicorn's to log and answer.)"""
 
     lane_outside = False
+    context: EdgeContext  # the service and the body limits, read by every endpoint
 
     def build_middleware_stack(self) -> ASGIApp:
         stack = super().build_middleware_stack()

@@ -88,17 +88,11 @@ class ModelPool:
         finally:
             self._release(entry)
 
-    @contextmanager
-    def use_if_loaded(self, key: Key) -> Iterator[Any | None]:
+    def use_if_loaded(self, key: Key) -> _HeldIfLoaded:
         """The runner for `key` if it is loaded, held while in use; None if it is not. Never loads,
         and a version evicted meanwhile is torn down on a thread of its own: for a caller on the
-        event loop, which must not block."""
-        entry = self._acquire(key)
-        try:
-            yield None if entry is None else entry.runner
-        finally:
-            if entry is not None:
-                self._release(entry, off_thread=True)
+        event loop, which must not block. (A class, not a generator: every request passes here.)"""
+        return _HeldIfLoaded(self, key)
 
     def _acquire(self, key: Key) -> _Entry | None:
         with self._lock:
@@ -265,3 +259,22 @@ class ModelPool:
         """Unload everything (server shutdown)."""
         for key in self.loaded():
             self.evict(key, "shutdown")
+
+
+class _HeldIfLoaded:
+    """`ModelPool.use_if_loaded`: the entry acquired on entering, released on leaving."""
+
+    __slots__ = ("entry", "key", "pool")
+
+    def __init__(self, pool: ModelPool, key: Key) -> None:
+        self.pool = pool
+        self.key = key
+        self.entry: _Entry | None = None
+
+    def __enter__(self) -> Any | None:
+        self.entry = self.pool._acquire(self.key)
+        return None if self.entry is None else self.entry.runner
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: Any) -> None:
+        if self.entry is not None:
+            self.pool._release(self.entry, off_thread=True)
