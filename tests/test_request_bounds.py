@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -508,3 +509,17 @@ def test_a_json_body_under_the_parsed_size_is_served(parsing: ServerProcess) -> 
     with httpx.Client(base_url=parsing.http_url, timeout=30) as client:
         answer = client.post("/models/unhinted/predict", json={"x": list(range(1000))})
     assert answer.status_code == 200, answer.text
+
+
+def test_a_client_that_hangs_up_midway_through_its_body_is_no_server_error(
+    server: ServerProcess, http: httpx.Client
+) -> None:
+    host, port = server.http_url.removeprefix("http://").split(":")
+    for path in ("/models/careful/predict", "/v2/models/careful/infer"):
+        with socket.create_connection((host, int(port)), timeout=10) as connection:
+            head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            connection.sendall(head.encode() + b'Content-Length: 1000\r\n\r\n{"x": [1, 2')
+            time.sleep(0.2)  # the server is reading the body now
+    time.sleep(0.5)
+    assert http.get("/v2/health/ready").status_code == 200
+    assert "internal server error" not in server.output  # (and no traceback: see the fixture)

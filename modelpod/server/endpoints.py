@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Match, Route
 
@@ -115,8 +115,8 @@ async def _collect(request: Request, body: BodyBuffer, limit: int | None) -> Non
     receive = request.receive
     while True:
         message = await receive()
-        if message["type"] != "http.request":
-            raise ClientDisconnect()
+        if message["type"] != "http.request":  # hung up midway: not the server's error, nobody to answer
+            raise ClientGone("the client disconnected before its body arrived")
         chunk = message.get("body", b"")
         if limit is not None and body.size + len(chunk) > limit:
             raise PayloadTooLarge(f"the request body is over {limit} bytes, the most this server accepts")
