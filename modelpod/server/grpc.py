@@ -106,9 +106,9 @@ async def abort(context: grpc.aio.ServicerContext[Any, Any], error: ModelpodErro
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     """`inference.GRPCInferenceService`, as NVIDIA's tritonclient.grpc speaks it."""
 
-    def __init__(self, service: InferenceService, edge: EdgeRequests | None = None) -> None:
+    def __init__(self, service: InferenceService, edge: EdgeRequests) -> None:
         self.service = service
-        self.edge = edge or EdgeRequests()
+        self.edge = edge  # the server's count of requests at its edges (`guarded` adds each call)
 
     @guarded
     async def ServerLive(self, request: pb.ServerLiveRequest, context: Any) -> pb.ServerLiveResponse:
@@ -273,9 +273,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 class NativeServicer(native_pb2_grpc.ModelServiceServicer):
     """`modelpod.native.ModelService`: the model's own methods, arguments and results in msgpack."""
 
-    def __init__(self, service: InferenceService, edge: EdgeRequests | None = None) -> None:
+    def __init__(self, service: InferenceService, edge: EdgeRequests) -> None:
         self.service = service
-        self.edge = edge or EdgeRequests()
+        self.edge = edge  # the server's count of requests at its edges (`guarded` adds each call)
 
     @guarded
     async def Call(self, request: native_pb2.CallRequest, context: Any) -> native_pb2.CallResponse:
